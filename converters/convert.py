@@ -1,0 +1,289 @@
+"""Keras / SavedModel -> TFLite bundle: the one function that applies a Recipe to TFLiteConverter.
+
+The bundle is built in a temporary directory beside the destination and renamed into
+place at the end, so a failure at any step leaves no half bundle behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import data as datasets
+from converters._tf import first_line, tensorflow
+from converters.manifest import MODEL_FILE, OPS_DIR, Accuracy, Manifest, SourceInfo, model_facts
+from converters.opsgen import OpSet, write_ops_dir
+from converters.recipe import Recipe
+from converters.source import SourceModel, load_source
+from converters.tflite_model import TFLiteModel
+from sdk.errors import BundleError, ConversionError, DatasetError, UnsupportedLayerError, UsageError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What `convert` made: where the bundle is, and its validated manifest."""
+
+    bundle: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.bundle / MODEL_FILE
+
+
+def _tool_versions(recipe: Recipe) -> dict[str, str]:
+    from device_agent import __version__
+
+    names = ["tensorflow", "keras", "numpy"] + (["tf-keras", "tensorflow-model-optimization"] if recipe.name == "qat" else [])
+    out = {"edgeship": __version__}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _representative(features: dict[str, np.ndarray], names: list[str]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """A representative_dataset yielding one-sample dicts keyed by signature input name."""
+    n = len(next(iter(features.values())))
+
+    def gen() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(n):
+            yield {name: features[name][i : i + 1] for name in names}
+
+    return gen
+
+
+def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None) -> None:
+    """Apply a recipe to a TFLiteConverter: the only place converter flags are set."""
+    tf = tensorflow()
+    if recipe.name == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if recipe.name == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif recipe.integer:
+        if representative is None:
+            raise ConversionError(f"recipe {recipe.name} needs representative data")  # guarded by Recipe; kept explicit
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[recipe.io]
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+
+
+def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> None:
+    """The converted model must keep the recipe's promises: static shapes, integer ops, asked-for I/O."""
+    dynamic = model.dynamic_tensors()
+    if dynamic:
+        raise ConversionError(f"{source.path}: the converted model still has dynamic tensors "
+                              f"({', '.join(dynamic[:5])}); it cannot be made static")
+    if recipe.integer:
+        float_ops = model.float_ops()
+        if float_ops:
+            raise ConversionError(f"recipe {recipe.name}: these ops stayed float: {', '.join(float_ops[:10])}")
+        for name, t in model.inputs + model.outputs:
+            if t.dtype != recipe.io:
+                raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, --io asked for {recipe.io}")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The converter's C++ prints to fd 1; keep stdout clean for --json output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run_converter(saved_model: Path, key: str, recipe: Recipe,
+                   representative: Callable[[], Iterator[Any]] | None) -> bytes:
+    tf = tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[key])
+    _configure(converter, recipe, representative)
+    try:
+        with _stdout_to_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bytes(converter.convert())
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError: all are "the converter refused"
+        msg = first_line(exc)
+        for line in str(exc).splitlines():  # the MLIR error worth showing is usually an 'error:' line
+            if "error:" in line:
+                msg = line.split("error:", 1)[1].strip()
+                break
+        raise ConversionError(f"TFLite converter failed for recipe {recipe.name}: {msg}") from exc
+
+
+def _prepare_output(out: Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise BundleError(f"{out}: exists and is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an existing one is swapped out only at the end."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def convert(
+    model_path: Path,
+    recipe: Recipe,
+    out: Path,
+    *,
+    signature: str = "serving_default",
+    batch: int = 1,
+    eval_data: Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    """Convert a .keras/.h5 model or SavedModel to a TFLite bundle in `out` (model, manifest, ops/)."""
+    say = progress or (lambda _msg: None)
+    if batch < 1:
+        raise UsageError("--batch must be at least 1")
+    staging = _prepare_output(Path(out), force)
+    try:
+        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, say)
+        _install(staging, Path(out))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ConversionResult(Path(out), result)
+
+
+def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
+                  eval_data: Path | None, say: Progress) -> Manifest:
+    say(f"loading {model_path}")
+    source = load_source(model_path, signature)
+    source.static_specs(batch)  # fail early when the model cannot be made static
+    names = [spec.name for spec in source.inputs]
+
+    eval_features = eval_labels = None
+    if eval_data is not None:  # check eval data before spending time converting
+        eval_features = datasets.features_for(eval_data, source.inputs, "eval")
+        eval_labels = datasets.labels(eval_data)
+        if len(eval_labels) != len(next(iter(eval_features.values()))):
+            raise DatasetError(f"{eval_data}: {len(eval_labels)} labels for "
+                               f"{len(next(iter(eval_features.values())))} samples")
+
+    representative = None
+    convert_model = None
+    if recipe.name == "int8":
+        assert recipe.calibration is not None  # Recipe guarantees it
+        features = datasets.features_for(recipe.calibration, source.inputs, "calibration", recipe.image_range)
+        picked = datasets.pick_calibration(features, recipe.calib_samples, recipe.calib_samples_explicit,
+                                           recipe.calibration)
+        representative = _representative(picked, names)
+        say(f"calibrating on {len(next(iter(picked.values())))} samples from {recipe.calibration}")
+    elif recipe.name == "qat":
+        convert_model, representative = _qat_model(source, recipe, names, say)
+
+    with tempfile.TemporaryDirectory(prefix="edgeship-static-") as tmp:
+        say("exporting a static-shape graph")
+        saved, key = source.export_static(Path(tmp) / "static", batch, convert_model)
+        say(f"converting with recipe {recipe.name}")
+        flatbuffer = _run_converter(saved, key, recipe, representative)
+
+    model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
+    _check_result(model, recipe, source)
+    (staging / MODEL_FILE).write_bytes(flatbuffer)
+    write_ops_dir(OpSet.of([(MODEL_FILE, model)]), staging / OPS_DIR)
+
+    accuracy = None
+    if eval_data is not None and eval_features is not None:
+        say(f"evaluating on {eval_data}")
+        accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data)
+
+    manifest = Manifest(
+        **model_facts(model),
+        recipe=recipe.describe(),
+        batch=batch,
+        source=SourceInfo(path=str(source.path), kind=source.kind, sha256=source.sha256,  # type: ignore[arg-type]
+                          signature=source.signature),
+        tools=_tool_versions(recipe),
+        accuracy=accuracy,
+    )
+    manifest.write(staging)
+    return manifest
+
+
+def _qat_model(source: SourceModel, recipe: Recipe, names: list[str],
+               say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
+    from converters import qat
+
+    assert recipe.qat is not None  # Recipe guarantees it
+    opts = recipe.qat
+    x = datasets.features_for(opts.train, source.inputs, "training")
+    y = datasets.labels(opts.train)
+    if len(y) != len(next(iter(x.values()))):
+        raise DatasetError(f"{opts.train}: {len(y)} labels for {len(next(iter(x.values())))} samples")
+    if source.kind == "savedmodel":
+        model = qat.load_tf_keras_for_qat(source.path)
+        if model is None:
+            raise UnsupportedLayerError(
+                f"{source.path}: QAT needs Keras layers to wrap, and this SavedModel holds only a graph; "
+                f"give the .keras/.h5 model it came from (or use --recipe int8)", [])
+        flavour = "tf_keras"
+    else:
+        model, flavour = source.keras_model, source.keras_flavour
+    sample = [x[n][:8] for n in names] if len(names) > 1 else x[names[0]][:8]
+    say("rebuilding the model in tf_keras for tfmot" if flavour != "tf_keras" else "preparing the model for tfmot")
+    tfk_model = qat.to_tf_keras(model, flavour, sample)
+    say(f"quantization-aware fine-tuning for {opts.epochs} epoch(s) on {opts.train}")
+    qmodel = qat.quantize_and_finetune(tfk_model, opts, x, y, progress=say)
+    # Layers QAT left float still need ranges, so the training data calibrates them.
+    picked = datasets.pick_calibration(x, 200, False, opts.train)
+    return qmodel, _representative(picked, names)
+
+
+def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,
+                   batch: int, data_path: Path) -> Accuracy:
+    from device_agent.evaluate import EvalInputError, evaluate
+    from device_agent.runtime import load_runtime
+
+    runtime = load_runtime()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite's deprecation notice when it is the fallback runtime
+        interpreter = runtime.interpreter(flatbuffer)
+    interpreter.allocate_tensors()
+    try:
+        result = evaluate(interpreter, features, y, output=source.outputs[0])
+    except EvalInputError as exc:
+        raise DatasetError(f"{data_path}: {exc}") from exc
+    ref = source.predict(features, batch)
+    first = ref[source.outputs[0]]
+    float_acc = float(np.mean(first.reshape(len(y), -1).argmax(axis=1) == np.asarray(y).reshape(-1)))
+    return Accuracy(data=str(data_path), samples=result.samples, model=float(result.accuracy or 0.0),
+                    float_model=float_acc, runtime=f"{runtime.name} {runtime.version}")

@@ -1,0 +1,234 @@
+"""Load the model a user brings (.keras, .h5, SavedModel) and export it with static shapes.
+
+Every source becomes the same thing before conversion: a SavedModel signature whose
+inputs have a fixed batch size and keep the source's input and output names. Keras 3
+models cannot go through ``from_keras_model`` (broken since TF 2.16), and a fixed
+batch keeps a Flatten from leaving SHAPE/STRIDED_SLICE/PACK in the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._tf import first_line, tensorflow
+from converters.data import InputSpec
+from sdk.errors import CorruptModelError, DynamicShapeError, ModelNotFoundError, SignatureNotFoundError, UsageError
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's relative paths and contents in sorted order."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SourceModel:
+    """A loaded model with its I/O described the same way for every format."""
+
+    path: Path
+    kind: str  # "keras" | "savedmodel"
+    sha256: str
+    inputs: list[InputSpec]
+    outputs: list[str]
+    signature: str
+    keras_model: Any = field(default=None, repr=False)  # Keras 3 or tf_keras model
+    keras_flavour: str | None = None  # "keras" (Keras 3) | "tf_keras"
+    _loaded: Any = field(default=None, repr=False)  # tf.saved_model.load result
+
+    # -- static export ------------------------------------------------------------
+    def static_specs(self, batch: int) -> list[Any]:
+        tf = tensorflow()
+        specs = []
+        for spec in self.inputs:
+            unknown = [i for i, d in enumerate(spec.shape) if d is None and i > 0]
+            if unknown:
+                raise DynamicShapeError(
+                    f"{self.path}: input {spec.name!r} has shape {_fmt(spec.shape)} with unknown dimension(s) "
+                    f"{', '.join(map(str, unknown))}; only the batch dimension can be fixed (--batch), so export "
+                    f"the model with a fully defined input shape")
+            if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
+                raise DynamicShapeError(
+                    f"{self.path}: input {spec.name!r} has a fixed batch of {spec.shape[0]}, not --batch {batch}")
+            shape = [batch, *spec.shape[1:]] if spec.shape else []
+            specs.append(tf.TensorSpec(shape, tf.as_dtype(spec.dtype), name=spec.name))
+        return specs
+
+    def serving_function(self, batch: int, model: Any = None) -> Any:
+        """A tf.function with static input specs that returns {output name: tensor}."""
+        tf = tensorflow()
+        specs = self.static_specs(batch)
+        names = self.outputs
+        if self.kind == "savedmodel":
+            sig = self._loaded.signatures[self.signature]
+            input_names = [s.name for s in self.inputs]
+
+            @tf.function(input_signature=specs)
+            def serve(*args: Any) -> Any:
+                return sig(**dict(zip(input_names, args)))
+
+            return serve
+        keras_model = model if model is not None else self.keras_model
+
+        @tf.function(input_signature=specs)
+        def serve_keras(*args: Any) -> Any:
+            out = keras_model(args[0] if len(args) == 1 else list(args), training=False)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            return dict(zip(names, out))
+
+        return serve_keras
+
+    def export_static(self, directory: Path, batch: int, model: Any = None) -> tuple[Path, str]:
+        """Write a SavedModel whose one signature has static input shapes; returns (path, signature key).
+
+        Keras 3 models go through keras.export.ExportArchive, which tracks their variables so
+        the converter can freeze them; a plain tf.Module would leave VAR_HANDLE/READ_VARIABLE ops.
+        """
+        tf = tensorflow()
+        serve = self.serving_function(batch, model)
+        key = self.signature
+        target = model if model is not None else self.keras_model
+        if self.kind == "keras" and target is not None and _is_keras3(target):
+            import keras
+
+            archive = keras.export.ExportArchive()
+            archive.track(target)
+            archive.add_endpoint(key, serve)
+            archive.write_out(str(directory), verbose=False)
+            return directory, key
+        holder = tf.Module()
+        holder.model = target if target is not None else self._loaded
+        holder.serve = serve
+        tf.saved_model.save(holder, str(directory), signatures={key: serve.get_concrete_function()})
+        return directory, key
+
+    def predict(self, features: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        """The source model's float outputs for every sample (the reference a converted model is judged by)."""
+        serve = self.serving_function(batch)
+        n = len(next(iter(features.values())))
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            args = []
+            for spec in self.inputs:
+                chunk = features[spec.name][start:stop]
+                if len(chunk) < batch:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+                args.append(chunk)
+            out = serve(*args)
+            for name in self.outputs:
+                parts[name].append(np.asarray(out[name])[: stop - start])
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _is_keras3(model: Any) -> bool:
+    return type(model).__module__.startswith("keras.")
+
+
+def _fmt(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def load_source(path: Path, signature: str = "serving_default") -> SourceModel:
+    """Load a .keras/.h5 file or a SavedModel directory; errors name the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _load_saved_model(path, signature)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        raise UsageError(f"{path}: already a TFLite model; convert takes a .keras/.h5 file or a SavedModel directory")
+    if suffix not in KERAS_SUFFIXES:
+        raise CorruptModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; "
+                                f"expected .keras, .h5 or a SavedModel directory")
+    return _load_keras(path)
+
+
+def _keras_io(model: Any, path: Path) -> tuple[list[InputSpec], list[str]]:
+    try:
+        inputs = list(model.inputs)
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError) as exc:
+        raise DynamicShapeError(f"{path}: the model has no defined inputs (a subclassed model?); "
+                                f"save a Sequential or Functional model, or a SavedModel with a signature") from exc
+    specs = []
+    for t in inputs:
+        dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
+        name = getattr(t, "name", "input").split(":")[0]
+        specs.append(InputSpec(name, tuple(None if d is None else int(d) for d in t.shape), dtype))
+    names = []
+    for i, t in enumerate(outputs):  # the output layer's name, as Keras shows it
+        history = getattr(t, "_keras_history", None)
+        owner = getattr(history, "operation", None) or getattr(history, "layer", None)
+        names.append(getattr(owner, "name", None) or f"output_{i}")
+    if len(set(names)) != len(names):
+        names = [f"output_{i}" for i in range(len(outputs))]
+    return specs, names
+
+
+def _load_keras(path: Path) -> SourceModel:
+    tensorflow()
+    sha = path_sha256(path)
+    errors = []
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise CorruptModelError(f"{path}: not a valid .keras archive (a .keras file is a zip; this one is "
+                                f"corrupt or truncated)")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+        specs, outs = _keras_io(model, path)
+        return SourceModel(path, "keras", sha, specs, outs, "serving_default", model, "keras")
+    except DynamicShapeError:
+        raise
+    except Exception as exc:  # Keras raises many types for a bad file; all mean "cannot load"
+        errors.append(first_line(exc))
+    if path.suffix.lower() != ".keras":
+        try:
+            import tf_keras
+
+            model = tf_keras.models.load_model(path, compile=False)
+            specs, outs = _keras_io(model, path)
+            return SourceModel(path, "keras", sha, specs, outs, "serving_default", model, "tf_keras")
+        except Exception as exc:
+            errors.append(first_line(exc))
+    raise CorruptModelError(f"{path}: cannot load this Keras model ({errors[0]})")
+
+
+def _load_saved_model(path: Path, signature: str) -> SourceModel:
+    if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+        raise CorruptModelError(f"{path}: a directory but not a SavedModel (no saved_model.pb)")
+    tf = tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # protobuf, op and checkpoint errors alike
+        raise CorruptModelError(f"{path}: cannot load this SavedModel ({first_line(exc)})") from exc
+    signatures = dict(loaded.signatures)
+    if signature not in signatures:
+        have = ", ".join(sorted(signatures)) or "none"
+        raise SignatureNotFoundError(f"{path}: no signature {signature!r}; it has: {have} (choose with --signature)")
+    fn = signatures[signature]
+    specs = []
+    for name, spec in sorted(fn.structured_input_signature[1].items()):
+        if spec.shape.rank is None:
+            raise DynamicShapeError(f"{path}: input {name!r} of signature {signature!r} has unknown rank; "
+                                    f"export it with a TensorSpec of known shape")
+        specs.append(InputSpec(name, tuple(spec.shape.as_list()), spec.dtype.name))
+    outputs = sorted(fn.structured_outputs)
+    return SourceModel(path, "savedmodel", path_sha256(path), specs, outputs, signature, _loaded=loaded)

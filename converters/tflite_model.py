@@ -1,0 +1,411 @@
+"""Read a .tflite flatbuffer with the standard library only.
+
+`inspect x.tflite`, the manifest, op analysis and the registration generator all read
+models through this module, so none of them needs TensorFlow. Every read is bounds
+checked: a truncated or corrupt file raises CorruptModelError instead of returning
+garbage. Field slots follow tensorflow/lite/schema/schema.fbs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
+from sdk.errors import CorruptModelError, ModelNotFoundError
+
+FILE_IDENTIFIER = b"TFL3"
+CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM
+FLEX_PREFIX = "Flex"  # Select-TF ops are custom ops named Flex<TfOpName>
+FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
+
+# numpy-style names for the tensor types people meet; others keep the schema name.
+_DTYPE_NAMES = {
+    "FLOAT32": "float32", "FLOAT16": "float16", "FLOAT64": "float64", "BFLOAT16": "bfloat16",
+    "INT8": "int8", "UINT8": "uint8", "INT16": "int16", "UINT16": "uint16",
+    "INT32": "int32", "UINT32": "uint32", "INT64": "int64", "UINT64": "uint64",
+    "BOOL": "bool", "STRING": "string", "INT4": "int4",
+}
+
+
+class _Reader:
+    """Bounds-checked little-endian access to one flatbuffer."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+
+    def unpack(self, fmt: str, pos: int) -> tuple:  # type: ignore[type-arg]
+        size = struct.calcsize(fmt)
+        if pos < 0 or pos + size > len(self.buf):
+            raise _OutOfBounds(pos)
+        return struct.unpack_from(fmt, self.buf, pos)
+
+    def u32(self, pos: int) -> int:
+        return int(self.unpack("<I", pos)[0])
+
+
+class _OutOfBounds(Exception):
+    pass
+
+
+class _Table:
+    """A flatbuffer table: fields are looked up through its vtable by slot number."""
+
+    __slots__ = ("r", "pos", "vt", "vt_len")
+
+    def __init__(self, r: _Reader, pos: int) -> None:
+        self.r = r
+        self.pos = pos
+        self.vt = pos - int(r.unpack("<i", pos)[0])
+        self.vt_len = int(r.unpack("<H", self.vt)[0])
+
+    def _field(self, slot: int) -> int:
+        off = 4 + 2 * slot
+        if off + 2 > self.vt_len:
+            return 0
+        rel = int(self.r.unpack("<H", self.vt + off)[0])
+        return self.pos + rel if rel else 0
+
+    def scalar(self, slot: int, fmt: str, default: int | float) -> int | float:
+        p = self._field(slot)
+        return self.r.unpack("<" + fmt, p)[0] if p else default  # type: ignore[no-any-return]
+
+    def table(self, slot: int) -> _Table | None:
+        p = self._field(slot)
+        return _Table(self.r, p + self.r.u32(p)) if p else None
+
+    def _vector(self, slot: int) -> tuple[int, int] | None:
+        p = self._field(slot)
+        if not p:
+            return None
+        p += self.r.u32(p)
+        return p + 4, self.r.u32(p)
+
+    def string(self, slot: int) -> str | None:
+        vec = self._vector(slot)
+        if vec is None:
+            return None
+        start, length = vec
+        if start + length > len(self.r.buf):
+            raise _OutOfBounds(start)
+        return self.r.buf[start : start + length].decode("utf-8")
+
+    def scalars(self, slot: int, fmt: str) -> tuple:  # type: ignore[type-arg]
+        vec = self._vector(slot)
+        if vec is None:
+            return ()
+        start, length = vec
+        return self.r.unpack(f"<{length}{fmt}", start)
+
+    def vector_len(self, slot: int) -> int:
+        vec = self._vector(slot)
+        return vec[1] if vec else 0
+
+    def tables(self, slot: int) -> list[_Table]:
+        vec = self._vector(slot)
+        if vec is None:
+            return []
+        start, length = vec
+        out = []
+        for i in range(length):
+            p = start + 4 * i
+            out.append(_Table(self.r, p + self.r.u32(p)))
+        return out
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of one tensor: real = scale * (q - zero_point), per tensor or per axis."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int
+
+    @property
+    def per_axis(self) -> bool:
+        return len(self.scale) > 1
+
+
+@dataclass(frozen=True)
+class Tensor:
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    buffer: int
+    quantization: Quantization | None
+    is_constant: bool
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.upper() in FLOAT_TYPES
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(d < 0 for d in self.shape_signature)
+
+
+@dataclass(frozen=True)
+class OpCode:
+    """One entry of the model's operator_codes table."""
+
+    name: str  # builtin name (CONV_2D), custom code, or Flex op name
+    kind: str  # "builtin" | "custom" | "select_tf"
+    version: int
+    builtin_code: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.name)
+
+
+@dataclass(frozen=True)
+class Operator:
+    opcode_index: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    name: str
+    tensors: tuple[Tensor, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    operators: tuple[Operator, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    subgraph_index: int
+    inputs: tuple[tuple[str, int], ...]  # (signature name, tensor index)
+    outputs: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class OpUse:
+    """An operator as the model uses it: how many nodes per (op, version)."""
+
+    name: str
+    kind: str
+    version: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TFLiteModel:
+    """The parts of a .tflite file that edgeship reports on and generates code from."""
+
+    size: int
+    sha256: str
+    schema_version: int
+    description: str
+    opcodes: tuple[OpCode, ...]
+    subgraphs: tuple[Subgraph, ...]
+    buffer_sizes: tuple[int, ...]
+    metadata: dict[str, bytes] = field(repr=False)
+    signatures: tuple[Signature, ...]
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: Path) -> TFLiteModel:
+        path = Path(path)
+        if not path.exists():
+            raise ModelNotFoundError(f"{path}: no such file")
+        if path.is_dir():
+            raise CorruptModelError(f"{path}: is a directory, not a .tflite file")
+        return cls.from_bytes(path.read_bytes(), source=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "model") -> TFLiteModel:
+        """Parse a flatbuffer; CorruptModelError names what is wrong with it."""
+        if len(data) < 8:
+            raise CorruptModelError(f"{source}: {len(data)} bytes is too short to be a TFLite model")
+        if data[4:8] != FILE_IDENTIFIER:
+            raise CorruptModelError(
+                f"{source}: not a TFLite flatbuffer (file identifier {data[4:8]!r}, expected {FILE_IDENTIFIER!r})"
+            )
+        try:
+            return cls._parse(data)
+        except (_OutOfBounds, struct.error, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptModelError(
+                f"{source}: corrupt or truncated TFLite model ({len(data)} bytes; a table points outside the file)"
+            ) from exc
+
+    @classmethod
+    def _parse(cls, data: bytes) -> TFLiteModel:
+        r = _Reader(data)
+        root = _Table(r, r.u32(0))
+        buffers = root.tables(4)
+        buffer_sizes = []
+        for b in buffers:
+            n = b.vector_len(0)
+            if n == 0:  # models over 2 GB keep data after the flatbuffer: offset/size fields
+                n = int(b.scalar(2, "Q", 0)) if int(b.scalar(1, "Q", 0)) > 1 else 0
+            buffer_sizes.append(n)
+
+        opcodes = []
+        for oc in root.tables(1):
+            code = max(int(oc.scalar(3, "i", 0)), int(oc.scalar(0, "b", 0)))
+            version = int(oc.scalar(2, "i", 1))
+            if code == CUSTOM_CODE:
+                custom = oc.string(1) or ""
+                kind = "select_tf" if custom.startswith(FLEX_PREFIX) else "custom"
+                opcodes.append(OpCode(custom, kind, version, code))
+            else:
+                opcodes.append(OpCode(BUILTIN_OPERATORS.get(code, f"BUILTIN_{code}"), "builtin", version, code))
+
+        subgraphs = []
+        for sg in root.tables(2):
+            tensors = []
+            for i, t in enumerate(sg.tables(0)):
+                type_name = TENSOR_TYPES.get(int(t.scalar(1, "b", 0)), "UNKNOWN")
+                buf_index = int(t.scalar(2, "I", 0))
+                shape = tuple(int(d) for d in t.scalars(0, "i"))
+                signature = tuple(int(d) for d in t.scalars(7, "i")) or shape
+                q = t.table(4)
+                quant = None
+                if q is not None:
+                    scale = tuple(float(s) for s in q.scalars(2, "f"))
+                    if scale:
+                        quant = Quantization(scale, tuple(int(z) for z in q.scalars(3, "q")), int(q.scalar(6, "i", 0)))
+                tensors.append(
+                    Tensor(
+                        index=i,
+                        name=t.string(3) or "",
+                        dtype=_DTYPE_NAMES.get(type_name, type_name.lower()),
+                        shape=shape,
+                        shape_signature=signature,
+                        buffer=buf_index,
+                        quantization=quant,
+                        is_constant=0 < buf_index < len(buffer_sizes) and buffer_sizes[buf_index] > 0,
+                    )
+                )
+            operators = tuple(
+                Operator(int(op.scalar(0, "I", 0)), tuple(op.scalars(1, "i")), tuple(op.scalars(2, "i")))
+                for op in sg.tables(3)
+            )
+            for op in operators:
+                if op.opcode_index >= len(opcodes):
+                    raise _OutOfBounds(op.opcode_index)
+            subgraphs.append(
+                Subgraph(sg.string(4) or "", tuple(tensors), tuple(sg.scalars(1, "i")), tuple(sg.scalars(2, "i")), operators)
+            )
+
+        metadata: dict[str, bytes] = {}
+        for m in root.tables(6):
+            idx = int(m.scalar(1, "I", 0))
+            if idx < len(buffers):
+                start_len = buffers[idx]._vector(0)
+                if start_len:
+                    start, n = start_len
+                    metadata[m.string(0) or ""] = bytes(data[start : start + n])
+
+        signatures = tuple(
+            Signature(
+                key=s.string(2) or "",
+                subgraph_index=int(s.scalar(4, "I", 0)),
+                inputs=tuple((tm.string(0) or "", int(tm.scalar(1, "I", 0))) for tm in s.tables(0)),
+                outputs=tuple((tm.string(0) or "", int(tm.scalar(1, "I", 0))) for tm in s.tables(1)),
+            )
+            for s in root.tables(7)
+        )
+        return cls(
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            schema_version=int(root.scalar(0, "I", 0)),
+            description=root.string(3) or "",
+            opcodes=tuple(opcodes),
+            subgraphs=tuple(subgraphs),
+            buffer_sizes=tuple(buffer_sizes),
+            metadata=metadata,
+            signatures=signatures,
+        )
+
+    # -- derived facts ---------------------------------------------------------------
+    @property
+    def main(self) -> Subgraph:
+        if not self.subgraphs:
+            raise CorruptModelError("model has no subgraph")
+        return self.subgraphs[0]
+
+    def _io(self, which: str) -> list[tuple[str, Tensor]]:
+        """(name, tensor) for the main subgraph's inputs or outputs, named by its signature when it has one."""
+        sg = self.main
+        sig = next((s for s in self.signatures if s.subgraph_index == 0), None)
+        if sig is not None:
+            pairs = sig.inputs if which == "inputs" else sig.outputs
+            by_index = {idx: name for name, idx in pairs}
+        else:
+            by_index = {}
+        indices = sg.inputs if which == "inputs" else sg.outputs
+        return [(by_index.get(i, sg.tensors[i].name), sg.tensors[i]) for i in indices]
+
+    @property
+    def inputs(self) -> list[tuple[str, Tensor]]:
+        return self._io("inputs")
+
+    @property
+    def outputs(self) -> list[tuple[str, Tensor]]:
+        return self._io("outputs")
+
+    @cached_property
+    def op_uses(self) -> tuple[OpUse, ...]:
+        """Each (op, kind, version) the model uses with its node count, sorted by name."""
+        counts: Counter[int] = Counter(op.opcode_index for sg in self.subgraphs for op in sg.operators)
+        merged: Counter[tuple[str, str, int]] = Counter()
+        for idx, n in counts.items():
+            oc = self.opcodes[idx]
+            merged[(oc.name, oc.kind, oc.version)] += n
+        return tuple(OpUse(name, kind, version, n) for (name, kind, version), n in sorted(merged.items()))
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of constant tensor data (weights, biases, quantization-free constants)."""
+        used = {t.buffer for sg in self.subgraphs for t in sg.tensors if t.is_constant}
+        return sum(self.buffer_sizes[b] for b in used)
+
+    @property
+    def min_runtime_version(self) -> str | None:
+        raw = self.metadata.get("min_runtime_version")
+        return raw.rstrip(b"\0").decode("ascii", "replace") if raw else None
+
+    def float_ops(self) -> list[str]:
+        """Nodes that compute in float, except QUANTIZE at a model input and DEQUANTIZE at an output.
+
+        An empty list means the model's arithmetic is integer-only (it may still have float I/O).
+        """
+        found = []
+        for sg in self.subgraphs:
+            sg_in, sg_out = set(sg.inputs), set(sg.outputs)
+            for n, op in enumerate(sg.operators):
+                name = self.opcodes[op.opcode_index].name
+                ins = [sg.tensors[i] for i in op.inputs if i >= 0]
+                outs = [sg.tensors[i] for i in op.outputs if i >= 0]
+                if name == "QUANTIZE" and all(t.index in sg_in for t in ins if t.is_float):
+                    ins = [t for t in ins if not t.is_float]
+                if name == "DEQUANTIZE" and all(t.index in sg_out for t in outs if t.is_float):
+                    outs = [t for t in outs if not t.is_float]
+                if any(t.is_float for t in ins + outs):
+                    found.append(f"{name}#{n}" if sg is self.main else f"{sg.name or 'subgraph'}:{name}#{n}")
+        return found
+
+    @property
+    def io_is_float(self) -> bool:
+        return any(t.is_float for _, t in self.inputs + self.outputs)
+
+    @property
+    def fully_integer(self) -> bool:
+        """No float arithmetic anywhere and integer inputs and outputs (what MCUs and NPUs need)."""
+        return not self.float_ops() and not self.io_is_float
+
+    def dynamic_tensors(self) -> list[str]:
+        return [t.name for sg in self.subgraphs for t in sg.tensors if t.is_dynamic]

@@ -1,0 +1,127 @@
+"""Run a model over a dataset: the evaluation both the host reference and the board use.
+
+Inputs are quantized with the model's own scale/zero-point, outputs dequantized, and
+the first output's argmax is compared with the labels. Timing is taken around
+``invoke()`` only, with ``perf_counter_ns``, on the machine that runs the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from device_agent.quant import dequantize, quantize
+
+
+class EvalInputError(ValueError):
+    """The dataset does not fit the model's inputs; the message names the input and the mismatch."""
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def from_ns(cls, samples_ns: List[int]) -> "LatencyStats":
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        p = np.percentile(ms, [50, 90, 95, 99])
+        return cls(len(ms), float(ms.mean()), float(ms.std()), float(ms.min()), float(p[0]), float(p[1]),
+                   float(p[2]), float(p[3]), float(ms.max()))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    samples: int
+    accuracy: Optional[float]  # top-1, as a fraction; None without labels
+    latency: LatencyStats
+    outputs: Dict[str, np.ndarray] = field(repr=False)  # dequantized, one row per sample
+
+
+def signature_io(interpreter: Any) -> "tuple[list[tuple[str, dict]], list[tuple[str, dict]]]":
+    """(name, detail) for inputs and outputs, named by the model's first signature when it has one."""
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    try:
+        sigs = interpreter._get_full_signature_list()
+    except AttributeError:
+        sigs = {}
+    if sigs:
+        sig = next(iter(sigs.values()))
+        in_names = {idx: name for name, idx in sig.get("inputs", {}).items()}
+        out_names = {idx: name for name, idx in sig.get("outputs", {}).items()}
+    else:
+        in_names, out_names = {}, {}
+    return ([(in_names.get(d["index"], d["name"]), d) for d in ins],
+            [(out_names.get(d["index"], d["name"]), d) for d in outs])
+
+
+def match_inputs(features: Mapping[str, np.ndarray], inputs: "list[tuple[str, dict]]") -> Dict[str, np.ndarray]:
+    """Pair dataset arrays with model inputs: key 'x' for a one-input model, else one key per input name."""
+    if len(inputs) == 1 and inputs[0][0] not in features and "x" in features:
+        arrays = {inputs[0][0]: features["x"]}
+    else:
+        missing = [name for name, _ in inputs if name not in features]
+        if missing:
+            raise EvalInputError(
+                f"dataset has no array for input(s) {', '.join(missing)}; "
+                f"it has {', '.join(sorted(features)) or 'nothing'} (use key 'x' for a one-input model)")
+        arrays = {name: features[name] for name, _ in inputs}
+    n = None
+    for name, detail in inputs:
+        arr = arrays[name]
+        want = tuple(int(d) for d in detail["shape"][1:])
+        if arr.ndim == 0 or tuple(arr.shape[1:]) != want:
+            raise EvalInputError(
+                f"input {name!r}: dataset samples have shape {tuple(arr.shape[1:])}, the model expects {want}")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise EvalInputError(f"input {name!r}: dataset dtype {arr.dtype} is not numeric")
+        if n is not None and len(arr) != n:
+            raise EvalInputError(f"inputs have different sample counts ({n} and {len(arr)})")
+        n = len(arr)
+    return arrays
+
+
+def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optional[np.ndarray] = None,
+             output: Optional[str] = None) -> EvalResult:
+    """Run every sample through an allocated interpreter; batches follow the model's static batch size."""
+    inputs, outputs = signature_io(interpreter)
+    arrays = match_inputs(features, inputs)
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        raise EvalInputError("dataset has no samples")
+    if labels is not None and len(labels) != n:
+        raise EvalInputError(f"dataset has {n} samples but {len(labels)} labels")
+    batch = int(inputs[0][1]["shape"][0]) or 1
+    collected: Dict[str, List[np.ndarray]] = {name: [] for name, _ in outputs}
+    times: List[int] = []
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        for name, detail in inputs:
+            chunk = arrays[name][start:stop]
+            if len(chunk) < batch:  # pad the last batch by repeating its final sample
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            interpreter.set_tensor(detail["index"], quantize(chunk, detail))
+        t0 = time.perf_counter_ns()
+        interpreter.invoke()
+        times.append(time.perf_counter_ns() - t0)
+        for name, detail in outputs:
+            collected[name].append(dequantize(interpreter.get_tensor(detail["index"]), detail)[: stop - start])
+    results = {name: np.concatenate(parts) for name, parts in collected.items()}
+    accuracy = None
+    if labels is not None:
+        target = output or outputs[0][0]
+        if target not in results:
+            raise EvalInputError(f"model has no output {target!r}; outputs: {', '.join(results)}")
+        pred = results[target].reshape(n, -1).argmax(axis=1)
+        accuracy = float(np.mean(pred == np.asarray(labels).reshape(n)))
+    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results)

@@ -1,0 +1,68 @@
+"""The TFLite runtime shim: one Interpreter API over LiteRT, tflite-runtime or tensorflow.lite.
+
+Order of preference: ai_edge_litert (LiteRT), tflite_runtime, tensorflow.lite. The
+name and version of the one in use go into every result, since numbers from
+different runtimes are not comparable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+class RuntimeNotFound(Exception):
+    """No TFLite runtime is importable (or the forced one is not)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    version: str
+    interpreter_cls: Any
+    load_delegate: Any
+
+    def interpreter(self, model_content: bytes, num_threads: Optional[int] = None, **kwargs: Any) -> Any:
+        """An interpreter built from bytes, so TFLite's flatbuffer verifier runs on the model."""
+        return self.interpreter_cls(model_content=model_content, num_threads=num_threads, **kwargs)
+
+
+def _load(name: str) -> Runtime:
+    if name == "ai_edge_litert":
+        mod = importlib.import_module("ai_edge_litert.interpreter")
+        version = _dist_version("ai-edge-litert")
+    elif name == "tflite_runtime":
+        mod = importlib.import_module("tflite_runtime.interpreter")
+        version = getattr(importlib.import_module("tflite_runtime"), "__version__", None) or _dist_version("tflite-runtime")
+    elif name == "tensorflow":
+        tf = importlib.import_module("tensorflow")
+        mod = tf.lite
+        version = tf.__version__
+        return Runtime("tensorflow.lite", version, mod.Interpreter, mod.experimental.load_delegate)
+    else:
+        raise RuntimeNotFound(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    return Runtime(name, version, mod.Interpreter, mod.load_delegate)
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # metadata may be absent inside a zipapp; the version is informative only
+        return "unknown"
+
+
+def load_runtime(prefer: Optional[str] = None) -> Runtime:
+    """The forced runtime, or the best importable one; RuntimeNotFound says what was tried."""
+    candidates = (prefer,) if prefer else RUNTIMES
+    errors = []
+    for name in candidates:
+        try:
+            return _load(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise RuntimeNotFound("no TFLite runtime found (" + "; ".join(errors) + "); install ai-edge-litert or tflite-runtime")

@@ -1,0 +1,75 @@
+"""The one exception tree of edgeship.
+
+Every failure a user can cause or meet is one of these; library code raises them,
+the CLI turns them into one line and an exit code. Third-party errors (TensorFlow,
+paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
+``raise ... from exc`` so the cause stays available under ``--debug``.
+
+    EdgeshipError                 base: message says what went wrong and what to do
+    ├── UsageError                an option value that cannot work (unknown recipe, bad --io)
+    ├── ModelError                the model given to a command
+    │   ├── ModelNotFoundError    no such file or directory
+    │   ├── CorruptModelError     the file exists but cannot be read as that kind of model
+    │   ├── SignatureNotFoundError  SavedModel has no signature of that name
+    │   ├── DynamicShapeError     the model cannot be made fully static
+    │   └── UnsupportedLayerError   a layer stops the Keras 3 -> tf_keras rebuild or QAT
+    ├── DatasetError              calibration / training / eval data: missing, wrong shape or dtype, too small
+    ├── ConversionError           the TFLite converter failed or its result breaks the recipe's promise
+    └── BundleError               writing or reading a bundle (output dir, manifest schema)
+
+Callers dispatch on these types, never on message text.
+"""
+
+from __future__ import annotations
+
+
+class EdgeshipError(Exception):
+    """Base of all edgeship errors; ``str(err)`` is a complete, user-facing sentence."""
+
+    exit_code: int = 1
+
+
+class UsageError(EdgeshipError):
+    """An option or argument value that cannot work."""
+
+    exit_code = 2
+
+
+class ModelError(EdgeshipError):
+    """A problem with the model a command was given."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model path does not exist."""
+
+
+class CorruptModelError(ModelError):
+    """The model file exists but is not a readable model of the kind its name says."""
+
+
+class SignatureNotFoundError(ModelError):
+    """A SavedModel lacks the requested signature."""
+
+
+class DynamicShapeError(ModelError):
+    """The model has dimensions that cannot be fixed, so a static graph is impossible."""
+
+
+class UnsupportedLayerError(ModelError):
+    """Layers that stop a Keras 3 -> tf_keras rebuild or quantization-aware training."""
+
+    def __init__(self, message: str, layers: list[str]) -> None:
+        super().__init__(message)
+        self.layers = layers
+
+
+class DatasetError(EdgeshipError):
+    """Calibration, training or evaluation data that cannot be used with this model."""
+
+
+class ConversionError(EdgeshipError):
+    """The TFLite converter failed, or its output does not keep the recipe's promise."""
+
+
+class BundleError(EdgeshipError):
+    """A bundle directory or manifest that cannot be written or read."""
