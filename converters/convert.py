@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sys
-import warnings
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from converters.opsgen import OpSet, write_ops_dir
 from converters.recipe import Recipe
 from converters.source import SourceModel, load_source
 from converters.tflite_model import TFLiteModel
+from device_agent.runtime import quiet_native_stderr
 from sdk.errors import BundleError, ConversionError, DatasetError, UnsupportedLayerError, UsageError
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ def _run_converter(saved_model: Path, key: str, recipe: Recipe,
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[key])
     _configure(converter, recipe, representative)
     try:
-        with _stdout_to_stderr(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_native_stderr(), _stdout_to_stderr():  # the converter's C++ chatter, kept unless it fails
             return bytes(converter.convert())
     except Exception as exc:  # ConverterError, ValueError, RuntimeError: all are "the converter refused"
         msg = first_line(exc)
@@ -274,10 +273,7 @@ def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, n
     from device_agent.runtime import load_runtime
 
     runtime = load_runtime()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite's deprecation notice when it is the fallback runtime
-        interpreter = runtime.interpreter(flatbuffer)
-    interpreter.allocate_tensors()
+    interpreter = runtime.interpreter(flatbuffer)
     try:
         result = evaluate(interpreter, features, y, output=source.outputs[0])
     except EvalInputError as exc:

@@ -75,8 +75,15 @@ def custom_register_name(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).upper()
 
 
+# Where TFLM's method name is not what its own generator's CamelCasing produces
+# (the generator emits AddCumsum/AddPadv2, which do not compile).
+_MICRO_NAME_FIXES = {"CUMSUM": "AddCumSum", "PADV2": "AddPadV2"}
+
+
 def micro_add_name(name: str) -> str:
     """TFLM's resolver method for an op name: CONV_2D -> AddConv2D, TFLite_Detection_PostProcess -> AddDetectionPostprocess."""
+    if name in _MICRO_NAME_FIXES:
+        return _MICRO_NAME_FIXES[name]
     word = name.replace("TFLite", "")
     out = ""
     for part in re.split(r"_|-", word):
@@ -103,13 +110,16 @@ def _select_tf_note(ops: OpSet) -> str:
 
 def render_tflite(ops: OpSet, namespace: str = "") -> str:
     """C++ for a TFLite runtime with only these ops (the format of TFLite's gen_op_registration)."""
+    def versions(op: OpRange) -> str:
+        return "" if (op.min_version, op.max_version) == (1, 1) else f", {op.min_version}, {op.max_version}"
+
     builtin_lines = []
     for op in ops.of_kind("builtin"):
-        versions = "" if (op.min_version, op.max_version) == (1, 1) else f", {op.min_version}, {op.max_version}"
         builtin_lines.append(f"  resolver->AddBuiltin(::tflite::BuiltinOperator_{op.name}, "
-                             f"::tflite::ops::builtin::Register_{op.name}(){versions});")
+                             f"::tflite::ops::builtin::Register_{op.name}(){versions(op)});")
     customs = ops.of_kind("custom")
-    custom_lines = [f'  resolver->AddCustom("{op.name}", ::tflite::ops::custom::Register_{custom_register_name(op.name)}());'
+    custom_lines = [f'  resolver->AddCustom("{op.name}", '
+                    f'::tflite::ops::custom::Register_{custom_register_name(op.name)}(){versions(op)});'
                     for op in customs]
     decls = ""
     if customs:

@@ -223,12 +223,16 @@ def calibrate_ranges(qmodel: Any, inputs: Any, batch_size: int, batches: int = 3
     passes with a fast EMA put them where a long training run would; weights are untouched
     (no optimizer step runs).
     """
-    import functools
     from unittest import mock
 
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
-    fast = functools.partial(quant_ops.MovingAvgQuantize, ema_decay=decay)
+    original = quant_ops.MovingAvgQuantize
+
+    def fast(*args: Any, **kwargs: Any) -> Any:
+        kwargs["ema_decay"] = decay  # tfmot passes 0.999 explicitly
+        return original(*args, **kwargs)
+
     arrays = inputs if isinstance(inputs, list) else [inputs]
     n = len(arrays[0])
     order = np.random.default_rng(0).permutation(n)

@@ -23,9 +23,9 @@ class QATOptions:
     """How quantization-aware fine-tuning runs."""
 
     train: Path
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     validation_split: float = 0.1  # held out of train to pick the best epoch
     leave_float: tuple[str, ...] = ()  # layer names QAT leaves unwrapped
     leave_unsupported_float: bool = False
@@ -83,6 +83,8 @@ class Recipe:
     def from_name(cls, name: str, **options: Any) -> Recipe:
         """The recipe for a CLI name; options that do not apply to it are ignored."""
         if name == "int8":
+            if options.get("calibration") is None:
+                raise UsageError("recipe int8 needs calibration data: --calib DATA.npz (or an image folder)")
             return cls.int8(options["calibration"], options.get("io") or "int8", options.get("samples"),
                             options.get("image_range") or (0.0, 1.0))
         if name == "qat":

@@ -293,12 +293,17 @@ class TFLiteModel:
                 Operator(int(op.scalar(0, "I", 0)), tuple(op.scalars(1, "i")), tuple(op.scalars(2, "i")))
                 for op in sg.tables(3)
             )
+            sg_inputs, sg_outputs = tuple(sg.scalars(1, "i")), tuple(sg.scalars(2, "i"))
+            for i in sg_inputs + sg_outputs:
+                if not 0 <= i < len(tensors):
+                    raise _OutOfBounds(i)
             for op in operators:
                 if op.opcode_index >= len(opcodes):
                     raise _OutOfBounds(op.opcode_index)
-            subgraphs.append(
-                Subgraph(sg.string(4) or "", tuple(tensors), tuple(sg.scalars(1, "i")), tuple(sg.scalars(2, "i")), operators)
-            )
+                for i in op.inputs + op.outputs:
+                    if not -1 <= i < len(tensors):  # -1 marks an omitted optional input
+                        raise _OutOfBounds(i)
+            subgraphs.append(Subgraph(sg.string(4) or "", tuple(tensors), sg_inputs, sg_outputs, operators))
 
         metadata: dict[str, bytes] = {}
         for m in root.tables(6):

@@ -7,11 +7,43 @@ different runtimes are not comparable.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold fd 2 while native code prints banners (TF import, XNNPACK); replay it if the block fails.
+
+    EDGESHIP_DEBUG=1 leaves stderr alone.
+    """
+    if os.environ.get("EDGESHIP_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except BaseException:
+            os.dup2(saved, 2)
+            buf.seek(0)
+            os.write(2, buf.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class RuntimeNotFound(Exception):
@@ -26,8 +58,11 @@ class Runtime:
     load_delegate: Any
 
     def interpreter(self, model_content: bytes, num_threads: Optional[int] = None, **kwargs: Any) -> Any:
-        """An interpreter built from bytes, so TFLite's flatbuffer verifier runs on the model."""
-        return self.interpreter_cls(model_content=model_content, num_threads=num_threads, **kwargs)
+        """An allocated interpreter built from bytes, so TFLite's flatbuffer verifier runs on the model."""
+        with quiet_native_stderr():
+            interpreter = self.interpreter_cls(model_content=model_content, num_threads=num_threads, **kwargs)
+            interpreter.allocate_tensors()
+        return interpreter
 
 
 def _load(name: str) -> Runtime:

@@ -36,6 +36,9 @@ class _Group(click.Group):
             _fail(str(exc), exc.exit_code, exc)
         except KeyboardInterrupt:
             _fail("interrupted", EXIT_INTERRUPTED, None)
+        except click.UsageError as exc:  # unknown option, missing argument: one line too
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint, 2, None)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: still one line, with the way to get the traceback
@@ -130,8 +133,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
 @click.option("--train", type=click.Path(path_type=Path), help="qat: training data .npz with x (or per-input arrays) and y.")
-@click.option("--epochs", type=int, default=None, help="qat: fine-tuning epochs [5].")
-@click.option("--learning-rate", type=float, default=None, help="qat: Adam learning rate [1e-4].")
+@click.option("--epochs", type=int, default=None, help="qat: fine-tuning epochs [3].")
+@click.option("--learning-rate", type=float, default=None, help="qat: Adam learning rate [1e-5].")
 @click.option("--qat-leave-float", default=None, metavar="LAYER,...", help="qat: layers to leave unwrapped (trained in float).")
 @click.option("--qat-leave-unsupported", is_flag=True, help="qat: leave layers QAT cannot wrap in float instead of failing.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
@@ -255,6 +258,10 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
               for p in models]
     opset = OpSet.of(loaded)
     if out is not None:
+        if out.exists() and not out.is_dir():
+            from sdk.errors import BundleError
+
+            raise BundleError(f"{out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         (out / "ops.json").write_text(json.dumps(opset.to_json(), indent=2) + "\n")
         (out / "registration.cc").write_text(render_tflite(opset, namespace))
@@ -280,7 +287,8 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Test data .npz: x (or one array per input) and y.")
 @click.option("--output", default=None, help="Output to score (default: the first).")
 @click.option("--threads", type=int, default=None, help="Interpreter threads.")
-@click.option("--runtime", default=None, help="Force a runtime: ai_edge_litert | tflite_runtime | tensorflow.")
+@click.option("--runtime", default=None, type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]),
+              help="Force a runtime (default: the first importable of these).")
 @json_option
 def eval_host(model: Path, data: Path, output: str | None, threads: int | None, runtime: str | None,
               as_json: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,7 @@ def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, t
     except RuntimeNotFound as exc:
         raise EdgeshipError(str(exc)) from exc
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            interpreter = rt.interpreter(model_path.read_bytes(), num_threads=threads)
-            interpreter.allocate_tensors()
+        interpreter = rt.interpreter(model_path.read_bytes(), num_threads=threads)
     except (ValueError, RuntimeError) as exc:
         raise CorruptModelError(f"{model_path}: the TFLite runtime rejected the model ({exc})") from exc
     try:
