@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -254,7 +254,7 @@ def _qat_model(source: SourceModel, recipe: Recipe, names: list[str],
             raise UnsupportedLayerError(
                 f"{source.path}: QAT needs Keras layers to wrap, and this SavedModel holds only a graph; "
                 f"give the .keras/.h5 model it came from (or use --recipe int8)", [])
-        flavour = "tf_keras"
+        flavour: str | None = "tf_keras"
     else:
         model, flavour = source.keras_model, source.keras_flavour
     sample = [x[n][:8] for n in names] if len(names) > 1 else x[names[0]][:8]

@@ -70,7 +70,7 @@ class Integer(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # MANIFEST_SCHEMA_VERSION
     model_file: str = MODEL_FILE
     sha256: str
     size: int

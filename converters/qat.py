@@ -128,10 +128,10 @@ def _first(out: Any) -> Any:
 
 def unsupported_layers(model: Any) -> list[str]:
     """Layers tfmot's default 8-bit scheme cannot wrap, as 'name (Class)'."""
+    import tf_keras
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_registry as registry_mod,
     )
-    import tf_keras
 
     registry = registry_mod.Default8BitQuantizeRegistry()
     return [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
@@ -202,10 +202,12 @@ def quantize_and_finetune(model: Any, options: QATOptions, x: dict[str, np.ndarr
         callbacks.append(tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.epochs,
                                                           restore_best_weights=True))
     if progress is not None:
+        report = progress
+
         class _Report(tf_keras.callbacks.Callback):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 logs = logs or {}
-                progress(f"QAT epoch {epoch + 1}/{options.epochs}: loss {logs.get('loss', float('nan')):.4f}"
+                report(f"QAT epoch {epoch + 1}/{options.epochs}: loss {logs.get('loss', float('nan')):.4f}"
                          f", val_loss {logs.get('val_loss', float('nan')):.4f}")
 
         callbacks.append(_Report())

@@ -57,7 +57,7 @@ class _OutOfBounds(Exception):
 class _Table:
     """A flatbuffer table: fields are looked up through its vtable by slot number."""
 
-    __slots__ = ("r", "pos", "vt", "vt_len")
+    __slots__ = ("pos", "r", "vt", "vt_len")
 
     def __init__(self, r: _Reader, pos: int) -> None:
         self.r = r

@@ -129,7 +129,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size of the converted model.")
 @click.option("--io", "io_type", default=None, metavar="TYPE",
               help="Model input/output type for int8/qat: int8 (default) | uint8 | float32.")
-@click.option("--calib", type=click.Path(path_type=Path), help="int8: calibration data, .npz (x or one array per input) or an image folder.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="int8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
 @click.option("--train", type=click.Path(path_type=Path), help="qat: training data .npz with x (or per-input arrays) and y.")

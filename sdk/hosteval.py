@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converters.data import load_npz
 from converters.tflite_model import TFLiteModel
 from sdk.errors import CorruptModelError, DatasetError, EdgeshipError

@@ -38,6 +38,7 @@ def test_two_io_signature_converts_with_every_recipe(two_io_saved_model: Path, t
 
     # The converted model computes what the SavedModel computes.
     import tensorflow as tf
+
     from device_agent.evaluate import evaluate
     from device_agent.runtime import load_runtime
 

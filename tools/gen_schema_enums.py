@@ -20,7 +20,7 @@ def load_schema():  # type: ignore[no-untyped-def]
     spec = importlib.util.find_spec("tensorflow")
     if spec is None or spec.submodule_search_locations is None:
         sys.exit("tensorflow is not installed in this interpreter")
-    path = Path(list(spec.submodule_search_locations)[0]) / "lite" / "python" / "schema_py_generated.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / "lite" / "python" / "schema_py_generated.py"
     mod_spec = importlib.util.spec_from_file_location("_tfl_schema", path)
     assert mod_spec and mod_spec.loader
     module = importlib.util.module_from_spec(mod_spec)
