@@ -59,13 +59,14 @@ def _tool_versions(recipe: Recipe) -> dict[str, str]:
     return out
 
 
-def _representative(features: dict[str, np.ndarray], names: list[str]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
-    """A representative_dataset yielding one-sample dicts keyed by signature input name."""
+def _representative(features: dict[str, np.ndarray], names: list[str],
+                    batch: int) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """A representative_dataset yielding dicts of static-batch-sized chunks keyed by signature input name."""
     n = len(next(iter(features.values())))
 
     def gen() -> Iterator[dict[str, np.ndarray]]:
-        for i in range(n):
-            yield {name: features[name][i : i + 1] for name in names}
+        for start in range(0, n - batch + 1, batch):
+            yield {name: features[name][start : start + batch] for name in names}
 
     return gen
 
@@ -204,10 +205,12 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
         features = datasets.features_for(recipe.calibration, source.inputs, "calibration", recipe.image_range)
         picked = datasets.pick_calibration(features, recipe.calib_samples, recipe.calib_samples_explicit,
                                            recipe.calibration)
-        representative = _representative(picked, names)
+        if len(next(iter(picked.values()))) < batch:
+            raise DatasetError(f"{recipe.calibration}: fewer calibration samples than one batch of --batch {batch}")
+        representative = _representative(picked, names, batch)
         say(f"calibrating on {len(next(iter(picked.values())))} samples from {recipe.calibration}")
     elif recipe.name == "qat":
-        convert_model, representative = _qat_model(source, recipe, names, say)
+        convert_model, representative = _qat_model(source, recipe, names, batch, say)
 
     with tempfile.TemporaryDirectory(prefix="edgeship-static-") as tmp:
         say("exporting a static-shape graph")
@@ -238,7 +241,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     return manifest
 
 
-def _qat_model(source: SourceModel, recipe: Recipe, names: list[str],
+def _qat_model(source: SourceModel, recipe: Recipe, names: list[str], batch: int,
                say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
     from converters import qat
 
@@ -264,7 +267,7 @@ def _qat_model(source: SourceModel, recipe: Recipe, names: list[str],
     qmodel = qat.quantize_and_finetune(tfk_model, opts, x, y, progress=say)
     # Layers QAT left float still need ranges, so the training data calibrates them.
     picked = datasets.pick_calibration(x, 200, False, opts.train)
-    return qmodel, _representative(picked, names)
+    return qmodel, _representative(picked, names, batch)
 
 
 def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,

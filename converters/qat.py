@@ -246,10 +246,13 @@ def calibrate_ranges(qmodel: Any, inputs: Any, batch_size: int, batches: int = 3
 
 
 def load_tf_keras_for_qat(path: Path) -> Any:
-    """A tf_keras model straight from a tf_keras SavedModel/.h5, or None when it is not one."""
+    """A tf_keras model from a tf_keras SavedModel (one with keras_metadata.pb), or None when it is not one."""
     import tf_keras
 
+    if path.is_dir() and not (path / "keras_metadata.pb").exists():
+        return None
     try:
-        return tf_keras.models.load_model(path, compile=False)
+        model = tf_keras.models.load_model(path, compile=False)
     except Exception:  # not a tf_keras artefact; the caller explains what QAT needs
         return None
+    return model if isinstance(model, tf_keras.Model) else None
