@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DIGITS := examples/digits/build
 DEMO := build/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean apt-tools
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update && apt-get install -y python3-venv; }
@@ -22,6 +22,17 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[convert,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# System tools the transport tests drive for real: OpenSSH's sshd and socat. Only `test`
+# needs them; the check is a stat when they are installed, so no stamp file is kept.
+APT_TOOLS := /usr/sbin/sshd /usr/bin/socat
+
+apt-tools:
+	@for f in $(APT_TOOLS); do [ -x $$f ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing openssh-server and socat (needed by the transport tests)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server socat; \
+	fi
+
 install: $(STAMP)
 
 $(DIGITS)/digits.keras: examples/digits/train.py | $(STAMP)
@@ -30,14 +41,15 @@ $(DIGITS)/digits.keras: examples/digits/train.py | $(STAMP)
 demo: $(STAMP) $(DIGITS)/digits.keras
 	$(EDGESHIP) convert $(DIGITS)/digits.keras --recipe int8 --calib $(DIGITS)/train.npz \
 		--eval $(DIGITS)/test.npz --out $(DEMO)/digits-int8 --force
-	$(EDGESHIP) inspect $(DEMO)/digits-int8/model.tflite
-	$(EDGESHIP) eval-host $(DEMO)/digits-int8 --data $(DIGITS)/test.npz
+	$(EDGESHIP) push $(DEMO)/digits-int8 --board local
+	$(EDGESHIP) eval $(DEMO)/digits-int8 --board local --data $(DIGITS)/test.npz --min-agreement 100
+	$(EDGESHIP) bench $(DEMO)/digits-int8 --board local --runs 500
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) apt-tools lint
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -311,5 +311,259 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
                f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
 
 
+# --- boards: push / bench / eval / ping ------------------------------------------------------
+
+board_option = click.option("--board", "-b", "board_spec", default="local", show_default=True, metavar="BOARD",
+                            help="local | ssh://user@host:port?python=...&key=... | serial://<device or URL>?baud=N")
+accept_option = click.option("--accept-new-host", is_flag=True,
+                             help="SSH: trust an unknown host key and record it (like OpenSSH accept-new).")
+
+
+class _Bars:
+    """Rich progress bars on stderr for uploads and runs; silent with --json or --quiet."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def upload(self, what: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if what not in self._tasks:
+            self._tasks[what] = self._progress.add_task(f"upload {what}", total=total)
+        self._progress.update(self._tasks[what], completed=done)
+
+    def run(self, p: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        if "run" not in self._tasks:
+            self._tasks["run"] = self._progress.add_task("run", total=p.get("runs") or None)
+        self._progress.update(self._tasks["run"], completed=p.get("done", 0))
+
+
+def _board(spec: str) -> Any:
+    from sdk.boards import Board
+
+    return Board.parse(spec)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@accept_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@json_option
+def push(bundle: Path, board_spec: str, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
+    """Place a bundle's model on a board (resumes an interrupted push; skips an unchanged model)."""
+    from sdk.device import push as run
+
+    with _Bars(not (quiet or as_json)) as bars:
+        doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload)
+    if as_json:
+        _emit_json(doc)
+        return
+    up = doc["upload"]
+    how = ("already on the board, nothing sent" if up["skipped"] else
+           f"sent {_kib(up['sent_bytes'])} ({up['encoding']}"
+           + (f", resumed at {_kib(up['resumed_from'])}" if up["resumed_from"] else "") + f") in {up['seconds']:.2f} s")
+    click.echo(f"{doc['board']}: model {doc['model_sha256'][:12]} ({_kib(up['size'])}): {how}")
+
+
+def _run_options(runs: int | None, warmup: int | None, min_seconds: float | None, threads: int | None,
+                 delegate: tuple[str, ...], no_xnnpack: bool, runtime: str | None, require_delegate: bool) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for key, value in (("runs", runs), ("warmup", warmup), ("min_seconds", min_seconds), ("threads", threads),
+                       ("runtime", runtime)):
+        if value is not None:
+            opts[key] = value
+    if no_xnnpack:
+        opts["xnnpack"] = False
+    if delegate:
+        opts["delegates"] = []
+        for d in delegate:
+            lib, _, raw = d.partition(":")
+            options = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)
+            opts["delegates"].append({"library": lib, "options": options, "required": require_delegate})
+    return opts
+
+
+run_options = [
+    click.option("--runs", type=int, default=None, help="Steady-state runs at least [50]."),
+    click.option("--warmup", type=int, default=None, help="Warm-up runs [5]."),
+    click.option("--min-seconds", type=float, default=None, help="Steady state lasts at least this long [1.0]."),
+    click.option("--threads", type=int, default=None, help="Interpreter threads."),
+    click.option("--delegate", multiple=True, metavar="LIB[:k=v,...]", help="External delegate library and options."),
+    click.option("--require-delegate", is_flag=True, help="Fail instead of falling back when a delegate does not load."),
+    click.option("--no-xnnpack", is_flag=True, help="Disable the default XNNPACK delegate."),
+    click.option("--runtime", type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]), default=None,
+                 help="Force the board's runtime."),
+    click.option("--max-p90-ms", type=float, default=None, help="Gate: fail (exit 3) if p90 latency is above this."),
+]
+
+
+def _with(options: list[Any]) -> Callable[[Any], Any]:
+    def apply(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+def _report_run(doc: dict[str, Any]) -> None:
+    r = doc["result"]
+    a = doc["agent"]
+    rt = r.get("runtime") or a.get("runtime") or {}
+    click.echo(f"{doc['board']}: {doc['kind']} of {doc['model_sha256'][:12]} on {rt.get('name')} {rt.get('version')}"
+               f" ({(a.get('cpu') or {}).get('arch')}), status {r.get('status')}")
+    if r.get("status") != "ok":
+        click.echo(f"  {r.get('message', '')}")
+        return
+    d = r.get("delegate") or {}
+    click.echo(f"  load {r.get('load_ms', 0):.2f} ms, threads {r.get('threads') or 'default'}, delegate "
+               f"{', '.join(d.get('applied') or []) or 'none'} ({d.get('delegate_kernels', 0)} partition(s) over "
+               f"{d.get('nodes', 0)} nodes)")
+    for note in d.get("notes") or []:
+        click.echo(f"  note: {note}")
+    lat = r.get("latency_ms") or {}
+    if doc["kind"] == "bench":
+        click.echo(f"  first inference {r['first_inference_ms']:.3f} ms, warm-up {r['warmup']['count']} runs")
+    if lat:
+        click.echo(f"  latency over {lat['count']} runs: mean {lat['mean']:.3f} ms, std {lat['std']:.3f}, min {lat['min']:.3f}, "
+                   f"p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, p95 {lat['p95']:.3f}, p99 {lat['p99']:.3f}, max {lat['max']:.3f}")
+    if r.get("accuracy") is not None:
+        host = doc.get("host") or {}
+        line = f"  accuracy {r['accuracy'] * 100:.2f}% on {r['samples']} samples"
+        if host.get("accuracy") is not None:
+            line += f" (host {host['accuracy'] * 100:.2f}%)"
+        click.echo(line)
+    agr = r.get("agreement")
+    if agr and "argmax_agreement" in agr:
+        click.echo(f"  vs host reference: argmax agreement {agr['argmax_agreement'] * 100:.2f}%, RMSE {agr['rmse']:.3g}, "
+                   f"max abs error {agr['max_abs_error']:.3g}, cosine {agr['cosine_mean']:.6f}")
+    click.echo(f"  peak RSS {r.get('peak_rss_kib', 0) / 1024:.1f} MiB")
+
+
+def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, accept_new_host: bool, quiet: bool,
+                 as_json: bool, opts: dict[str, Any], gates: dict[str, Any]) -> None:
+    from sdk.device import check_gates, run_on_board
+
+    with _Bars(not (quiet or as_json)) as bars:
+        doc = run_on_board(kind, bundle, _board(board_spec), data=data, options=opts, accept_new_host=accept_new_host,
+                           upload_progress=bars.upload, run_progress=bars.run)
+    if as_json:
+        _emit_json(doc)
+    else:
+        _report_run(doc)
+    check_gates(doc, **gates)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@click.option("--data", type=click.Path(path_type=Path), help="Feed these samples (.npz) instead of random inputs.")
+@_with(run_options)
+@accept_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@json_option
+def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, warmup: int | None,
+          min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
+          no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, accept_new_host: bool, quiet: bool,
+          as_json: bool) -> None:
+    """Latency of a bundle's model on a board: load, first inference, warm-up, steady state percentiles."""
+    _run_command("bench", bundle, board_spec, data, accept_new_host, quiet, as_json,
+                 _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate),
+                 {"max_p90_ms": max_p90_ms})
+
+
+@main.command("eval")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Test data .npz: x (or per-input arrays) and y.")
+@_with(run_options)
+@click.option("--min-accuracy", type=float, default=None, help="Gate: fail (exit 3) below this top-1 accuracy, in %.")
+@click.option("--min-agreement", type=float, default=None, help="Gate: fail (exit 3) below this argmax agreement with the host, in %.")
+@accept_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@json_option
+def eval_board(bundle: Path, board_spec: str, data: Path, runs: int | None, warmup: int | None,
+               min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
+               no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, min_accuracy: float | None,
+               min_agreement: float | None, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
+    """Accuracy on a board, and agreement with the host's outputs on the same samples."""
+    _run_command("eval", bundle, board_spec, data, accept_new_host, quiet, as_json,
+                 _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate),
+                 {"max_p90_ms": max_p90_ms, "min_accuracy": min_accuracy, "min_agreement": min_agreement})
+
+
+@main.group()
+def agent() -> None:
+    """Build or run the on-board agent."""
+
+
+@agent.command("build")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build/edgeship-agent.pyz"), show_default=True,
+              help="Where to write the zipapp.")
+def agent_build(out: Path) -> None:
+    """Write the agent as one zipapp file (stdlib + numpy + a TFLite runtime on the board)."""
+    from sdk.agentbuild import write_zipapp
+
+    path, sha = write_zipapp(out)
+    click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]}); run it with: python3 {path.name} --stdio")
+
+
+@agent.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def agent_serve(args: tuple[str, ...]) -> None:
+    """Run the agent here: --stdio, or --serial PATH [--baud N] (see `python -m device_agent --help`)."""
+    from device_agent.__main__ import main as agent_main
+
+    sys.exit(agent_main(list(args)))
+
+
+@main.group()
+def boards() -> None:
+    """Reach boards."""
+
+
+@boards.command("ping")
+@click.argument("board_spec", metavar="BOARD")
+@accept_option
+@json_option
+def boards_ping(board_spec: str, accept_new_host: bool, as_json: bool) -> None:
+    """Connect to a board's agent: its version, runtime, delegates and the round-trip time."""
+    from sdk.boards import open_session
+
+    board = _board(board_spec)
+    session = open_session(board, accept_new_host=accept_new_host)
+    try:
+        info = dict(session.info)
+    finally:
+        session.close()
+    if as_json:
+        _emit_json({"board": board.name, **info})
+        return
+    rt = info.get("runtime") or {}
+    cpu = info.get("cpu") or {}
+    click.echo(f"{board.name}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python {info.get('python')}), "
+               f"runtime {rt.get('name')} {rt.get('version', '')}, {cpu.get('arch')} x{cpu.get('cores')}, "
+               f"delegates {', '.join(info.get('delegates') or [])}, rtt {info.get('rtt_ms', 0):.1f} ms")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

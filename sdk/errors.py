@@ -15,7 +15,13 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   └── UnsupportedLayerError   a layer stops the Keras 3 -> tf_keras rebuild or QAT
     ├── DatasetError              calibration / training / eval data: missing, wrong shape or dtype, too small
     ├── ConversionError           the TFLite converter failed or its result breaks the recipe's promise
-    └── BundleError               writing or reading a bundle (output dir, manifest schema)
+    ├── BundleError               writing or reading a bundle (output dir, manifest schema)
+    ├── TransportError            reaching a board
+    │   ├── LinkError             the stream could not open, broke, or stopped answering (retries exhausted)
+    │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
+    │   ├── AuthError             the board refused our credentials
+    │   └── AgentError            the agent answered with an error frame (``code`` says why)
+    └── GateError                 a result missed a CI gate (exit code 3)
 
 Callers dispatch on these types, never on message text.
 """
@@ -73,3 +79,33 @@ class ConversionError(EdgeshipError):
 
 class BundleError(EdgeshipError):
     """A bundle directory or manifest that cannot be written or read."""
+
+
+class TransportError(EdgeshipError):
+    """Reaching a board failed: the link, its authentication, or the agent's answers."""
+
+
+class LinkError(TransportError):
+    """The byte stream to a board could not be opened, broke, or stopped answering."""
+
+
+class HostKeyError(TransportError):
+    """An SSH host key is unknown (and not accepted) or has changed."""
+
+
+class AuthError(TransportError):
+    """The board refused our credentials."""
+
+
+class AgentError(TransportError):
+    """The agent answered with an error frame; ``code`` is its machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GateError(EdgeshipError):
+    """A bench/eval result missed a CI gate (--min-accuracy, --max-p90-ms, --min-agreement)."""
+
+    exit_code = 3

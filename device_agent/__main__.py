@@ -1,0 +1,46 @@
+"""python -m device_agent --stdio | --serial PATH [--baud N]: serve edgeship requests."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from device_agent import __version__
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgeship-agent", description=__doc__)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--stdio", action="store_true", help="serve one host on stdin/stdout (SSH, local)")
+    mode.add_argument("--serial", metavar="PATH", help="serve forever on a serial device or pty")
+    mode.add_argument("--version", action="store_true", help="print the agent version and exit")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--store", type=Path, default=Path(os.environ.get("EDGESHIP_STORE", "~/.edgeship/store")).expanduser())
+    parser.add_argument("--quota", type=int, default=512 << 20, help="store quota in bytes")
+    parser.add_argument("--max-frame", type=int, default=1 << 20, help="largest frame payload accepted")
+    parser.add_argument("--run-timeout", type=float, default=300.0)
+    parser.add_argument("--memory-limit", type=int, default=2 << 30, help="per-run worker memory limit in bytes (0: none)")
+    parser.add_argument("--runtime", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"])
+    args = parser.parse_args(argv)
+    if args.version:
+        print(__version__)
+        return 0
+    from device_agent.agent import Agent, AgentConfig, main_stdio
+
+    config = AgentConfig(store_dir=args.store, quota=args.quota, max_frame=args.max_frame,
+                         run_timeout=args.run_timeout, memory_limit=args.memory_limit, runtime=args.runtime)
+    if args.stdio:
+        main_stdio(config)
+        return 0
+    from device_agent.streams import open_tty
+
+    stream = open_tty(args.serial, args.baud)
+    print(f"edgeship agent {__version__} serving on {args.serial} at {args.baud} baud", file=sys.stderr, flush=True)
+    Agent(config).serve(stream, forever=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The agent's request loop: hello, has/put blobs, run (bench/eval), list, delete, bye.
+
+Every failure becomes an error frame with a code and a message; nothing a host sends
+(bad frames, bad names, corrupt models, wrong datasets) stops the agent. It never runs
+code from the host: a run is a model through the TFLite runtime in a worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from device_agent import __version__
+from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
+from device_agent.store import Store, StoreError, check_name
+from device_agent.streams import StreamClosed
+from device_agent.worker import run_in_worker
+
+KNOWN_DELEGATES = ("libedgetpu.so.1", "libvx_delegate.so", "libarmnnDelegate.so", "libQnnTFLiteDelegate.so",
+                   "libethosu_op_delegate.so", "libtensorflowlite_gpu_delegate.so")
+RUN_KINDS = ("bench", "eval")
+
+
+@dataclass
+class AgentConfig:
+    store_dir: Path
+    quota: int = 512 << 20
+    max_frame: int = 1 << 20
+    run_timeout: float = 300.0
+    memory_limit: int = 2 << 30  # per worker; 0 disables
+    runtime: Optional[str] = None
+
+
+def _meminfo() -> Dict[str, int]:
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, value = line.split(":", 1)
+            if key in ("MemTotal", "MemAvailable"):
+                out[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return {"total_bytes": out.get("MemTotal", 0), "available_bytes": out.get("MemAvailable", 0)}
+
+
+def _cpu() -> Dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"arch": platform.machine(), "cores": os.cpu_count(), "model": model}
+
+
+def _delegates_found() -> list:  # type: ignore[type-arg]
+    import ctypes.util
+
+    found = ["xnnpack"]
+    search = ["/usr/lib", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf"]
+    for lib in KNOWN_DELEGATES:
+        if any(Path(d, lib).exists() for d in search) or ctypes.util.find_library(lib.split(".so")[0][3:]):
+            found.append(lib)
+    return found
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_dir, config.quota)
+        self._runtime_info: Optional[Dict[str, Any]] = None
+
+    # -- serving ---------------------------------------------------------------------------
+    def serve(self, stream: Any, *, forever: bool = False) -> None:
+        """Answer requests on a stream; with forever=True (serial) survive hosts coming and going."""
+        while True:
+            link = Link(stream, role="agent", max_payload=self.config.max_frame)
+            try:
+                self._session(link)
+                if not forever:
+                    return
+            except (LinkFailed, StreamClosed):
+                if not forever:
+                    return
+                time.sleep(0.1)  # the host went away; wait for the next one on the same line
+
+    def _session(self, link: Link) -> None:
+        while True:
+            try:
+                msg = link.recv(timeout=None)
+            except ProtocolError as exc:
+                link.send(error_message(exc.code, str(exc)))
+                continue
+            except LinkTimeout:
+                continue
+            if msg.op == "bye":
+                link.send(Message({"op": "ok"}))
+                link.flush(10.0)
+                return
+            link.send(self.handle(msg, lambda m: link.send(m)))
+
+    def handle(self, msg: Message, send: Callable[[Message], None]) -> Message:
+        """One request -> one reply (a run may send progress messages first)."""
+        handler = getattr(self, f"_op_{msg.op}", None)
+        if handler is None:
+            return error_message("unknown_op", f"unknown request {msg.op!r}")
+        try:
+            reply = handler(msg, send)
+        except StoreError as exc:
+            return error_message(exc.code, str(exc))
+        except (KeyError, TypeError, ValueError) as exc:
+            return error_message("bad_request", f"malformed {msg.op} request: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return error_message("io_error", f"{msg.op} failed on the board: {exc}")
+        return reply if isinstance(reply, Message) else Message(reply)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _runtime(self) -> Dict[str, Any]:
+        if self._runtime_info is None:
+            from device_agent.runtime import RuntimeNotFound, load_runtime
+
+            try:
+                rt = load_runtime(self.config.runtime)
+                self._runtime_info = {"name": rt.name, "version": rt.version}
+            except RuntimeNotFound as exc:
+                self._runtime_info = {"name": None, "error": str(exc)}
+        return self._runtime_info
+
+    def _op_hello(self, msg: Message, send: Any) -> Dict[str, Any]:
+        return {"op": "hello", "agent_version": __version__, "protocol": VERSION, "python": platform.python_version(),
+                "runtime": self._runtime(), "delegates": _delegates_found(), "cpu": _cpu(), "memory": _meminfo(),
+                "store": {"quota": self.store.quota, "used": self.store.usage()},
+                "limits": {"max_frame": self.config.max_frame, "max_blob": self.store.quota},
+                "pid": os.getpid(), "time_ns": time.time_ns()}
+
+    def _op_has(self, msg: Message, send: Any) -> Dict[str, Any]:
+        installed, offset = self.store.has(msg.header["sha256"], msg.header.get("encoding", "raw"))
+        return {"op": "ok", "installed": installed, "offset": offset}
+
+    def _op_put_begin(self, msg: Message, send: Any) -> Dict[str, Any]:
+        h = msg.header
+        if self.store.has(h["sha256"])[0]:
+            return {"op": "ok", "installed": True, "offset": 0}
+        offset = self.store.begin(h["sha256"], h["size"], h.get("encoding", "raw"), h["wire_size"])
+        return {"op": "ok", "installed": False, "offset": offset}
+
+    def _op_put(self, msg: Message, send: Any) -> Dict[str, Any]:
+        h = msg.header
+        return {"op": "ok", "offset": self.store.write(h["sha256"], h.get("encoding", "raw"), int(h["offset"]), msg.body)}
+
+    def _op_put_end(self, msg: Message, send: Any) -> Dict[str, Any]:
+        h = msg.header
+        return {"op": "ok", "size": self.store.finish(h["sha256"], h.get("encoding", "raw"))}
+
+    def _op_list(self, msg: Message, send: Any) -> Dict[str, Any]:
+        return {"op": "ok", "blobs": [{"sha256": b.sha256, "size": b.size, "last_used": b.last_used}
+                                      for b in self.store.list()]}
+
+    def _op_delete(self, msg: Message, send: Any) -> Dict[str, Any]:
+        return {"op": "ok", "deleted": self.store.delete(msg.header["sha256"])}
+
+    def _op_run(self, msg: Message, send: Callable[[Message], None]) -> Dict[str, Any]:
+        h = msg.header
+        kind = h.get("kind")
+        if kind not in RUN_KINDS:
+            return {"op": "error", "code": "bad_request", "message": f"run kind must be one of {RUN_KINDS}, not {kind!r}"}
+        model = check_name(h["model"])
+        self.store.get(model)  # hash check; raises not_found / corrupt_blob
+        dataset = check_name(h["dataset"]) if h.get("dataset") else None
+        if dataset:
+            self.store.get(dataset)
+        opts = h.get("options") or {}
+        request = {
+            "kind": kind,
+            "model_path": str(self.store.blobs / model),
+            "model_sha256": model,
+            "dataset_path": str(self.store.blobs / dataset) if dataset else None,
+            "runtime": opts.get("runtime") or self.config.runtime,
+            "threads": opts.get("threads"),
+            "xnnpack": opts.get("xnnpack", True),
+            "delegates": opts.get("delegates") or [],
+            "warmup": int(opts.get("warmup", 5)),
+            "runs": int(opts.get("runs", 50)),
+            "min_seconds": float(opts.get("min_seconds", 1.0)),
+            "output": opts.get("output"),
+        }
+        timeout = float(opts.get("timeout", self.config.run_timeout))
+        result = run_in_worker(request, timeout, self.config.memory_limit,
+                               progress=lambda p: send(Message({"op": "progress", **p})))
+        return {"op": "result", "schema_version": 1, "agent_version": __version__, **result}
+
+
+def main_stdio(config: AgentConfig) -> None:
+    from device_agent.streams import FdStream
+
+    stdin, stdout = sys.stdin.fileno(), os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the frame stream
+    Agent(config).serve(FdStream(stdin, stdout))

@@ -1,0 +1,70 @@
+"""Byte streams the agent serves on: stdio (SSH exec channel, local subprocess) and a tty (serial line).
+
+Standard library only: a board needs no pyserial to serve on /dev/ttyUSB0 or a pty.
+Every stream has read(max_bytes, timeout) -> bytes (b"" on timeout), write(data), close().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import termios
+import tty
+from typing import Optional
+
+BAUD_RATES = {n: getattr(termios, f"B{n}") for n in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+              if hasattr(termios, f"B{n}")}
+
+
+class StreamClosed(Exception):
+    """The other end went away (EOF on a pipe, a hung-up tty)."""
+
+
+class FdStream:
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+
+    def read(self, max_bytes: int, timeout: Optional[float]) -> bytes:
+        ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            data = os.read(self.read_fd, max_bytes)
+        except OSError as exc:  # EIO when a pty's other side closes
+            raise StreamClosed(str(exc)) from exc
+        if not data:
+            raise StreamClosed("end of stream")
+        return data
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            select.select([], [self.write_fd], [], None)
+            try:
+                n = os.write(self.write_fd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise StreamClosed(str(exc)) from exc
+            view = view[n:]
+
+    def close(self) -> None:
+        for fd in {self.read_fd, self.write_fd}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def open_tty(path: str, baud: int) -> FdStream:
+    """A serial device (or pty) in raw mode at `baud`: binary-clean, no echo, no line discipline."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    speed = BAUD_RATES.get(baud)
+    if speed is not None:
+        attrs[4] = attrs[5] = speed
+    attrs[2] |= termios.CLOCAL | termios.CREAD
+    attrs[2] &= ~termios.CRTSCTS if hasattr(termios, "CRTSCTS") else ~0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    return FdStream(fd, fd)

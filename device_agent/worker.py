@@ -1,0 +1,319 @@
+"""Run one model (bench or eval) in a child process, so a crash or hang costs a run, not the agent.
+
+The parent (``run_in_worker``) starts ``python -c ...`` with a memory limit, sends the
+request as JSON on stdin, relays progress lines and classifies the ending: ok, invalid
+(the runtime rejected the model), bad_dataset, crashed (killed by a signal),
+timeout, out_of_memory. The child hash-checks the model bytes it is given and loads
+them with ``model_content=`` so TFLite's flatbuffer verifier runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+RESULT_SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------------- child side
+def _emit(obj: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _read_sys(path: str, scale: float = 1.0) -> Optional[float]:
+    try:
+        return float(Path(path).read_text().strip()) * scale
+    except (OSError, ValueError):
+        return None
+
+
+def board_sensors() -> Dict[str, Optional[float]]:
+    """CPU temperature (deg C) and frequency (MHz) where the board exposes them."""
+    return {
+        "cpu_temp_c": _read_sys("/sys/class/thermal/thermal_zone0/temp", 1e-3),
+        "cpu_freq_mhz": _read_sys("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq", 1e-3),
+    }
+
+
+def _peak_rss_kib() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, Any]:
+    """Interpreter with the requested threads and delegates; says what was applied and what fell back."""
+    from device_agent.runtime import quiet_native_stderr
+
+    delegates = []
+    notes: List[str] = []
+    for spec in req.get("delegates") or []:
+        try:
+            with quiet_native_stderr():
+                delegates.append(rt.load_delegate(spec["library"], spec.get("options") or {}))
+        except (ValueError, OSError, RuntimeError) as exc:
+            if spec.get("required"):
+                raise DelegateRequired(f"delegate {spec['library']} failed to load ({exc}) and the request requires it") from exc
+            notes.append(f"delegate {spec['library']} failed to load ({exc}); running without it")
+    kwargs: Dict[str, Any] = {}
+    if delegates:
+        kwargs["experimental_delegates"] = delegates
+    if req.get("xnnpack") is False:
+        resolver = getattr(rt.interpreter_cls, "OpResolverType", None) or getattr(
+            sys.modules.get(rt.interpreter_cls.__module__), "OpResolverType", None)
+        if resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    t0 = time.perf_counter_ns()
+    interpreter = rt.interpreter(model, num_threads=req.get("threads"), **kwargs)
+    load_ns = time.perf_counter_ns() - t0
+    ops = interpreter._get_ops_details() if hasattr(interpreter, "_get_ops_details") else []
+    kernels = [o.get("op_name", "") for o in ops]
+    delegate_nodes = sum(1 for k in kernels if k == "DELEGATE")
+    original = [k for k in kernels if k != "DELEGATE"]
+    if delegates:
+        applied = [spec["library"] for spec in req.get("delegates") or []][: len(delegates)]
+    elif delegate_nodes:
+        applied = ["xnnpack"]
+    else:
+        applied = []
+    return {
+        "interpreter": interpreter,
+        "load_ms": load_ns / 1e6,
+        "delegate": {
+            "applied": applied,
+            "delegate_kernels": delegate_nodes,
+            "nodes": len(original),
+            "cpu_ops": sorted(set(original)) if not delegate_nodes else [],
+            "notes": notes,
+        },
+    }
+
+
+class DelegateRequired(Exception):
+    pass
+
+
+def _random_inputs(details: List[Dict[str, Any]], rng: Any) -> Dict[int, Any]:
+    out = {}
+    for d in details:
+        dtype = np.dtype(d["dtype"])
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            out[d["index"]] = rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(dtype)
+        else:
+            out[d["index"]] = rng.uniform(-1, 1, size=d["shape"]).astype(dtype)
+    return out
+
+
+def child_main() -> None:
+    """Entry point of the worker process: one JSON request on stdin, JSON lines on stdout."""
+    req = json.loads(sys.stdin.read())
+    try:
+        _emit({"result": _run(req)})
+    except DelegateRequired as exc:
+        _emit({"error": {"code": "delegate_failed", "message": str(exc)}})
+    except MemoryError:
+        _emit({"error": {"code": "out_of_memory", "message": "the run ran out of memory (worker memory limit)"}})
+
+
+def _run(req: Dict[str, Any]) -> Dict[str, Any]:
+    from device_agent.evaluate import EvalInputError, LatencyStats, evaluate, match_inputs, signature_io
+    from device_agent.quant import quantize
+    from device_agent.runtime import RuntimeNotFound, load_runtime
+
+    model = Path(req["model_path"]).read_bytes()
+    if hashlib.sha256(model).hexdigest() != req["model_sha256"]:
+        return {"status": "invalid", "message": "model bytes do not match their sha256; refusing to load"}
+    try:
+        rt = load_runtime(req.get("runtime"))
+    except RuntimeNotFound as exc:
+        return {"status": "no_runtime", "message": str(exc)}
+    sensors_before = board_sensors()
+    try:
+        built = _build_interpreter(rt, model, req)
+    except DelegateRequired:
+        raise
+    except (ValueError, RuntimeError) as exc:
+        return {"status": "invalid", "message": f"the runtime rejected the model: {str(exc).strip()[:300]}"}
+    interpreter = built["interpreter"]
+    base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": req.get("threads"),
+            "delegate": built["delegate"], "load_ms": built["load_ms"], "model_sha256": req["model_sha256"]}
+
+    features = labels = reference = None
+    if req.get("dataset_path"):
+        with np.load(req["dataset_path"], allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        labels = data.pop("y", None)
+        reference = data.pop("reference", None)
+        features = data
+    inputs, _ = signature_io(interpreter)
+
+    if req["kind"] == "eval":
+        if features is None:
+            return {**base, "status": "bad_dataset", "message": "eval needs a dataset"}
+        try:
+            result = evaluate(interpreter, features, labels, output=req.get("output"))
+        except EvalInputError as exc:
+            return {**base, "status": "bad_dataset", "message": str(exc)}
+        first = result.outputs[req.get("output") or next(iter(result.outputs))]
+        out: Dict[str, Any] = {**base, "status": "ok", "kind": "eval", "samples": result.samples,
+                               "accuracy": result.accuracy, "latency_ms": _lat(result.latency)}
+        if reference is not None:
+            out["agreement"] = compare(first, reference)
+        out["peak_rss_kib"] = _peak_rss_kib()
+        out["sensors"] = {"before": sensors_before, "after": board_sensors()}
+        return out
+
+    # bench
+    try:
+        arrays = match_inputs(features, inputs) if features else None
+    except EvalInputError as exc:
+        return {**base, "status": "bad_dataset", "message": str(exc)}
+    rng = np.random.default_rng(0)
+    feeds: List[Dict[int, Any]] = []
+    for i in range(min(16, len(next(iter(arrays.values())))) if arrays else 16):
+        if arrays:
+            feeds.append({d["index"]: quantize(arrays[name][i : i + 1], d) for name, d in inputs})
+        else:
+            feeds.append(_random_inputs([d for _, d in inputs], rng))
+
+    def once(i: int) -> int:
+        for idx, value in feeds[i % len(feeds)].items():
+            interpreter.set_tensor(idx, value)
+        t = time.perf_counter_ns()
+        interpreter.invoke()
+        return time.perf_counter_ns() - t
+
+    first_ns = once(0)
+    warmup = int(req.get("warmup", 5))
+    t0 = time.perf_counter_ns()
+    for i in range(warmup):
+        once(i)
+    warmup_ns = time.perf_counter_ns() - t0
+    runs, min_seconds = int(req.get("runs", 50)), float(req.get("min_seconds", 1.0))
+    samples: List[int] = []
+    start = time.perf_counter()
+    last_report = start
+    while len(samples) < runs or time.perf_counter() - start < min_seconds:
+        samples.append(once(len(samples)))
+        now = time.perf_counter()
+        if now - last_report > 0.5:
+            last_report = now
+            _emit({"progress": {"done": len(samples), "runs": runs, "elapsed_s": now - start}})
+        if len(samples) >= 10_000_000:
+            break
+    return {**base, "status": "ok", "kind": "bench", "first_inference_ms": first_ns / 1e6,
+            "warmup": {"count": warmup, "total_ms": warmup_ns / 1e6},
+            "latency_ms": _lat(LatencyStats.from_ns(samples)), "inputs": "dataset" if arrays else "random",
+            "peak_rss_kib": _peak_rss_kib(), "sensors": {"before": sensors_before, "after": board_sensors()}}
+
+
+def _lat(s: Any) -> Dict[str, Any]:
+    return {"count": s.count, "mean": s.mean_ms, "std": s.std_ms, "min": s.min_ms, "p50": s.p50_ms,
+            "p90": s.p90_ms, "p95": s.p95_ms, "p99": s.p99_ms, "max": s.max_ms}
+
+
+def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
+    """Agreement of a board's (dequantized) outputs with the host's reference outputs."""
+    a = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if a.shape != b.shape:
+        return {"error": f"reference has shape {b.shape[1:]} per sample, outputs {a.shape[1:]}"}
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    return {"argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+            "rmse": float(np.sqrt(np.mean((a - b) ** 2))), "max_abs_error": float(np.max(np.abs(a - b))),
+            "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+
+
+# -------------------------------------------------------------------------------- parent side
+def _package_root() -> str:
+    """Where `device_agent` is importable from: a directory, or the agent zipapp itself."""
+    return str(Path(__file__).resolve().parent.parent) if "__file__" in globals() else ""
+
+
+def _limit_memory(limit_bytes: int) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+
+        if limit_bytes > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        os.setsid()  # its own process group, so a timeout kills everything it started
+
+    return apply
+
+
+def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
+                  progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Run a request in a child process; always returns a classified result, never raises for the model's sake."""
+    root = _package_root()
+    if ".pyz" in __file__:
+        root = __file__.split(".pyz")[0] + ".pyz"
+    code = f"import sys; sys.path.insert(0, {root!r}); from device_agent.worker import child_main; child_main()"
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(json.dumps(request).encode())
+    proc.stdin.close()
+    deadline = time.monotonic() + timeout
+    out_buf = b""
+    err_buf = b""
+    final: Optional[Dict[str, Any]] = None
+    streams = [proc.stdout, proc.stderr]
+    while streams:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _kill(proc)
+            return {"status": "timeout", "message": f"the run did not finish within {timeout:.0f} s; it was stopped"}
+        ready, _, _ = select.select(streams, [], [], min(remaining, 0.5))
+        for s in ready:
+            chunk = os.read(s.fileno(), 1 << 16)
+            if not chunk:
+                streams.remove(s)
+                continue
+            if s is proc.stderr:
+                err_buf = (err_buf + chunk)[-8192:]
+                continue
+            out_buf += chunk
+            while b"\n" in out_buf:
+                line, out_buf = out_buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if "progress" in msg and progress is not None:
+                    progress(msg["progress"])
+                elif "result" in msg or "error" in msg:
+                    final = msg
+    rc = proc.wait()
+    if final is not None and "result" in final:
+        return dict(final["result"])
+    if final is not None and "error" in final:
+        return {"status": final["error"]["code"], "message": final["error"]["message"]}
+    tail = err_buf.decode("utf-8", "replace").strip().splitlines()[-3:]
+    if b"MemoryError" in err_buf or (rc < 0 and -rc == signal.SIGKILL and memory_limit > 0):
+        return {"status": "out_of_memory", "message": f"the run exceeded the worker memory limit ({memory_limit >> 20} MiB)"}
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        return {"status": "crashed", "message": f"the runtime crashed ({name}) running this model"}
+    return {"status": "crashed", "message": f"the worker exited with status {rc}: {' | '.join(tail)[:300]}"}
+
+
+def _kill(proc: "subprocess.Popen[bytes]") -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

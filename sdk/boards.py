@@ -1,0 +1,117 @@
+"""Boards given inline: `local`, `ssh://user@host:port?python=...&key=...`, `serial://<pyserial URL>?baud=N`.
+
+(boards.yaml, with named boards, builds on this.) Opening a board gives a Session with
+the agent on it; for SSH the agent zipapp is placed first when the board's copy differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sdk.client import LinkProfile, Session
+from sdk.errors import UsageError
+
+AGENT_DIR = ".edgeship"
+
+
+@dataclass(frozen=True)
+class Board:
+    """Where a board is and how to reach it."""
+
+    name: str
+    transport: str  # local | ssh | serial
+    host: str = ""
+    port: int = 22
+    user: str | None = None
+    key: Path | None = None
+    python: str = "python3"
+    known_hosts: Path | None = None
+    url: str = ""
+    baud: int = 115200
+    store: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Board:
+        """A board from its inline form; UsageError says which forms exist."""
+        if spec == "local":
+            return cls("local", "local")
+        if spec.startswith("ssh://"):
+            parts = urlsplit(spec)
+            q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            unknown = set(q) - {"python", "key", "known_hosts"}
+            if unknown:
+                raise UsageError(f"board {spec!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                                 f"ssh boards take python, key, known_hosts")
+            if not parts.hostname:
+                raise UsageError(f"board {spec!r}: no host; expected ssh://user@host:port")
+            try:
+                port = parts.port or 22
+            except ValueError as exc:
+                raise UsageError(f"board {spec!r}: bad port") from exc
+            return cls(spec, "ssh", host=parts.hostname, port=port, user=unquote(parts.username) if parts.username else None,
+                       key=Path(q["key"]).expanduser() if "key" in q else None, python=q.get("python", "python3"),
+                       known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None)
+        if spec.startswith("serial://"):
+            rest = spec[len("serial://"):]
+            url, _, query = rest.partition("?")
+            q = {k: v[-1] for k, v in parse_qs(query).items()}
+            unknown = set(q) - {"baud"}
+            if unknown or not url:
+                raise UsageError(f"board {spec!r}: expected serial://<device or pyserial URL>?baud=N")
+            try:
+                baud = int(q.get("baud", 115200))
+            except ValueError as exc:
+                raise UsageError(f"board {spec!r}: baud must be a number") from exc
+            return cls(spec, "serial", url=url, baud=baud)
+        raise UsageError(f"unknown board {spec!r}: give 'local', 'ssh://user@host:port?python=...&key=...' or "
+                         f"'serial:///dev/ttyUSB0?baud=115200'")
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return self.baud / 10 if self.transport == "serial" else None
+
+
+def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
+    """Connect to a board's agent and say hello."""
+    if board.transport == "local":
+        from sdk.transport.local import DEFAULT_STORE, LocalStream
+
+        session = Session(LocalStream(board.store or DEFAULT_STORE))
+    elif board.transport == "serial":
+        from sdk.transport.serial import open_serial
+
+        session = Session(open_serial(board.url, board.baud), LinkProfile.for_rate(board.bytes_per_second))
+    else:
+        session = Session(_open_ssh(board, accept_new_host))
+    try:
+        session.hello()
+    except BaseException:
+        session.stream.close()
+        raise
+    return session
+
+
+def _open_ssh(board: Board, accept_new_host: bool) -> Any:
+    from sdk.agentbuild import build_zipapp
+    from sdk.transport.ssh import SSHTarget, connect, open_exec, put_file, remote_sha256
+
+    kwargs: dict[str, Any] = {"host": board.host, "port": board.port, "user": board.user, "key_filename": board.key,
+                              "python": board.python, "accept_new_host": accept_new_host}
+    if board.known_hosts is not None:
+        kwargs["known_hosts"] = board.known_hosts
+    client = connect(SSHTarget(**kwargs))
+    agent = build_zipapp()
+    sha = hashlib.sha256(agent).hexdigest()
+    remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
+    if remote_sha256(client, remote) != sha:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
+            f.write(agent)
+            f.flush()
+            put_file(client, Path(f.name), remote)
+    return open_exec(client, f"{board.python} {remote} --stdio --store {AGENT_DIR}/store")

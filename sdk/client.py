@@ -1,0 +1,161 @@
+"""A session with one board's agent: the typed API over the wire protocol.
+
+Uploads are content-addressed and resumable: the agent says how much of a blob it
+already has (the offset is the agent's), unchanged blobs are not sent again, and a
+blob travels zlib-compressed when that makes it smaller. Chunks are pipelined so a
+slow line stays full; a chunk the agent did not expect is answered with the offset it
+wants, and the upload continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError
+from sdk.errors import AgentError, LinkError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """How to drive a link: chunk size, window, and a resend timeout that fits the line's speed."""
+
+    chunk: int = 64 * 1024
+    window: int = 8
+    rto: float = 2.0
+    max_retries: int = 8
+
+    @classmethod
+    def for_rate(cls, bytes_per_second: float | None) -> LinkProfile:
+        if not bytes_per_second:
+            return cls()
+        chunk = 4096 if bytes_per_second < 200_000 else 16384
+        window = 6
+        # a full window must fit inside the resend timeout, with room for the reply
+        rto = max(2.0, 2.0 * window * (chunk + 64) / bytes_per_second + 1.0)
+        return cls(chunk=chunk, window=window, rto=rto)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    sha256: str
+    size: int
+    encoding: str
+    wire_size: int
+    sent_bytes: int  # payload bytes actually sent this time (0 when the board had it)
+    resumed_from: int
+    skipped: bool
+    seconds: float
+
+
+class Session:
+    def __init__(self, stream: Any, profile: LinkProfile | None = None) -> None:
+        self.profile = profile or LinkProfile()
+        self.stream = stream
+        self.link = Link(stream, role="host", window=self.profile.window, rto=self.profile.rto,
+                         max_retries=self.profile.max_retries)
+        self.info: dict[str, Any] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _recv(self, timeout: float) -> Message:
+        try:
+            msg = self.link.recv(timeout)
+        except LinkTimeout as exc:
+            raise LinkError(f"the agent did not answer within {timeout:.0f} s") from exc
+        except LinkFailed as exc:
+            raise LinkError(str(exc)) from exc
+        except ProtocolError as exc:
+            raise LinkError(f"garbled reply from the agent ({exc})") from exc
+        if msg.op == "error":
+            raise AgentError(str(msg.header.get("code", "error")), str(msg.header.get("message", "agent error")))
+        return msg
+
+    def _send(self, message: Message) -> None:
+        try:
+            self.link.send(message)
+        except LinkFailed as exc:
+            raise LinkError(str(exc)) from exc
+
+    def request(self, header: dict[str, Any], body: bytes = b"", timeout: float = 30.0) -> Message:
+        self._send(Message(header, body))
+        return self._recv(timeout)
+
+    # -- requests -----------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.info = dict(self.request({"op": "hello"}).header)
+        self.info["rtt_ms"] = (time.perf_counter() - t0) * 1e3
+        return self.info
+
+    def upload(self, data: bytes, progress: Progress | None = None) -> UploadResult:
+        """Make the board hold `data` (content-addressed), sending only what it lacks."""
+        t0 = time.perf_counter()
+        sha = hashlib.sha256(data).hexdigest()
+        packed = zlib.compress(data, 6)
+        encoding, wire = ("zlib", packed) if len(packed) < 0.95 * len(data) else ("raw", data)
+        has = self.request({"op": "has", "sha256": sha, "encoding": encoding}).header
+        if has.get("installed"):
+            if progress:
+                progress(len(wire), len(wire))
+            return UploadResult(sha, len(data), encoding, len(wire), 0, 0, True, time.perf_counter() - t0)
+        begin = self.request({"op": "put_begin", "sha256": sha, "size": len(data), "encoding": encoding,
+                              "wire_size": len(wire)}).header
+        if begin.get("installed"):
+            return UploadResult(sha, len(data), encoding, len(wire), 0, 0, True, time.perf_counter() - t0)
+        offset = int(begin["offset"])
+        resumed = offset
+        sent = 0
+        chunk = self.profile.chunk
+        in_flight: list[int] = []  # end offsets of chunks whose reply is pending
+        while offset < len(wire) or in_flight:
+            while offset < len(wire) and len(in_flight) < self.profile.window:
+                end = min(offset + chunk, len(wire))
+                self._send(Message({"op": "put", "sha256": sha, "encoding": encoding, "offset": offset},
+                                   wire[offset:end]))
+                sent += end - offset
+                in_flight.append(end)
+                offset = end
+            reply = self._recv(60.0)
+            expected_end = in_flight.pop(0)
+            agent_offset = int(reply.header["offset"])
+            if progress:
+                progress(min(agent_offset, len(wire)), len(wire))
+            if agent_offset != expected_end:  # the agent wants to continue elsewhere: drain, then resume there
+                for _ in in_flight:
+                    agent_offset = int(self._recv(60.0).header["offset"])
+                in_flight.clear()
+                offset = agent_offset
+        self.request({"op": "put_end", "sha256": sha, "encoding": encoding}, timeout=120.0)
+        return UploadResult(sha, len(data), encoding, len(wire), sent, resumed, False, time.perf_counter() - t0)
+
+    def run(self, kind: str, model: str, dataset: str | None, options: dict[str, Any],
+            progress: Callable[[dict[str, Any]], None] | None = None, timeout: float = 600.0) -> dict[str, Any]:
+        """Ask the agent to bench or eval a stored model; progress messages keep the wait alive."""
+        self._send(Message({"op": "run", "kind": kind, "model": model, "dataset": dataset, "options": options}))
+        while True:
+            msg = self._recv(timeout)
+            if msg.op == "progress":
+                if progress:
+                    progress(msg.header)
+                continue
+            return dict(msg.header)
+
+    def list_blobs(self) -> list[dict[str, Any]]:
+        return list(self.request({"op": "list"}).header["blobs"])
+
+    def delete(self, sha256: str) -> bool:
+        return bool(self.request({"op": "delete", "sha256": sha256}).header["deleted"])
+
+    def close(self) -> None:
+        try:
+            self.request({"op": "bye"}, timeout=5.0)
+        except (LinkError, AgentError, OSError):
+            pass  # closing a broken session: nothing more to say to the agent
+        finally:
+            self.stream.close()

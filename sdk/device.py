@@ -1,0 +1,144 @@
+"""push / bench / eval on a board: the library calls behind `edgeship push|bench|eval`.
+
+Results are one versioned JSON document that carries what makes numbers comparable:
+board, agent, runtime and version, threads, delegate, model sha256.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.data import load_npz
+from converters.manifest import MODEL_FILE, Manifest
+from sdk.boards import Board, open_session
+from sdk.client import Session, UploadResult
+from sdk.errors import BundleError, DatasetError, GateError
+
+RESULT_SCHEMA_VERSION = 1
+UploadProgress = Callable[[str, int, int], None]
+RunProgress = Callable[[dict[str, Any]], None]
+
+
+def load_bundle(bundle: Path) -> tuple[Manifest, bytes]:
+    """A bundle's manifest and model bytes, checked against each other."""
+    import hashlib
+
+    manifest = Manifest.load(bundle)
+    path = Path(bundle) / MODEL_FILE
+    if not path.exists():
+        raise BundleError(f"{bundle}: no {MODEL_FILE}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        raise BundleError(f"{bundle}: {MODEL_FILE} does not match the sha256 in manifest.json (edited or corrupt); "
+                          f"convert again")
+    return manifest, data
+
+
+def _upload(session: Session, what: str, data: bytes, progress: UploadProgress | None) -> UploadResult:
+    return session.upload(data, (lambda done, total: progress(what, done, total)) if progress else None)
+
+
+def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
+         progress: UploadProgress | None = None) -> dict[str, Any]:
+    """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
+    manifest, model = load_bundle(bundle)
+    session = open_session(board, accept_new_host=accept_new_host)
+    try:
+        up = _upload(session, "model", model, progress)
+        return {"schema_version": RESULT_SCHEMA_VERSION, "board": board.name, "agent": _agent(session),
+                "model_sha256": manifest.sha256, "upload": asdict(up)}
+    finally:
+        session.close()
+
+
+def _agent(session: Session) -> dict[str, Any]:
+    i = session.info
+    return {"version": i.get("agent_version"), "runtime": i.get("runtime"), "python": i.get("python"),
+            "cpu": i.get("cpu"), "delegates": i.get("delegates"), "rtt_ms": i.get("rtt_ms")}
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray | None,
+                   runtime: str | None = None) -> dict[str, Any]:
+    """What the host's interpreter says on the same data: the reference a board is compared with."""
+    from device_agent.evaluate import EvalInputError, evaluate
+    from device_agent.runtime import load_runtime
+
+    rt = load_runtime(runtime)
+    try:
+        result = evaluate(rt.interpreter(model), data, labels)
+    except EvalInputError as exc:
+        raise DatasetError(str(exc)) from exc
+    first = next(iter(result.outputs.values()))
+    return {"outputs": first, "accuracy": result.accuracy, "runtime": {"name": rt.name, "version": rt.version}}
+
+
+def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = None,
+                 options: dict[str, Any] | None = None, accept_new_host: bool = False,
+                 upload_progress: UploadProgress | None = None, run_progress: RunProgress | None = None) -> dict[str, Any]:
+    """Push the bundle (and data), then bench or eval it on the board; one result document."""
+    manifest, model = load_bundle(bundle)
+    dataset_bytes = None
+    reference = None
+    if data is not None:
+        arrays = load_npz(data)
+        labels = arrays.pop("y", None)
+        arrays.pop("reference", None)
+        if kind == "eval":
+            if labels is None:
+                raise DatasetError(f"{data}: eval needs labels (array 'y')")
+            reference = host_reference(model, arrays, labels)
+            arrays["y"] = labels
+            arrays["reference"] = reference["outputs"]
+        dataset_bytes = _npz_bytes(arrays)
+    elif kind == "eval":
+        raise DatasetError("eval needs --data TEST.npz (x and y)")
+    session = open_session(board, accept_new_host=accept_new_host)
+    try:
+        up_model = _upload(session, "model", model, upload_progress)
+        up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
+        result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options or {},
+                             progress=run_progress)
+        doc = {"schema_version": RESULT_SCHEMA_VERSION, "kind": kind, "board": board.name, "agent": _agent(session),
+               "model_sha256": manifest.sha256, "recipe": manifest.recipe.get("name"),
+               "upload": {"model": asdict(up_model), "data": asdict(up_data) if up_data else None},
+               "result": result}
+        if reference is not None:
+            doc["host"] = {"accuracy": reference["accuracy"], "runtime": reference["runtime"]}
+        return doc
+    finally:
+        session.close()
+
+
+def check_gates(doc: dict[str, Any], *, min_accuracy: float | None = None, max_p90_ms: float | None = None,
+                min_agreement: float | None = None) -> None:
+    """Raise GateError naming every gate the result missed (CI exits non-zero on it)."""
+    result = doc["result"]
+    if result.get("status") != "ok":
+        raise GateError(f"run failed on {doc['board']}: {result.get('status')}: {result.get('message', '')}")
+    missed = []
+    if min_accuracy is not None:
+        acc = result.get("accuracy")
+        if acc is None or acc * 100 < min_accuracy:
+            missed.append(f"accuracy {'n/a' if acc is None else f'{acc * 100:.2f}%'} < --min-accuracy {min_accuracy}%")
+    if max_p90_ms is not None:
+        p90 = result.get("latency_ms", {}).get("p90")
+        if p90 is None or p90 > max_p90_ms:
+            missed.append(f"p90 latency {p90:.3f} ms > --max-p90-ms {max_p90_ms}" if p90 is not None else "no latency")
+    if min_agreement is not None:
+        agr = (result.get("agreement") or {}).get("argmax_agreement")
+        if agr is None or agr * 100 < min_agreement:
+            missed.append(f"argmax agreement {'n/a' if agr is None else f'{agr * 100:.2f}%'} < --min-agreement {min_agreement}%")
+    if missed:
+        raise GateError(f"{doc['board']} missed its gates: " + "; ".join(missed))

@@ -1,0 +1,57 @@
+"""The `local` board: the agent as a subprocess of this machine, talking over pipes.
+
+Like esptool's --virt, it lets anyone try the whole flow without hardware, and it runs
+exactly the agent code a board runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from sdk.errors import LinkError
+
+DEFAULT_STORE = Path(os.environ.get("EDGESHIP_LOCAL_STORE", "~/.edgeship/local-board")).expanduser()
+
+
+class LocalStream:
+    """Pipes to `python -m device_agent --stdio`."""
+
+    def __init__(self, store: Path = DEFAULT_STORE, extra_args: tuple[str, ...] = ()) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "device_agent", "--stdio", "--store", str(store), *extra_args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in = self.proc.stdout.fileno()
+        self._out = self.proc.stdin
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        ready, _, _ = select.select([self._in], [], [], timeout)
+        if not ready:
+            return b""
+        data = os.read(self._in, max_bytes)
+        if not data:
+            raise LinkError(f"the local agent exited (status {self.proc.poll()})")
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._out.write(data)
+            self._out.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise LinkError(f"the local agent is gone (status {self.proc.poll()})") from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._out.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
