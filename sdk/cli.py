@@ -53,7 +53,8 @@ def _debug() -> bool:
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
     if exc is not None and _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    click.echo(f"edgeship: error: {message}", err=True)
+    one_line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    click.echo(f"edgeship: error: {one_line}", err=True)
     sys.exit(code)
 
 
