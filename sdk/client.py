@@ -36,10 +36,11 @@ class LinkProfile:
         if not bytes_per_second:
             return cls()
         chunk = 4096 if bytes_per_second < 200_000 else 16384
-        window = 6
-        # a full window must fit inside the resend timeout, with room for the reply
-        rto = max(2.0, 2.0 * window * (chunk + 64) / bytes_per_second + 1.0)
-        return cls(chunk=chunk, window=window, rto=rto)
+        frame_time = (chunk + 160) / bytes_per_second
+        # Frames are acknowledged one by one, so progress comes every frame time; a resend
+        # timeout of a few frame times catches a loss quickly without firing on a busy line.
+        rto = max(1.0, 3.0 * frame_time + 0.5)
+        return cls(chunk=chunk, window=4, rto=rto, max_retries=6)
 
 
 @dataclass(frozen=True)
