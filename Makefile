@@ -35,6 +35,13 @@ apt-tools:
 
 install: $(STAMP)
 
+# A board's environment: numpy and LiteRT only, no TensorFlow (tests run the agent zipapp in it).
+AGENT_VENV := .venv-agent
+$(AGENT_VENV)/.installed: | $(VENV)/bin/python
+	$(PYTHON) -m venv $(AGENT_VENV)
+	$(AGENT_VENV)/bin/python -m pip install --quiet 'numpy>=1.21' 'ai-edge-litert>=2.3,<2.4'
+	touch $@
+
 $(DIGITS)/digits.keras: examples/digits/train.py | $(STAMP)
 	$(PY) examples/digits/train.py --out $(DIGITS)
 
@@ -49,8 +56,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools
 	$(VENV)/bin/mypy
 
-test: $(STAMP) apt-tools lint
+test: $(STAMP) apt-tools $(AGENT_VENV)/.installed lint
 	$(VENV)/bin/pytest -q
 
 clean:
-	rm -rf build $(DIGITS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(DIGITS) $(AGENT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,11 +21,16 @@ DEFAULT_STORE = Path(os.environ.get("EDGESHIP_LOCAL_STORE", "~/.edgeship/local-b
 class LocalStream:
     """Pipes to `python -m device_agent --stdio`."""
 
-    def __init__(self, store: Path = DEFAULT_STORE, extra_args: tuple[str, ...] = ()) -> None:
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    def __init__(self, store: Path = DEFAULT_STORE, extra_args: tuple[str, ...] = (), *,
+                 python: str | Path = sys.executable, agent: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """Run the agent package (or, given `agent`, a built zipapp) with `python`."""
+        if env is None:
+            root = str(Path(__file__).resolve().parents[2])
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        entry = [str(agent)] if agent is not None else ["-m", "device_agent"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "device_agent", "--stdio", "--store", str(store), *extra_args],
+            [str(python), *entry, "--stdio", "--store", str(store), *extra_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in = self.proc.stdout.fileno()
