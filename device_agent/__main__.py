@@ -36,7 +36,11 @@ def main(argv: "list[str] | None" = None) -> int:
         return 0
     from device_agent.streams import open_tty
 
-    stream = open_tty(args.serial, args.baud)
+    try:
+        stream = open_tty(args.serial, args.baud)
+    except (OSError, ValueError) as exc:
+        print(f"edgeship-agent: error: cannot serve on {args.serial}: {exc}", file=sys.stderr)
+        return 2
     print(f"edgeship agent {__version__} serving on {args.serial} at {args.baud} baud", file=sys.stderr, flush=True)
     Agent(config).serve(stream, forever=True)
     return 0

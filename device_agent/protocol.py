@@ -242,6 +242,8 @@ class Link:
                 continue
             if length > self.max_payload:
                 del buf[:HEADER_SIZE]  # its payload is skipped by the resynchronisation above
+                if self.role == "agent" and session != self.session and seq == 0:
+                    self._reset(session)  # so the error reaches the host that sent it
                 self.stats.bad_frames += 1
                 self._deliver_error(ProtocolError(
                     "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_payload}"))
@@ -267,7 +269,7 @@ class Link:
 
     def _handle(self, frame: _Frame) -> None:
         if frame.session != self.session:
-            if self.role == "agent" and frame.ftype == MSG and frame.seq == 0:
+            if self.role == "agent" and frame.ftype not in (ACK, NAK) and frame.seq == 0:
                 self._reset(frame.session)  # a new host connection
             else:
                 return  # a stale frame from an earlier connection

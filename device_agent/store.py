@@ -3,8 +3,9 @@
 Blobs (models, datasets) are named by their sha256 and nothing else: a name from the
 wire must be 64 lowercase hex digits, so it can never become a path. Uploads land in
 ``partial/`` and survive a dropped line (the agent owns the offset; a push resumes
-there). Installing decodes and hashes into ``tmp/``, fsyncs, renames into ``blobs/`` and
-fsyncs the directory, so a blob is either absent or whole. Every read is hash-checked.
+there). Installing hashes the upload (a zlib one is first decoded into ``tmp/``), fsyncs
+it, renames it into ``blobs/`` and fsyncs the directory, so a blob is either absent or
+whole. Every read is hash-checked.
 Past the quota, least-recently-used blobs are evicted.
 
     root/blobs/<sha256>            installed, immutable
@@ -39,7 +40,7 @@ class StoreError(Exception):
 
 def check_name(sha256: object) -> str:
     """The only gate between the wire and the file system: 64 lowercase hex digits or an error."""
-    if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+    if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
         raise StoreError("bad_name", f"blob names are sha256 hex digests; refusing {str(sha256)[:80]!r}")
     return sha256
 
@@ -81,7 +82,7 @@ class Store:
         for p in self.tmp.iterdir():
             p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
         for p in self.blobs.iterdir():
-            if not SHA256_RE.match(p.name):
+            if not SHA256_RE.fullmatch(p.name):
                 p.unlink()
 
     # -- queries ---------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class Store:
         if size > self.quota:
             raise StoreError("over_quota", f"blob of {size} bytes exceeds the store quota of {self.quota} bytes")
         part = self._partial_path(sha256, encoding)
-        self._make_room(size + wire_size, keep=sha256)
+        # a raw upload becomes the blob by rename; a zlib one is decoded into a second file
+        self._make_room(size if encoding == "raw" else size + wire_size, keep=sha256)
         if not part.exists():
             part.touch()
         self._expected_size[(sha256, encoding)] = wire_size
@@ -163,6 +165,8 @@ class Store:
         part = self._partial_path(check_name(sha256), encoding)
         if not part.exists():
             raise StoreError("no_upload", f"no upload of {sha256[:12]} in progress")
+        if encoding == "raw":
+            return self._install_raw(sha256, part)
         tmp = self.tmp / f"{sha256}.{os.getpid()}.{time.monotonic_ns()}"
         digest = hashlib.sha256()
         size = 0
@@ -213,16 +217,38 @@ class Store:
         self._expected_size.pop((sha256, encoding), None)
         return size
 
+    def _install_raw(self, sha256: str, part: Path) -> int:
+        """A raw upload is the blob itself: hash it, fsync it, rename it into place."""
+        digest = hashlib.sha256()
+        with part.open("rb+") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            _crash_point("after_write")
+            os.fsync(f.fileno())
+            size = f.tell()
+        _crash_point("after_fsync")
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise StoreError("hash_mismatch", f"upload hashes to {digest.hexdigest()[:12]}, not {sha256[:12]}; "
+                                              f"the partial upload was discarded, push again")
+        os.replace(part, self.blobs / sha256)
+        _crash_point("after_rename")
+        _fsync_dir(self.blobs)
+        self._expected_size.pop((sha256, "raw"), None)
+        return size
+
     def _make_room(self, incoming: int, keep: Optional[str] = None) -> None:
         """Evict least-recently-used blobs until `incoming` more bytes fit under the quota."""
         used = self.usage()
         if used + incoming <= self.quota:
             return
-        for info in sorted(self.list(), key=lambda b: b.last_used):
-            if info.sha256 == keep:
+        candidates = [p for d in (self.blobs, self.partial) for p in d.iterdir() if p.is_file()]
+        for path in sorted(candidates, key=lambda p: p.stat().st_mtime):  # abandoned uploads age out too
+            if path.name.split(".")[0] == keep:
                 continue
-            (self.blobs / info.sha256).unlink()
-            used -= info.size
+            size = path.stat().st_size
+            path.unlink()
+            used -= size
             if used + incoming <= self.quota:
                 return
         if used + incoming > self.quota:

@@ -58,6 +58,8 @@ class FdStream:
 
 def open_tty(path: str, baud: int) -> FdStream:
     """A serial device (or pty) in raw mode at `baud`: binary-clean, no echo, no line discipline."""
+    if baud not in BAUD_RATES:
+        raise ValueError(f"unsupported baud rate {baud}; choose one of {', '.join(map(str, BAUD_RATES))}")
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     attrs = termios.tcgetattr(fd)

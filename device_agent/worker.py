@@ -58,11 +58,13 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
     from device_agent.runtime import quiet_native_stderr
 
     delegates = []
+    loaded: List[str] = []
     notes: List[str] = []
     for spec in req.get("delegates") or []:
         try:
             with quiet_native_stderr():
                 delegates.append(rt.load_delegate(spec["library"], spec.get("options") or {}))
+            loaded.append(spec["library"])
         except (ValueError, OSError, RuntimeError) as exc:
             if spec.get("required"):
                 raise DelegateRequired(f"delegate {spec['library']} failed to load ({exc}) and the request requires it") from exc
@@ -83,7 +85,7 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
     delegate_nodes = sum(1 for k in kernels if k == "DELEGATE")
     original = [k for k in kernels if k != "DELEGATE"]
     if delegates:
-        applied = [spec["library"] for spec in req.get("delegates") or []][: len(delegates)]
+        applied = loaded
     elif delegate_nodes:
         applied = ["xnnpack"]
     else:
@@ -153,8 +155,11 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
 
     features = labels = reference = None
     if req.get("dataset_path"):
-        with np.load(req["dataset_path"], allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+        try:
+            with np.load(req["dataset_path"], allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError) as exc:
+            return {**base, "status": "bad_dataset", "message": f"the dataset is not a readable .npz ({exc})"}
         labels = data.pop("y", None)
         reference = data.pop("reference", None)
         features = data
@@ -305,12 +310,16 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
     if final is not None and "error" in final:
         return {"status": final["error"]["code"], "message": final["error"]["message"]}
     tail = err_buf.decode("utf-8", "replace").strip().splitlines()[-3:]
-    if b"MemoryError" in err_buf or (rc < 0 and -rc == signal.SIGKILL and memory_limit > 0):
+    if any(m in err_buf for m in _MEMORY_MARKERS) or (rc < 0 and -rc == signal.SIGKILL and memory_limit > 0):
         return {"status": "out_of_memory", "message": f"the run exceeded the worker memory limit ({memory_limit >> 20} MiB)"}
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         return {"status": "crashed", "message": f"the runtime crashed ({name}) running this model"}
     return {"status": "crashed", "message": f"the worker exited with status {rc}: {' | '.join(tail)[:300]}"}
+
+
+# How running out of address space shows up: Python, C++, and the dynamic loader under RLIMIT_AS.
+_MEMORY_MARKERS = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory", b"failed to map segment")
 
 
 def _kill(proc: "subprocess.Popen[bytes]") -> None:

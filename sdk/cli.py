@@ -107,6 +107,8 @@ def main(debug: bool) -> None:
     if debug:
         os.environ["EDGESHIP_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if _debug() else logging.WARNING, format="edgeship: %(levelname)s: %(message)s")
+    if not _debug():  # paramiko logs its transport thread's failures; ours are reported once, as one line
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
 
 
 # --- convert ---------------------------------------------------------------------------

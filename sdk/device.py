@@ -18,7 +18,7 @@ from converters.data import load_npz
 from converters.manifest import MODEL_FILE, Manifest
 from sdk.boards import Board, open_session
 from sdk.client import Session, UploadResult
-from sdk.errors import BundleError, DatasetError, GateError
+from sdk.errors import BundleError, DatasetError, GateError, RunError
 
 RESULT_SCHEMA_VERSION = 1
 UploadProgress = Callable[[str, int, int], None]
@@ -126,7 +126,8 @@ def check_gates(doc: dict[str, Any], *, min_accuracy: float | None = None, max_p
     """Raise GateError naming every gate the result missed (CI exits non-zero on it)."""
     result = doc["result"]
     if result.get("status") != "ok":
-        raise GateError(f"run failed on {doc['board']}: {result.get('status')}: {result.get('message', '')}")
+        raise RunError(str(result.get("status")), f"the run failed on {doc['board']}: {result.get('status')}: "
+                                                  f"{result.get('message', '')}")
     missed = []
     if min_accuracy is not None:
         acc = result.get("accuracy")

@@ -21,6 +21,7 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
     │   ├── AuthError             the board refused our credentials
     │   └── AgentError            the agent answered with an error frame (``code`` says why)
+    ├── RunError                  the model did not run on the board (``status``: invalid, crashed, timeout, ...)
     └── GateError                 a result missed a CI gate (exit code 3)
 
 Callers dispatch on these types, never on message text.
@@ -103,6 +104,14 @@ class AgentError(TransportError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RunError(EdgeshipError):
+    """The board ran the request but the model did not run: invalid, crashed, timeout, out of memory, bad dataset."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class GateError(EdgeshipError):

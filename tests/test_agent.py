@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device_agent.protocol import MSG, encode_frame
+from device_agent.protocol import MSG, Message, encode_frame
 from device_agent.store import Store
 from sdk.client import Session
 from sdk.errors import AgentError, LinkError
@@ -112,7 +112,7 @@ def test_over_quota_bad_names_and_unknown_requests(agent: Session, tmp_path: Pat
     with pytest.raises(AgentError) as err:
         agent.upload(big)
     assert err.value.code == "over_quota"
-    for name in ("../../etc/passwd", "a" * 63 + "/", "A" * 64, "", None, 12):
+    for name in ("../../etc/passwd", "a" * 63 + "/", "a" * 64 + "\n", "A" * 64, "", None, 12):
         for op in ("has", "put_begin", "delete"):
             with pytest.raises(AgentError) as err:
                 agent.request({"op": op, "sha256": name, "size": 1, "wire_size": 1})
@@ -136,6 +136,21 @@ def test_unknown_frame_type_and_oversize_frame_get_error_frames(agent: Session, 
     assert_store_sound(agent, tmp_path / "store")
 
 
+def test_an_oversize_first_frame_is_answered_too(tmp_path: Path) -> None:
+    from device_agent.protocol import Link
+
+    stream = LocalStream(tmp_path / "store", ("--max-frame", str(64 * 1024)))
+    link = Link(stream, role="host", rto=0.5)
+    try:
+        link._write(encode_frame(MSG, link.session, 0, b"\0" * (100 * 1024)))  # before any good frame
+        reply = link.recv(10.0)
+        assert reply.header["code"] == "frame_too_large"
+        link.send(Message({"op": "hello"}))
+        assert link.recv(10.0).header["agent_version"]
+    finally:
+        stream.close()
+
+
 def test_resume_from_the_agents_offset(agent: Session, tmp_path: Path) -> None:
     data = os.urandom(200_000)
     sha = hashlib.sha256(data).hexdigest()
@@ -149,8 +164,12 @@ def test_resume_from_the_agents_offset(agent: Session, tmp_path: Path) -> None:
     assert agent.upload(data).skipped
 
 
+@pytest.mark.parametrize("encoding", ["zlib", "raw"])
 @pytest.mark.parametrize("step", ["after_write", "after_fsync", "after_rename"])
-def test_killed_at_every_install_step_leaves_old_or_new_whole(tmp_path: Path, model: bytes, step: str) -> None:
+def test_killed_at_every_install_step_leaves_old_or_new_whole(tmp_path: Path, model: bytes, step: str,
+                                                               encoding: str) -> None:
+    if encoding == "raw":
+        model = os.urandom(len(model))  # incompressible: it travels raw and is installed by rename
     store = tmp_path / "store"
     old = open_agent(store)
     kept = old.upload(b"an older blob that must survive" * 100)
