@@ -33,6 +33,21 @@ class Board:
     url: str = ""
     baud: int = 115200
     store: Path | None = None
+    spec: Any = None  # the catalogue entry (sdk.catalogue.BoardSpec) for a named board
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Any) -> Board:
+        """A named board from its catalogue entry."""
+        if spec.transport == "ssh":
+            p = spec.ssh
+            return cls(name, "ssh", host=p.host, port=p.port, user=p.user,
+                       key=Path(p.key).expanduser() if p.key else None, python=spec.python,
+                       known_hosts=Path(p.known_hosts).expanduser() if p.known_hosts else None, spec=spec)
+        if spec.transport == "serial":
+            return cls(name, "serial", url=spec.serial.url, baud=spec.serial.baud, spec=spec)
+        if spec.transport == "local":
+            return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec)
+        raise UsageError(f"board {name!r}: emulated boards are not available in this version of edgeship")
 
     @classmethod
     def parse(cls, spec: str) -> Board:

@@ -102,10 +102,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeship")
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs (also EDGESHIP_DEBUG=1).")
-def main(debug: bool) -> None:
+@click.option("--boards", "boards_file", type=click.Path(path_type=Path), default=None,
+              help="Your boards file, added to the shipped boards.yaml (also EDGESHIP_BOARDS).")
+def main(debug: bool, boards_file: Path | None) -> None:
     """Ship TensorFlow models to edge boards: convert, inspect, analyse and evaluate them."""
     if debug:
         os.environ["EDGESHIP_DEBUG"] = "1"
+    if boards_file is not None:
+        os.environ["EDGESHIP_BOARDS"] = str(boards_file)
     logging.basicConfig(level=logging.DEBUG if _debug() else logging.WARNING, format="edgeship: %(levelname)s: %(message)s")
     if not _debug():  # paramiko logs its transport thread's failures; ours are reported once, as one line
         logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
@@ -317,7 +321,8 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
 # --- boards: push / bench / eval / ping ------------------------------------------------------
 
 board_option = click.option("--board", "-b", "board_spec", default="local", show_default=True, metavar="BOARD",
-                            help="local | ssh://user@host:port?python=...&key=... | serial://<device or URL>?baud=N")
+                            help="A name from boards.yaml, or local | ssh://user@host:port?python=...&key=... | "
+                                 "serial://<device or URL>?baud=N")
 accept_option = click.option("--accept-new-host", is_flag=True,
                              help="SSH: trust an unknown host key and record it (like OpenSSH accept-new).")
 
@@ -360,9 +365,9 @@ class _Bars:
 
 
 def _board(spec: str) -> Any:
-    from sdk.boards import Board
+    from sdk.catalogue import resolve
 
-    return Board.parse(spec)
+    return resolve(spec)
 
 
 @main.command()
@@ -544,28 +549,112 @@ def boards() -> None:
     """Reach boards."""
 
 
-@boards.command("ping")
+@boards.command("list")
+@json_option
+def boards_list(as_json: bool) -> None:
+    """The boards in boards.yaml (and your boards file)."""
+    from sdk.catalogue import load_catalogue
+
+    boards = load_catalogue()
+    if as_json:
+        _emit_json({name: spec.model_dump(mode="json") for name, spec in boards.items()})
+        return
+    _table("boards", ["name", "transport", "arch", "runtime", "description"],
+           [[name, s.transport, s.arch or "", s.runtime or "",
+             s.description if len(s.description) <= 60 else s.description[:59] + "…"] for name, s in boards.items()])
+
+
+@boards.command("show")
 @click.argument("board_spec", metavar="BOARD")
+@json_option
+def boards_show(board_spec: str, as_json: bool) -> None:
+    """Everything boards.yaml says about one board."""
+    from sdk.catalogue import load_catalogue
+
+    boards = load_catalogue()
+    if board_spec not in boards:
+        raise UsageError(f"unknown board {board_spec!r}; boards.yaml has {', '.join(sorted(boards))}")
+    data = boards[board_spec].model_dump(mode="json")
+    if as_json:
+        _emit_json({"name": board_spec, **data})
+        return
+    import yaml
+
+    click.echo(yaml.safe_dump({board_spec: data}, sort_keys=False).rstrip())
+
+
+@boards.command("ping")
+@click.argument("board_specs", metavar="BOARD", nargs=-1)
+@click.option("--all", "all_boards", is_flag=True, help="Every board in the catalogue except example profiles.")
 @accept_option
 @json_option
-def boards_ping(board_spec: str, accept_new_host: bool, as_json: bool) -> None:
-    """Connect to a board's agent: its version, runtime, delegates and the round-trip time."""
+def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host: bool, as_json: bool) -> None:
+    """Connect to boards' agents: version, runtime, delegates and the round-trip time."""
     from sdk.boards import open_session
+    from sdk.catalogue import load_catalogue
 
-    board = _board(board_spec)
-    session = open_session(board, accept_new_host=accept_new_host)
-    try:
-        info = dict(session.info)
-    finally:
-        session.close()
+    names = list(board_specs)
+    if all_boards:
+        names += [n for n, s in load_catalogue().items() if not s.example and n not in names]
+    if not names:
+        raise UsageError("name a board, or pass --all")
+    results: list[dict[str, Any]] = []
+    failed = []
+    for name in names:
+        board = _board(name)
+        try:
+            session = open_session(board, accept_new_host=accept_new_host)
+        except EdgeshipError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(name)
+            results.append({"board": board.name, "error": str(exc)})
+            continue
+        try:
+            results.append({"board": board.name, **session.info})
+        finally:
+            session.close()
     if as_json:
-        _emit_json({"board": board.name, **info})
+        _emit_json(results if len(names) > 1 else results[0])
+    else:
+        for info in results:
+            if "error" in info:
+                click.echo(f"{info['board']}: unreachable: {info['error']}")
+                continue
+            rt = info.get("runtime") or {}
+            cpu = info.get("cpu") or {}
+            click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
+                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}, {cpu.get('arch')} "
+                       f"x{cpu.get('cores')}, delegates {', '.join(info.get('delegates') or [])}, "
+                       f"rtt {info.get('rtt_ms', 0):.1f} ms")
+    if failed:
+        from sdk.errors import TransportError
+
+        raise TransportError(f"unreachable: {', '.join(failed)}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@json_option
+def check(bundle: Path, board_spec: str, as_json: bool) -> None:
+    """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
+    from sdk.compat import IncompatibleError
+    from sdk.compat import check as run_check
+    from sdk.device import load_bundle
+
+    manifest, _ = load_bundle(bundle)
+    board = _board(board_spec)
+    problems = run_check(manifest, board.spec)
+    if as_json:
+        _emit_json({"board": board.name, "compatible": not problems,
+                    "problems": [{"code": p.code, "message": p.message} for p in problems]})
+        if problems:
+            sys.exit(1)
         return
-    rt = info.get("runtime") or {}
-    cpu = info.get("cpu") or {}
-    click.echo(f"{board.name}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python {info.get('python')}), "
-               f"runtime {rt.get('name')} {rt.get('version', '')}, {cpu.get('arch')} x{cpu.get('cores')}, "
-               f"delegates {', '.join(info.get('delegates') or [])}, rtt {info.get('rtt_ms', 0):.1f} ms")
+    if problems:
+        raise IncompatibleError(board.name, problems)
+    click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from converters.data import load_npz
 from converters.manifest import MODEL_FILE, Manifest
 from sdk.boards import Board, open_session
 from sdk.client import Session, UploadResult
+from sdk.compat import ensure_compatible
 from sdk.errors import BundleError, DatasetError, GateError, RunError
 
 RESULT_SCHEMA_VERSION = 1
@@ -48,13 +49,20 @@ def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
          progress: UploadProgress | None = None) -> dict[str, Any]:
     """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
     manifest, model = load_bundle(bundle)
+    ensure_compatible(manifest, board)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
+        ensure_compatible(manifest, board, _runtime_version(session))
         up = _upload(session, "model", model, progress)
         return {"schema_version": RESULT_SCHEMA_VERSION, "board": board.name, "agent": _agent(session),
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
     finally:
         session.close()
+
+
+def _runtime_version(session: Session) -> str | None:
+    rt = session.info.get("runtime") or {}
+    return str(rt["version"]) if rt.get("version") and rt.get("version") != "unknown" else None
 
 
 def _agent(session: Session) -> dict[str, Any]:
@@ -104,8 +112,10 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         dataset_bytes = _npz_bytes(arrays)
     elif kind == "eval":
         raise DatasetError("eval needs --data TEST.npz (x and y)")
+    ensure_compatible(manifest, board)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
+        ensure_compatible(manifest, board, _runtime_version(session))
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
         result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options or {},

@@ -16,6 +16,7 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     ├── DatasetError              calibration / training / eval data: missing, wrong shape or dtype, too small
     ├── ConversionError           the TFLite converter failed or its result breaks the recipe's promise
     ├── BundleError               writing or reading a bundle (output dir, manifest schema)
+    ├── CatalogueError            boards.yaml: names the file, the board and the key
     ├── TransportError            reaching a board
     │   ├── LinkError             the stream could not open, broke, or stopped answering (retries exhausted)
     │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
@@ -80,6 +81,10 @@ class ConversionError(EdgeshipError):
 
 class BundleError(EdgeshipError):
     """A bundle directory or manifest that cannot be written or read."""
+
+
+class CatalogueError(EdgeshipError):
+    """boards.yaml (shipped or the user's) is malformed; the message names the file, the board and the key."""
 
 
 class TransportError(EdgeshipError):

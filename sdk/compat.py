@@ -1,0 +1,81 @@
+"""Will this bundle run on that board? Checked before any model byte is pushed.
+
+Each problem names the op or the number and says what to do. The checks use what the
+catalogue says about the board (constraints, runtime, delegates) and, once connected,
+what its agent reports (the runtime's actual version).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from converters.manifest import Manifest
+from sdk.errors import EdgeshipError
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+
+class IncompatibleError(EdgeshipError):
+    """The bundle cannot run on the board; the message lists every problem found."""
+
+    def __init__(self, board: str, problems: list[Problem]) -> None:
+        super().__init__(f"{board} cannot run this model: " + "; ".join(p.message for p in problems))
+        self.problems = problems
+
+
+def _version(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    nums = re.findall(r"\d+", text)
+    return tuple(int(n) for n in nums[:3]) if nums else None
+
+
+def check(manifest: Manifest, spec: Any, runtime_version: str | None = None) -> list[Problem]:
+    """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None)."""
+    problems: list[Problem] = []
+    c = spec.constraints if spec is not None else None
+    if c is not None and c.int8_only and not manifest.integer.fully_integer:
+        what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
+                if manifest.integer.float_ops else "float inputs/outputs")
+        problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "
+                                            f"convert with --recipe int8 (or qat) and --io int8"))
+    if c is not None and c.allowed_ops is not None:
+        allowed = set(c.allowed_ops)
+        missing = sorted({f"{o.name} v{o.version}" for o in manifest.operators if o.name not in allowed})
+        if missing:
+            problems.append(Problem("op_not_allowed", f"op(s) {', '.join(missing)} are not in the board's runtime "
+                                                      f"(built with selective registration); rebuild it with this "
+                                                      f"bundle's ops/registration.cc, or change the model"))
+    if c is not None and c.max_model_bytes is not None and manifest.size > c.max_model_bytes:
+        problems.append(Problem("too_large", f"the model is {manifest.size:,} bytes, over the board's limit of "
+                                             f"{c.max_model_bytes:,}; try --recipe int8 (about 4x smaller)"))
+    flex = [o.name for o in manifest.operators if o.kind == "select_tf"]
+    if flex:
+        problems.append(Problem("select_tf", f"Select-TF op(s) {', '.join(flex)} need the Flex delegate, which "
+                                             f"board runtimes lack; change the model to use builtin ops"))
+    have = _version(runtime_version or (spec.runtime_version if spec is not None else None))
+    need = _version(manifest.min_runtime_version)
+    if have is not None and need is not None and need > have:
+        problems.append(Problem("runtime_too_old", f"the model needs TFLite {manifest.min_runtime_version} or newer "
+                                                   f"(its op versions), the board has {'.'.join(map(str, have))}; "
+                                                   f"upgrade the board's runtime or convert with an older TensorFlow"))
+    for d in (spec.delegates if spec is not None else []):
+        if d.input_types:
+            bad = [f"{t.name} ({t.dtype})" for t in manifest.inputs if t.dtype not in d.input_types]
+            if bad:
+                problems.append(Problem("delegate_input", f"delegate {d.name} takes {'/'.join(d.input_types)} inputs, "
+                                                          f"the model has {', '.join(bad)}; convert with --io "
+                                                          f"{d.input_types[0]}"))
+    return problems
+
+
+def ensure_compatible(manifest: Manifest, board: Any, runtime_version: str | None = None) -> None:
+    problems = check(manifest, getattr(board, "spec", None), runtime_version)
+    if problems:
+        raise IncompatibleError(board.name, problems)
