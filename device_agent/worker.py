@@ -177,6 +177,8 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
                                "accuracy": result.accuracy, "latency_ms": _lat(result.latency)}
         if reference is not None:
             out["agreement"] = compare(first, reference)
+        if labels is not None and np.issubdtype(np.asarray(labels).dtype, np.integer):
+            out["confusion"] = confusion(np.asarray(first).reshape(result.samples, -1).argmax(1), np.asarray(labels))
         out["peak_rss_kib"] = _peak_rss_kib()
         out["sensors"] = {"before": sensors_before, "after": board_sensors()}
         return out
@@ -222,12 +224,23 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     return {**base, "status": "ok", "kind": "bench", "first_inference_ms": first_ns / 1e6,
             "warmup": {"count": warmup, "total_ms": warmup_ns / 1e6},
             "latency_ms": _lat(LatencyStats.from_ns(samples)), "inputs": "dataset" if arrays else "random",
+            "latency_samples_ms": [round(s / 1e6, 6) for s in samples[:: max(1, len(samples) // 500)]],
             "peak_rss_kib": _peak_rss_kib(), "sensors": {"before": sensors_before, "after": board_sensors()}}
 
 
 def _lat(s: Any) -> Dict[str, Any]:
     return {"count": s.count, "mean": s.mean_ms, "std": s.std_ms, "min": s.min_ms, "p50": s.p50_ms,
             "p90": s.p90_ms, "p95": s.p95_ms, "p99": s.p99_ms, "max": s.max_ms}
+
+
+def confusion(predicted: Any, labels: Any, max_classes: int = 64) -> Optional[List[List[int]]]:
+    """Confusion matrix (rows: true class, columns: predicted), for up to max_classes classes."""
+    n = int(max(predicted.max(initial=0), labels.max(initial=0))) + 1
+    if n > max_classes or labels.min(initial=0) < 0:
+        return None
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (labels.reshape(-1), predicted.reshape(-1)), 1)
+    return matrix.tolist()
 
 
 def compare(outputs: Any, reference: Any) -> Dict[str, Any]:

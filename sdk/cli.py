@@ -321,7 +321,7 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
 # --- boards: push / bench / eval / ping ------------------------------------------------------
 
 board_option = click.option("--board", "-b", "board_spec", default="local", show_default=True, metavar="BOARD",
-                            help="A name from boards.yaml, or local | ssh://user@host:port?python=...&key=... | "
+                            help="A name from boards.yaml (several: a,b,c), or local | ssh://user@host:port?python=...&key=... | "
                                  "serial://<device or URL>?baud=N")
 accept_option = click.option("--accept-new-host", is_flag=True,
                              help="SSH: trust an unknown host key and record it (like OpenSSH accept-new).")
@@ -421,6 +421,10 @@ run_options = [
     click.option("--runtime", type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]), default=None,
                  help="Force the board's runtime."),
     click.option("--max-p90-ms", type=float, default=None, help="Gate: fail (exit 3) if p90 latency is above this."),
+    click.option("--all", "all_boards", is_flag=True, help="Run on every catalogue board that is not an example profile."),
+    click.option("--jobs", "-j", type=int, default=4, show_default=True, help="Boards run at once (fleet runs)."),
+    click.option("--results-dir", type=click.Path(path_type=Path), default=Path(".edgeship/results"), show_default=True,
+                 help="Where each run's result JSON is written (docs/results.md)."),
 ]
 
 
@@ -467,18 +471,106 @@ def _report_run(doc: dict[str, Any]) -> None:
     click.echo(f"  peak RSS {r.get('peak_rss_kib', 0) / 1024:.1f} MiB")
 
 
-def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, accept_new_host: bool, quiet: bool,
-                 as_json: bool, opts: dict[str, Any], gates: dict[str, Any]) -> None:
-    from sdk.device import check_gates, run_on_board
+def _fleet_boards(board_spec: str, all_boards: bool) -> list[Any]:
+    from sdk.catalogue import load_catalogue
 
-    with _Bars(not (quiet or as_json)) as bars:
-        doc = run_on_board(kind, bundle, _board(board_spec), data=data, options=opts, accept_new_host=accept_new_host,
-                           upload_progress=bars.upload, run_progress=bars.run)
+    names = [n.strip() for n in board_spec.split(",") if n.strip()] if not all_boards else []
+    if all_boards:
+        names = [n for n, s in load_catalogue().items() if not s.example]
+    return [_board(n) for n in names]
+
+
+class _LiveTable:
+    """A live table of every board's progress on stderr (a terminal only)."""
+
+    def __init__(self, boards: list[str], enabled: bool) -> None:
+        import threading
+
+        self.state: dict[str, dict[str, Any]] = {b: {"phase": "waiting"} for b in boards}
+        self.enabled = enabled and sys.stderr.isatty()
+        self._lock = threading.Lock()
+        self._live: Any = None
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(show_edge=False)
+        for col in ("board", "phase", "progress"):
+            table.add_column(col)
+        for board, s in self.state.items():
+            total = s.get("total")
+            progress = f"{s.get('done', 0)}/{total}" if total else ""
+            table.add_row(board, s.get("phase", ""), progress)
+        return table
+
+    def __enter__(self) -> _LiveTable:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=Console(stderr=True), refresh_per_second=8, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, board: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            self.state[board] = status
+            if self._live is not None:
+                self._live.update(self._render())
+
+
+def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, accept_new_host: bool, quiet: bool,
+                 as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
+                 results_dir: Path | None = None) -> None:
+    from sdk.device import check_gates, run_on_board
+    from sdk.fleet import run_fleet, write_result
+
+    boards = _fleet_boards(board_spec, all_boards)
+    if not boards:
+        raise UsageError("no boards to run on")
+    if len(boards) == 1:
+        with _Bars(not (quiet or as_json)) as bars:
+            doc = run_on_board(kind, bundle, boards[0], data=data, options=opts, accept_new_host=accept_new_host,
+                               upload_progress=bars.upload, run_progress=bars.run)
+        if results_dir is not None:
+            write_result(doc, results_dir)
+        if as_json:
+            _emit_json(doc)
+        else:
+            _report_run(doc)
+        check_gates(doc, **gates)
+        return
+    with _LiveTable([b.name for b in boards], not (quiet or as_json)) as live:
+        outcomes = run_fleet(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
+                             jobs=jobs, results_dir=results_dir, on_update=live.update)
     if as_json:
-        _emit_json(doc)
+        _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate, "result": o.doc,
+                     "results_file": str(o.results_file) if o.results_file else None} for o in outcomes])
     else:
-        _report_run(doc)
-    check_gates(doc, **gates)
+        rows = []
+        for o in outcomes:
+            r = (o.doc or {}).get("result") or {}
+            lat = r.get("latency_ms") or {}
+            acc = r.get("accuracy")
+            rows.append([o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"),
+                         "" if acc is None else f"{acc * 100:.2f}%", f"{lat['p50']:.3f}" if lat else "",
+                         f"{lat['p90']:.3f}" if lat else "", o.error or o.gate or ""])
+        _table(f"{kind} on {len(outcomes)} boards", ["board", "status", "accuracy", "p50 ms", "p90 ms", "problem"], rows)
+    failed = [o.board for o in outcomes if o.error]
+    missed = [o.board for o in outcomes if o.gate]
+    if failed:
+        from sdk.errors import TransportError
+
+        raise TransportError(f"{len(failed)} of {len(outcomes)} boards failed: {', '.join(failed)}"
+                             + (f"; missed gates: {', '.join(missed)}" if missed else ""))
+    if missed:
+        from sdk.errors import GateError
+
+        raise GateError(f"{len(missed)} of {len(outcomes)} boards missed their gates: {', '.join(missed)}")
 
 
 @main.command()
@@ -491,12 +583,12 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
 @json_option
 def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, warmup: int | None,
           min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
-          no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, accept_new_host: bool, quiet: bool,
-          as_json: bool) -> None:
+          no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
+          results_dir: Path, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Latency of a bundle's model on a board: load, first inference, warm-up, steady state percentiles."""
     _run_command("bench", bundle, board_spec, data, accept_new_host, quiet, as_json,
                  _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate),
-                 {"max_p90_ms": max_p90_ms})
+                 {"max_p90_ms": max_p90_ms}, all_boards, jobs, results_dir)
 
 
 @main.command("eval")
@@ -511,12 +603,14 @@ def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, wa
 @json_option
 def eval_board(bundle: Path, board_spec: str, data: Path, runs: int | None, warmup: int | None,
                min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
-               no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, min_accuracy: float | None,
-               min_agreement: float | None, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
+               no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
+               results_dir: Path, min_accuracy: float | None, min_agreement: float | None, accept_new_host: bool,
+               quiet: bool, as_json: bool) -> None:
     """Accuracy on a board, and agreement with the host's outputs on the same samples."""
     _run_command("eval", bundle, board_spec, data, accept_new_host, quiet, as_json,
                  _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate),
-                 {"max_p90_ms": max_p90_ms, "min_accuracy": min_accuracy, "min_agreement": min_agreement})
+                 {"max_p90_ms": max_p90_ms, "min_accuracy": min_accuracy, "min_agreement": min_agreement},
+                 all_boards, jobs, results_dir)
 
 
 @main.group()

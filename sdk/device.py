@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,10 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options or {},
                              progress=run_progress)
         doc = {"schema_version": RESULT_SCHEMA_VERSION, "kind": kind, "board": board.name, "agent": _agent(session),
-               "model_sha256": manifest.sha256, "recipe": manifest.recipe.get("name"),
+               "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "bundle": str(bundle), "model_sha256": manifest.sha256, "model_size": manifest.size,
+               "recipe": manifest.recipe.get("name"), "io": manifest.recipe.get("io"),
+               "dataset_sha256": up_data.sha256 if up_data else None, "options": options or {},
                "upload": {"model": asdict(up_model), "data": asdict(up_data) if up_data else None},
                "result": result}
         if reference is not None:
