@@ -19,18 +19,18 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[convert,dev]'
+	$(PY) -m pip install --quiet -e '.[convert,dev,micro]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # System tools the transport tests drive for real: OpenSSH's sshd and socat. Only `test`
 # needs them; the check is a stat when they are installed, so no stamp file is kept.
-APT_TOOLS := /usr/sbin/sshd /usr/bin/socat
+APT_TOOLS := /usr/sbin/sshd /usr/bin/socat /usr/bin/chromium
 
 apt-tools:
 	@for f in $(APT_TOOLS); do [ -x $$f ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing openssh-server and socat (needed by the transport tests)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server socat; \
+		echo "installing openssh-server, socat and chromium (needed by the transport and report tests)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server socat chromium; \
 	fi
 
 install: $(STAMP)

@@ -22,7 +22,8 @@ def main(argv: "list[str] | None" = None) -> int:
     parser.add_argument("--max-frame", type=int, default=1 << 20, help="largest frame payload accepted")
     parser.add_argument("--run-timeout", type=float, default=300.0)
     parser.add_argument("--memory-limit", type=int, default=2 << 30, help="per-run worker memory limit in bytes (0: none)")
-    parser.add_argument("--runtime", choices=["ai_edge_litert", "tflite_runtime", "tensorflow"])
+    parser.add_argument("--runtime", choices=["ai_edge_litert", "tflite_runtime", "tensorflow", "tflite_micro"])
+    parser.add_argument("--arena-size", type=int, default=None, help="tflite_micro: the tensor arena in bytes")
     args = parser.parse_args(argv)
     if args.version:
         print(__version__)
@@ -30,7 +31,8 @@ def main(argv: "list[str] | None" = None) -> int:
     from device_agent.agent import Agent, AgentConfig, main_stdio
 
     config = AgentConfig(store_dir=args.store, quota=args.quota, max_frame=args.max_frame,
-                         run_timeout=args.run_timeout, memory_limit=args.memory_limit, runtime=args.runtime)
+                         run_timeout=args.run_timeout, memory_limit=args.memory_limit, runtime=args.runtime,
+                         arena_size=args.arena_size)
     if args.stdio:
         main_stdio(config)
         return 0

@@ -34,6 +34,7 @@ class AgentConfig:
     run_timeout: float = 300.0
     memory_limit: int = 2 << 30  # per worker; 0 disables
     runtime: Optional[str] = None
+    arena_size: Optional[int] = None  # tflite_micro: the board's tensor arena
 
 
 def _meminfo() -> Dict[str, int]:
@@ -135,7 +136,9 @@ class Agent:
 
     def _op_hello(self, msg: Message, send: Any) -> Dict[str, Any]:
         return {"op": "hello", "agent_version": __version__, "protocol": VERSION, "python": platform.python_version(),
-                "runtime": self._runtime(), "delegates": _delegates_found(), "cpu": _cpu(), "memory": _meminfo(),
+                "runtime": self._runtime(),
+                "delegates": [] if self.config.runtime == "tflite_micro" else _delegates_found(),
+                "cpu": _cpu(), "memory": _meminfo(), "arena_size": self.config.arena_size,
                 "store": {"quota": self.store.quota, "used": self.store.usage()},
                 "limits": {"max_frame": self.config.max_frame, "max_blob": self.store.quota},
                 "pid": os.getpid(), "time_ns": time.time_ns()}
@@ -190,6 +193,7 @@ class Agent:
             "runs": int(opts.get("runs", 50)),
             "min_seconds": float(opts.get("min_seconds", 1.0)),
             "output": opts.get("output"),
+            "arena_size": opts.get("arena_size") or self.config.arena_size,
         }
         timeout = float(opts.get("timeout", self.config.run_timeout))
         result = run_in_worker(request, timeout, self.config.memory_limit,

@@ -72,13 +72,16 @@ def _load(name: str) -> Runtime:
     elif name == "tflite_runtime":
         mod = importlib.import_module("tflite_runtime.interpreter")
         version = getattr(importlib.import_module("tflite_runtime"), "__version__", None) or _dist_version("tflite-runtime")
+    elif name == "tflite_micro":  # the microcontroller-class runtime: used only when asked for
+        micro = importlib.import_module("device_agent.micro")
+        return Runtime("tflite_micro", micro.version(), micro.MicroRuntime, micro.load_delegate)
     elif name == "tensorflow":
         tf = importlib.import_module("tensorflow")
         mod = tf.lite
         version = tf.__version__
         return Runtime("tensorflow.lite", version, mod.Interpreter, mod.experimental.load_delegate)
     else:
-        raise RuntimeNotFound(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+        raise RuntimeNotFound(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}, tflite_micro")
     return Runtime(name, version, mod.Interpreter, mod.load_delegate)
 
 

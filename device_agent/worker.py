@@ -70,6 +70,8 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
                 raise DelegateRequired(f"delegate {spec['library']} failed to load ({exc}) and the request requires it") from exc
             notes.append(f"delegate {spec['library']} failed to load ({exc}); running without it")
     kwargs: Dict[str, Any] = {}
+    if rt.name == "tflite_micro" and req.get("arena_size"):
+        kwargs["arena_size"] = int(req["arena_size"])
     if delegates:
         kwargs["experimental_delegates"] = delegates
     if req.get("xnnpack") is False:
@@ -148,10 +150,13 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     except DelegateRequired:
         raise
     except (ValueError, RuntimeError) as exc:
-        return {"status": "invalid", "message": f"the runtime rejected the model: {str(exc).strip()[:300]}"}
+        status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
+        return {"status": status, "message": f"the runtime rejected the model: {str(exc).strip()[:300]}"}
     interpreter = built["interpreter"]
     base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": req.get("threads"),
             "delegate": built["delegate"], "load_ms": built["load_ms"], "model_sha256": req["model_sha256"]}
+    if hasattr(interpreter, "arena_used"):
+        base["arena"] = {"size": interpreter.arena_size, "used": interpreter.arena_used}
 
     features = labels = reference = None
     if req.get("dataset_path"):

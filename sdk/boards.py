@@ -34,6 +34,7 @@ class Board:
     baud: int = 115200
     store: Path | None = None
     spec: Any = None  # the catalogue entry (sdk.catalogue.BoardSpec) for a named board
+    agent_args: tuple[str, ...] = ()  # extra agent flags (local boards: --runtime, --arena-size, --quota)
 
     @classmethod
     def from_spec(cls, name: str, spec: Any) -> Board:
@@ -46,7 +47,13 @@ class Board:
         if spec.transport == "serial":
             return cls(name, "serial", url=spec.serial.url, baud=spec.serial.baud, spec=spec)
         if spec.transport == "local":
-            return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec)
+            args: list[str] = ["--quota", str(spec.store.quota_mb << 20)]
+            if spec.runtime:
+                args += ["--runtime", spec.runtime]
+            if spec.constraints.arena_bytes:
+                args += ["--arena-size", str(spec.constraints.arena_bytes)]
+            return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec,
+                       agent_args=tuple(args))
         raise UsageError(f"board {name!r}: emulated boards are not available in this version of edgeship")
 
     @classmethod
@@ -95,7 +102,7 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
     if board.transport == "local":
         from sdk.transport.local import DEFAULT_STORE, LocalStream
 
-        session = Session(LocalStream(board.store or DEFAULT_STORE))
+        session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args))
     elif board.transport == "serial":
         from sdk.transport.serial import open_serial
 

@@ -728,6 +728,28 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 
 
 @main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write an HTML report with plots here.")
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown report here.")
+def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None) -> None:
+    """Compare result documents (files or directories) across boards and recipes."""
+    from sdk.report import load_results, render_html, render_markdown
+
+    rep = load_results(list(results))
+    if html_out is None and md_out is None:
+        click.echo(render_markdown(rep))
+        return
+    if html_out is not None:
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(render_html(rep))
+        click.echo(f"wrote {html_out} ({len(rep.rows)} results{', ' + str(len(rep.flags)) + ' flagged' if rep.flags else ''})")
+    if md_out is not None:
+        md_out.parent.mkdir(parents=True, exist_ok=True)
+        md_out.write_text(render_markdown(rep))
+        click.echo(f"wrote {md_out}")
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @board_option
 @json_option
@@ -737,9 +759,9 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     from sdk.compat import check as run_check
     from sdk.device import load_bundle
 
-    manifest, _ = load_bundle(bundle)
+    manifest, model = load_bundle(bundle)
     board = _board(board_spec)
-    problems = run_check(manifest, board.spec)
+    problems = run_check(manifest, board.spec, model=model)
     if as_json:
         _emit_json({"board": board.name, "compatible": not problems,
                     "problems": [{"code": p.code, "message": p.message} for p in problems]})

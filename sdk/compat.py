@@ -36,9 +36,28 @@ def _version(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(n) for n in nums[:3]) if nums else None
 
 
-def check(manifest: Manifest, spec: Any, runtime_version: str | None = None) -> list[Problem]:
+def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
+    """What TFLite Micro says about the model: ops it lacks, and the arena it needs."""
+    from device_agent import micro
+
+    try:
+        needed = micro.arena_needed(model)
+    except micro.UnsupportedOpError as exc:
+        return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
+                                          f"custom kernel")]
+    except micro.MicroError as exc:
+        return [Problem("micro_rejected", f"TFLite Micro cannot load the model: {exc}")]
+    if arena is not None and needed > arena:
+        return [Problem("arena_too_small", f"the model needs a {needed:,}-byte tensor arena, the board has {arena:,}; "
+                                           f"shrink the model (smaller layers, --recipe int8) or give the board more RAM")]
+    return []
+
+
+def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, model: bytes | None = None) -> list[Problem]:
     """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None)."""
     problems: list[Problem] = []
+    if spec is not None and model is not None and spec.runtime == "tflite_micro":
+        problems += _micro_problems(model, spec.constraints.arena_bytes)
     c = spec.constraints if spec is not None else None
     if c is not None and c.int8_only and not manifest.integer.fully_integer:
         what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
@@ -59,7 +78,8 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None) -> 
     if flex:
         problems.append(Problem("select_tf", f"Select-TF op(s) {', '.join(flex)} need the Flex delegate, which "
                                              f"board runtimes lack; change the model to use builtin ops"))
-    have = _version(runtime_version or (spec.runtime_version if spec is not None else None))
+    micro = spec is not None and spec.runtime == "tflite_micro"  # TFLM matches ops by code, not version
+    have = None if micro else _version(runtime_version or (spec.runtime_version if spec is not None else None))
     need = _version(manifest.min_runtime_version)
     if have is not None and need is not None and need > have:
         problems.append(Problem("runtime_too_old", f"the model needs TFLite {manifest.min_runtime_version} or newer "
@@ -75,7 +95,8 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None) -> 
     return problems
 
 
-def ensure_compatible(manifest: Manifest, board: Any, runtime_version: str | None = None) -> None:
-    problems = check(manifest, getattr(board, "spec", None), runtime_version)
+def ensure_compatible(manifest: Manifest, board: Any, runtime_version: str | None = None,
+                      model: bytes | None = None) -> None:
+    problems = check(manifest, getattr(board, "spec", None), runtime_version, model)
     if problems:
         raise IncompatibleError(board.name, problems)

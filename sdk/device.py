@@ -50,7 +50,7 @@ def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
          progress: UploadProgress | None = None) -> dict[str, Any]:
     """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
     manifest, model = load_bundle(bundle)
-    ensure_compatible(manifest, board)
+    ensure_compatible(manifest, board, model=model)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
         ensure_compatible(manifest, board, _runtime_version(session))
@@ -59,6 +59,12 @@ def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
     finally:
         session.close()
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _runtime_version(session: Session) -> str | None:
@@ -113,7 +119,7 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         dataset_bytes = _npz_bytes(arrays)
     elif kind == "eval":
         raise DatasetError("eval needs --data TEST.npz (x and y)")
-    ensure_compatible(manifest, board)
+    ensure_compatible(manifest, board, model=model)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
         ensure_compatible(manifest, board, _runtime_version(session))
@@ -126,6 +132,7 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
                "bundle": str(bundle), "model_sha256": manifest.sha256, "model_size": manifest.size,
                "recipe": manifest.recipe.get("name"), "io": manifest.recipe.get("io"),
                "dataset_sha256": up_data.sha256 if up_data else None, "options": options or {},
+               "data_file_sha256": _file_sha256(data) if data is not None else None,
                "upload": {"model": asdict(up_model), "data": asdict(up_data) if up_data else None},
                "result": result}
         if reference is not None:

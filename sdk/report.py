@@ -1,0 +1,213 @@
+"""`edgeship report`: compare result documents across boards and recipes, as HTML or Markdown.
+
+Results are grouped by (board, recipe). Within a group, results whose metadata differ in
+a way that changes the numbers (runtime or its version, threads, delegate, dataset,
+model) are flagged as incomparable and listed apart, never averaged together.
+Plots are rendered with matplotlib and embedded as PNG data URIs, so the HTML is one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import UsageError
+
+# What must match for two results of the same board and recipe to be compared or merged.
+COMPARABLE_KEYS = ("runtime", "threads", "delegate", "data", "model_sha256")
+
+
+@dataclass
+class Row:
+    path: Path
+    doc: dict[str, Any]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return dict(self.doc.get("result") or {})
+
+    def meta(self) -> dict[str, Any]:
+        r = self.result
+        rt = r.get("runtime") or {}
+        return {
+            "runtime": f"{rt.get('name')} {rt.get('version')}",
+            "threads": r.get("threads"),
+            "delegate": ",".join((r.get("delegate") or {}).get("applied") or []) or "none",
+            "data": self.doc.get("data_file_sha256"),  # the user's data file (the upload adds per-model references)
+            "model_sha256": self.doc.get("model_sha256"),
+        }
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    flags: list[str] = field(default_factory=list)
+
+
+def load_results(paths: list[Path]) -> Report:
+    """Read result documents (files or directories of them); unreadable ones are an error naming the file."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files += sorted(p.glob("*.json"))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise UsageError(f"{p}: no such results file or directory")
+    if not files:
+        raise UsageError("no result documents given (bench/eval write them into .edgeship/results)")
+    rows = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{f}: not a JSON result document ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "result" not in doc:
+            raise UsageError(f"{f}: not an edgeship result document (schema_version 1 with a result)")
+        rows.append(Row(f, doc))
+    report = Report(rows)
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(str(row.doc.get("board")), str(row.doc.get("recipe")), str(row.doc.get("kind")))].append(row)
+    for (board, recipe, kind), members in groups.items():
+        metas = [m.meta() for m in members]
+        for key in COMPARABLE_KEYS:
+            values = sorted({str(m[key]) for m in metas})
+            if len(values) > 1:
+                shown = ", ".join(v[:16] for v in values)
+                report.flags.append(f"{board} / {recipe} / {kind}: {len(members)} results differ in {key} ({shown}); "
+                                    f"they are listed separately, not merged")
+    datasets = {str(r.doc.get("data_file_sha256")) for r in rows if r.doc.get("kind") == "eval"}
+    if len(datasets) > 1:
+        report.flags.append(f"eval results use {len(datasets)} different datasets; their accuracies are not comparable")
+    return report
+
+
+def _fmt(value: Any, spec: str = ".3f", scale: float = 1.0, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value * scale:{spec}}{suffix}"
+
+
+def table_rows(report: Report) -> list[list[str]]:
+    out = []
+    for row in sorted(report.rows, key=lambda r: (str(r.doc.get("board")), str(r.doc.get("recipe")), str(r.doc.get("kind")))):
+        r = row.result
+        lat = r.get("latency_ms") or {}
+        agr = (r.get("agreement") or {}).get("argmax_agreement")
+        meta = row.meta()
+        out.append([
+            str(row.doc.get("board")), str(row.doc.get("recipe")), str(row.doc.get("kind")),
+            _fmt(row.doc.get("model_size"), ",.0f"), _fmt(r.get("accuracy"), ".2f", 100, "%"),
+            _fmt(agr, ".2f", 100, "%"), _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
+            meta["runtime"], str(meta["threads"] or "default"), meta["delegate"], str(r.get("status")),
+        ])
+    return out
+
+
+HEADERS = ["board", "recipe", "kind", "size (B)", "accuracy", "agreement", "p50 ms", "p90 ms", "p99 ms",
+           "runtime", "threads", "delegate", "status"]
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plots(report: Report) -> list[tuple[str, str]]:
+    """(title, PNG data URI) for each plot the results allow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: list[tuple[str, str]] = []
+    series = [(f"{r.doc.get('board')}\n{r.doc.get('recipe')}" + (f"\n{r.result['threads']} thr" if r.result.get("threads") else ""),
+               r.result.get("latency_samples_ms")) for r in report.rows if r.result.get("latency_samples_ms")]
+    if series:
+        fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(series)), 3.6))
+        ax.boxplot([list(s or []) for _, s in series], showfliers=False)
+        ax.set_xticks(range(1, len(series) + 1), [label for label, _ in series], fontsize=8)
+        ax.set_ylabel("latency per inference (ms)")
+        ax.set_title("Latency distribution per board (bench, steady state)")
+        out.append(("Latency distributions", _png(fig)))
+    points = [r for r in report.rows if r.result.get("accuracy") is not None and r.result.get("latency_ms")]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        recipes = sorted({str(r.doc.get("recipe")) for r in points})
+        colours = plt.cm.tab10.colors  # type: ignore[attr-defined]
+        for i, recipe in enumerate(recipes):
+            pts = [r for r in points if str(r.doc.get("recipe")) == recipe]
+            sizes = [max(20.0, (r.doc.get("model_size") or 0) / 2000) for r in pts]
+            ax.scatter([r.result["latency_ms"]["p50"] for r in pts], [r.result["accuracy"] * 100 for r in pts],
+                       s=sizes, color=colours[i % len(colours)], alpha=0.7, label=recipe)
+            for r in pts:
+                ax.annotate(str(r.doc.get("board")), (r.result["latency_ms"]["p50"], r.result["accuracy"] * 100),
+                            fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("p50 latency (ms)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title("Accuracy vs latency (marker area: model size)")
+        ax.legend(title="recipe", fontsize=8)
+        out.append(("Accuracy vs latency vs size", _png(fig)))
+    for r in report.rows:
+        matrix = r.result.get("confusion")
+        if not matrix:
+            continue
+        fig, ax = plt.subplots(figsize=(4, 3.6))
+        im = ax.imshow(matrix, cmap="Blues")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Confusion: {r.doc.get('board')} / {r.doc.get('recipe')}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        out.append((f"Confusion matrix, {r.doc.get('board')} / {r.doc.get('recipe')}", _png(fig)))
+    return out
+
+
+def render_markdown(report: Report) -> str:
+    lines = ["# edgeship report", "", f"{len(report.rows)} result(s).", ""]
+    if report.flags:
+        lines += ["## Incomparable results", ""] + [f"- {f}" for f in report.flags] + [""]
+    lines += ["## Comparison", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    lines += ["", "Sources: " + ", ".join(str(r.path) for r in report.rows), ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}
+.flag{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px;margin:4px 0}figure{display:inline-block;margin:1em}
+figcaption{font-size:13px;color:#555}"""
+
+# Marks the page once every image has decoded, so a headless browser (and its test) can tell.
+_SCRIPT = """<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);
+var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
+document.body.setAttribute('data-images',imgs.length);document.body.setAttribute('data-images-loaded',ok);});</script>"""
+
+
+def render_html(report: Report) -> str:
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeship report</title><style>{_CSS}</style>"
+             f"{_SCRIPT}</head><body>", "<h1>edgeship report</h1>", f"<p>{len(report.rows)} result(s).</p>"]
+    if report.flags:
+        parts.append("<h2>Incomparable results</h2>")
+        parts += [f"<div class='flag'>{esc(f)}</div>" for f in report.flags]
+    parts.append("<h2>Comparison</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + "</tr>")
+    for row in table_rows(report):
+        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+    parts.append("</table><h2>Plots</h2>")
+    for title, uri in plots(report):
+        parts.append(f"<figure><img alt='{esc(title)}' src='{uri}'><figcaption>{esc(title)}</figcaption></figure>")
+    parts.append("<h2>Sources</h2><ul>" + "".join(f"<li>{esc(str(r.path))}</li>" for r in report.rows) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
