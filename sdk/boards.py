@@ -54,7 +54,9 @@ class Board:
                 args += ["--arena-size", str(spec.constraints.arena_bytes)]
             return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec,
                        agent_args=tuple(args))
-        raise UsageError(f"board {name!r}: emulated boards are not available in this version of edgeship")
+        if spec.transport == "emulated":
+            return cls(name, "emulated", spec=spec)
+        raise UsageError(f"board {name!r}: unknown transport {spec.transport!r}")
 
     @classmethod
     def parse(cls, spec: str) -> Board:
@@ -103,6 +105,11 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
         from sdk.transport.local import DEFAULT_STORE, LocalStream
 
         session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args))
+    elif board.transport == "emulated":
+        from sdk.emulate.services import open_emulated
+
+        stream, rate = open_emulated(board)
+        session = Session(stream, LinkProfile.for_rate(rate))
     elif board.transport == "serial":
         from sdk.transport.serial import open_serial
 

@@ -639,6 +639,56 @@ def agent_serve(args: tuple[str, ...]) -> None:
 
 
 @main.group()
+def emulate() -> None:
+    """Keep emulated boards running between commands (they also start on demand)."""
+
+
+@emulate.command("up")
+@click.argument("names", nargs=-1, required=True)
+def emulate_up(names: tuple[str, ...]) -> None:
+    """Start emulated boards in the background."""
+    from sdk.catalogue import load_catalogue
+    from sdk.emulate import services
+
+    boards = load_catalogue()
+    for name in names:
+        spec = boards.get(name)
+        if spec is None or spec.transport != "emulated" or spec.emulator is None:
+            raise UsageError(f"{name!r} is not an emulated board; emulated boards: "
+                             f"{', '.join(n for n, s in boards.items() if s.transport == 'emulated')}")
+        state = services.up(spec.emulator, Path(spec.store.dir).expanduser(), spec.serial.baud if spec.serial else 115200)
+        click.echo(f"{name}: up (pid {state['pid']}, {state.get('url', '')})")
+
+
+@emulate.command("down")
+@click.argument("names", nargs=-1, required=True)
+def emulate_down(names: tuple[str, ...]) -> None:
+    """Stop emulated boards started with `emulate up`."""
+    from sdk.catalogue import load_catalogue
+    from sdk.emulate import services
+
+    boards = load_catalogue()
+    for name in names:
+        spec = boards.get(name)
+        emulator = spec.emulator if spec is not None and spec.emulator else name
+        click.echo(f"{name}: {'stopped' if services.down(emulator) else 'was not running'}")
+
+
+@emulate.command("status")
+@json_option
+def emulate_status(as_json: bool) -> None:
+    """Which emulated boards are kept up."""
+    from sdk.emulate import services
+
+    states = {name: services.running(name) for name in services.EMULATORS}
+    if as_json:
+        _emit_json(states)
+        return
+    for name, state in states.items():
+        click.echo(f"{name}: " + (f"up (pid {state['pid']}, {state.get('url', '')})" if state else "down (starts on demand)"))
+
+
+@main.group()
 def boards() -> None:
     """Reach boards."""
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from sdk.boards import Board, open_session
+from sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 from sdk.errors import LinkError
 from tests.conftest import run_cli
-from tests.serial_relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 
 BAUD = 115200
 

@@ -1,4 +1,4 @@
-"""The pty serial relay (tests/serial_relay.py) and SerialStream (sdk/transport/serial.py), on real ptys.
+"""The pty serial relay (sdk/emulate/relay.py) and SerialStream (sdk/transport/serial.py), on real ptys.
 
 No mocks: every byte goes host SerialStream -> pty A -> relay thread -> pty B -> board
 SerialStream (and back), so these also prove the ptys are raw and pyserial opens them.
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 from sdk.errors import LinkError, TransportError, UsageError
 from sdk.transport.serial import SerialStream, open_serial
-from tests.serial_relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 
 FAST = 1_000_000  # 100 kB/s: paced, but quick enough for the functional tests
 # Every byte value, then the ones a cooked tty would eat or rewrite: NUL, LF, CR, ^C, XON/XOFF, 0xff.

@@ -1,4 +1,4 @@
-"""A serial cable for tests: two real pty pairs joined by a paced, fault-injecting relay.
+"""A serial cable for the emulated serial board and its tests: two real pty pairs joined by a paced, fault-injecting relay.
 
     host (pyserial on relay.host_port) <-> pty A <-> relay threads <-> pty B <-> agent (relay.board_port)
 

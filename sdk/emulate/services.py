@@ -1,0 +1,192 @@
+"""Emulated boards as services: started on demand for one command, or kept up between commands.
+
+``edgeship emulate up NAME`` runs the board's services (relay and agent for emu-serial;
+the qemu root for emu-pi) in a background process and records how to reach them in
+~/.edgeship/emulate/NAME.json; a command that uses the board connects to them. Without
+``up``, the board is started for the command and stopped after it, as a real board that is
+simply there would be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import EdgeshipError, UsageError
+
+STATE_DIR = Path(os.environ.get("EDGESHIP_EMULATE_DIR", "~/.edgeship/emulate")).expanduser()
+EMULATORS = ("emu-serial", "emu-pi")
+
+
+class EmuSerial:
+    """The agent serving on a pty behind a relay paced at the board's baud rate."""
+
+    def __init__(self, store: Path, baud: int = 115200) -> None:
+        self.store = store
+        self.baud = baud
+        self.relay: Any = None
+        self.agent: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> dict[str, Any]:
+        from sdk.emulate.relay import SerialRelay
+
+        self.relay = SerialRelay(self.baud)
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", self.relay.board_port,
+                                       "--baud", str(self.baud), "--store", str(self.store)],
+                                      stderr=subprocess.DEVNULL, env=env)
+        return {"url": self.relay.host_port, "baud": self.baud}
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.terminate()
+            try:
+                self.agent.wait(10)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        if self.relay is not None:
+            self.relay.close()
+
+
+def _state_file(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(name: str) -> dict[str, Any] | None:
+    """The connection info of a board kept up by `emulate up`, or None."""
+    path = _state_file(name)
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(state.get("pid", 0))):
+        path.unlink(missing_ok=True)
+        return None
+    return dict(state)
+
+
+def make(name: str, store: Path, baud: int = 115200) -> EmuSerial:
+    if name == "emu-serial":
+        return EmuSerial(store, baud)
+    raise UsageError(f"unknown emulator {name!r}; known: {', '.join(EMULATORS)}")
+
+
+def serve_forever(name: str, store: Path, baud: int) -> None:
+    """The body of `emulate up`'s background process: start, record, wait for SIGTERM, stop."""
+    service = make(name, store, baud)
+    info = service.start()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    _state_file(name).write_text(json.dumps({"pid": os.getpid(), "name": name, **info}))
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        service.stop()
+        _state_file(name).unlink(missing_ok=True)
+
+
+def up(name: str, store: Path, baud: int = 115200, timeout: float = 30.0) -> dict[str, Any]:
+    """Start a board's services in a background process and wait until they are recorded."""
+    state = running(name)
+    if state is not None:
+        return state
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "sdk.emulate", "serve", name, str(store), str(baud)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = running(name)
+        if state is not None:
+            return state
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+            raise EdgeshipError(f"{name} did not start: {err[-1] if err else 'exited with ' + str(proc.returncode)}")
+        time.sleep(0.05)
+    proc.terminate()
+    raise EdgeshipError(f"{name} did not start within {timeout:.0f} s")
+
+
+def down(name: str, timeout: float = 15.0) -> bool:
+    state = running(name)
+    if state is None:
+        return False
+    os.kill(int(state["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(int(state["pid"])):
+        time.sleep(0.05)
+    if _alive(int(state["pid"])):
+        os.kill(int(state["pid"]), signal.SIGKILL)
+    _state_file(name).unlink(missing_ok=True)
+    return True
+
+
+class _OwnedStream:
+    """A stream whose close() also stops the services started for it."""
+
+    def __init__(self, inner: Any, service: EmuSerial | None) -> None:
+        self.inner = inner
+        self.service = service
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        return bytes(self.inner.read(max_bytes, timeout))
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            if self.service is not None:
+                self.service.stop()
+
+
+def open_emulated(board: Any) -> tuple[Any, float | None]:
+    """(stream, line bytes/s) to an emulated board: the one kept up, or one started for this command."""
+    spec = board.spec
+    name = spec.emulator
+    store = Path(spec.store.dir).expanduser()
+    baud = spec.serial.baud if spec.serial is not None else 115200
+    from sdk.transport.serial import open_serial
+
+    state = running(name)
+    if state is not None:
+        return _OwnedStream(open_serial(state["url"], int(state["baud"])), None), int(state["baud"]) / 10
+    service = make(name, store, baud)
+    info = service.start()
+    try:
+        stream = open_serial(info["url"], baud)
+    except BaseException:
+        service.stop()
+        raise
+    return _OwnedStream(stream, service), baud / 10

@@ -1,0 +1,64 @@
+"""Emulated boards by name: started on demand and stopped after the command, or kept up between commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture()
+def emu_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    boards = tmp_path / "boards.yaml"
+    boards.write_text("schema_version: 1\nboards:\n  emu-serial:\n    description: test copy\n    transport: emulated\n"
+                      "    emulator: emu-serial\n    serial: {url: on-demand, baud: 115200}\n"
+                      f"    store: {{dir: {tmp_path / 'store'}, quota_mb: 64}}\n")
+    monkeypatch.setenv("EDGESHIP_BOARDS", str(boards))
+    monkeypatch.setenv("EDGESHIP_EMULATE_DIR", str(tmp_path / "emulate"))
+    return tmp_path
+
+
+def _agents() -> set[int]:
+    pids = set()
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"device_agent\x00--serial" in cmd:
+                pids.add(int(p.name))
+    return pids
+
+
+def test_emu_serial_on_demand_runs_and_stops(emu_env: Path, convert_digits: Any, digits: Path) -> None:
+    before = _agents()
+    proc = run_cli("eval", str(convert_digits("int8").bundle), "--board", "emu-serial", "--data", str(digits / "test.npz"),
+                   "--json", "--min-agreement", "100")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["result"]["accuracy"] == doc["host"]["accuracy"]
+    assert _agents() == before  # its agent and relay were stopped with the command
+
+
+def test_emulate_up_keeps_the_board_between_commands(emu_env: Path, convert_digits: Any) -> None:
+    bundle = str(convert_digits("int8").bundle)
+    up = run_cli("emulate", "up", "emu-serial")
+    assert up.returncode == 0, up.stderr
+    try:
+        status = json.loads(run_cli("emulate", "status", "--json").stdout)
+        assert status["emu-serial"]["pid"] > 0
+        first = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)["upload"]
+        second = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)["upload"]
+        assert not first["skipped"] and second["skipped"]  # the same agent and store served both commands
+        pid = status["emu-serial"]["pid"]
+        assert os.path.exists(f"/proc/{pid}")
+    finally:
+        down = run_cli("emulate", "down", "emu-serial")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert json.loads(run_cli("emulate", "status", "--json").stdout)["emu-serial"] is None
