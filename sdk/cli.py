@@ -644,7 +644,7 @@ def emulate() -> None:
 
 
 @emulate.command("up")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def emulate_up(names: tuple[str, ...]) -> None:
     """Start emulated boards in the background."""
     from sdk.catalogue import load_catalogue
@@ -661,7 +661,7 @@ def emulate_up(names: tuple[str, ...]) -> None:
 
 
 @emulate.command("down")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def emulate_down(names: tuple[str, ...]) -> None:
     """Stop emulated boards started with `emulate up`."""
     from sdk.catalogue import load_catalogue
@@ -778,7 +778,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 
 
 @main.command()
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RESULTS...")
 @click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write an HTML report with plots here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown report here.")
 def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None) -> None:
