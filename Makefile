@@ -10,8 +10,9 @@ EDGESHIP := $(VENV)/bin/edgeship
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DIGITS := examples/digits/build
 DEMO := build/demo
+DEMO_BOARDS := emu-pi,emu-mcu
 
-.PHONY: demo test lint install clean apt-tools
+.PHONY: demo test lint install clean apt-tools apt-demo
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update && apt-get install -y python3-venv; }
@@ -24,13 +25,23 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 # System tools the transport tests drive for real: OpenSSH's sshd and socat. Only `test`
 # needs them; the check is a stat when they are installed, so no stamp file is kept.
-APT_TOOLS := /usr/sbin/sshd /usr/bin/socat /usr/bin/chromium
+# Debian packages: the emulated boards need sshd and qemu (demo and tests); the tests also
+# use socat and headless Chromium (the report test). Installed only when missing.
+APT_DEMO := /usr/sbin/sshd /usr/bin/qemu-aarch64-static
+APT_TEST := $(APT_DEMO) /usr/bin/socat /usr/bin/chromium
+
+apt-demo:
+	@missing=; for f in $(APT_DEMO); do [ -x $$f ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing openssh-server and qemu-user-static (the emulated boards)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server qemu-user-static; \
+	fi
 
 apt-tools:
-	@for f in $(APT_TOOLS); do [ -x $$f ] || missing=1; done; \
+	@missing=; for f in $(APT_TEST); do [ -x $$f ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing openssh-server, socat and chromium (needed by the transport and report tests)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server socat chromium; \
+		echo "installing openssh-server, qemu-user-static, socat and chromium (transport, emulated-board and report tests)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server qemu-user-static socat chromium; \
 	fi
 
 install: $(STAMP)
@@ -45,12 +56,20 @@ $(AGENT_VENV)/.installed: | $(VENV)/bin/python
 $(DIGITS)/digits.keras: examples/digits/train.py | $(STAMP)
 	$(PY) examples/digits/train.py --out $(DIGITS)
 
-demo: $(STAMP) $(DIGITS)/digits.keras
+demo: $(STAMP) apt-demo $(DIGITS)/digits.keras
 	$(EDGESHIP) convert $(DIGITS)/digits.keras --recipe int8 --calib $(DIGITS)/train.npz \
 		--eval $(DIGITS)/test.npz --out $(DEMO)/digits-int8 --force
+	$(EDGESHIP) convert $(DIGITS)/digits.keras --recipe float32 --eval $(DIGITS)/test.npz \
+		--out $(DEMO)/digits-float32 --force -q
 	$(EDGESHIP) push $(DEMO)/digits-int8 --board local
-	$(EDGESHIP) eval $(DEMO)/digits-int8 --board local --data $(DIGITS)/test.npz --min-agreement 100
-	$(EDGESHIP) bench $(DEMO)/digits-int8 --board local --runs 500
+	$(EDGESHIP) eval $(DEMO)/digits-int8 --board local --data $(DIGITS)/test.npz --min-agreement 100 \
+		--results-dir $(DEMO)/results
+	$(EDGESHIP) bench $(DEMO)/digits-int8 --board local --runs 500 --results-dir $(DEMO)/results
+	$(EDGESHIP) eval $(DEMO)/digits-int8 --board $(DEMO_BOARDS) --data $(DIGITS)/test.npz --results-dir $(DEMO)/results
+	$(EDGESHIP) eval $(DEMO)/digits-float32 --board local,emu-pi --data $(DIGITS)/test.npz --results-dir $(DEMO)/results
+	$(EDGESHIP) bench $(DEMO)/digits-float32 --board local --runs 500 --results-dir $(DEMO)/results
+	$(EDGESHIP) report $(DEMO)/results --html $(DEMO)/report.html --markdown $(DEMO)/report.md
+	@echo "report: $(CURDIR)/$(DEMO)/report.html"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools
@@ -60,4 +79,4 @@ test: $(STAMP) apt-tools $(AGENT_VENV)/.installed lint
 	$(VENV)/bin/pytest -q
 
 clean:
-	rm -rf build $(DIGITS) $(AGENT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(DIGITS) $(AGENT_VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

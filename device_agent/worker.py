@@ -287,6 +287,8 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
     code = f"import sys; sys.path.insert(0, {root!r}); from device_agent.worker import child_main; child_main()"
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if memory_limit > 0:  # for launchers that apply the limit outside the child (emu-pi: qemu ignores RLIMIT_AS)
+        env["EDGESHIP_WORKER_MEMORY_LIMIT"] = str(memory_limit)
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

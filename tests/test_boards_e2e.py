@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from sdk.emulate.sshd import Sshd
 from tests.conftest import run_cli
-from tests.sshd import Sshd
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
 

@@ -62,3 +62,21 @@ def test_emulate_up_keeps_the_board_between_commands(emu_env: Path, convert_digi
         down = run_cli("emulate", "down", "emu-serial")
     assert down.returncode == 0 and "stopped" in down.stdout
     assert json.loads(run_cli("emulate", "status", "--json").stdout)["emu-serial"] is None
+
+
+def test_digits_int8_on_emu_pi_matches_the_host(emu_env: Path, convert_digits: Any, digits: Path) -> None:
+    """aarch64 Debian + tflite-runtime 2.14 under qemu, reached over a real sshd on loopback."""
+    boards = emu_env / "boards.yaml"
+    boards.write_text(boards.read_text() + "  emu-pi:\n    description: test copy\n    transport: emulated\n"
+                      "    emulator: emu-pi\n    runtime: tflite_runtime\n    runtime_version: '2.14.0'\n"
+                      f"    store: {{dir: {emu_env / 'pi-store'}}}\n")
+    bundle = convert_digits("int8").bundle
+    host = json.loads(run_cli("eval-host", str(bundle), "--data", str(digits / "test.npz"), "--json").stdout)
+    proc = run_cli("eval", str(bundle), "--board", "emu-pi", "--data", str(digits / "test.npz"), "--json",
+                   "--min-agreement", "99")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    r = doc["result"]
+    assert r["runtime"] == {"name": "tflite_runtime", "version": "2.14.0"}
+    assert doc["agent"]["cpu"]["arch"] == "aarch64"
+    assert r["accuracy"] == host["accuracy"] and r["agreement"]["argmax_agreement"] >= 0.99

@@ -19,14 +19,16 @@ How the root is made (:func:`provision`), all under one cache directory:
               usr/local/lib/python3.11/dist-packages (where pip puts them on a Pi, and on
               the default sys.path, so no PYTHONPATH is needed)
 
-Two details make the agent's worker process work without binfmt_misc. qemu user mode
+The launcher makes the agent's worker process work without binfmt_misc. qemu user mode
 cannot start an aarch64 program that the guest execs by itself, and the agent runs
 each model in a child ``sys.executable -c ...``. So the board's ``usr/bin/python3`` is a
 small launcher script that execs ``qemu-aarch64-static -L ROOT -0 ROOT/usr/bin/python3
 ROOT/usr/bin/python3.11``: ``-0`` makes the launcher the guest's argv[0], so Python's
 ``sys.executable`` is the launcher, and a child started from it runs under qemu again.
-The worker's 2 GiB RLIMIT_AS fits qemu's mappings for these models (no
-``--memory-limit 0`` needed).
+qemu ignores a guest's setrlimit(RLIMIT_AS), so the worker's memory limit is applied by
+the launcher to qemu itself (``ulimit -v``) when EDGESHIP_WORKER_MEMORY_LIMIT (bytes) is
+in its environment; the limit then covers qemu's mappings too (tflite-runtime needs at
+least about 512 MiB to load). The default 2 GiB is ample: no ``--memory-limit 0`` needed.
 
 qemu 7.2 passes the host's /proc/cpuinfo through (an x86 CPU's). With ``-L ROOT`` a
 guest's open of /proc/cpuinfo finds ROOT/proc/cpuinfo first, so the root carries an
@@ -101,6 +103,7 @@ _GUEST_PYTHON = "usr/bin/python3.11"
 _LAUNCHER = "usr/bin/python3"
 _SITE = "usr/local/lib/python3.11/dist-packages"
 _MARKER = ".edgeship-emu-pi.json"
+_LIMIT_ENV = "EDGESHIP_WORKER_MEMORY_LIMIT"  # bytes; set by the agent for its worker child
 _KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
@@ -258,6 +261,11 @@ def _fetch_debs(cache: Path, key: str, note: Progress) -> tuple[list[Path], int]
     t0 = time.monotonic()
     out = _run(["apt-get", "update"], "apt-get update (arm64 package lists, private apt state)", env=env, timeout=900,
                hint=f"check that {main} and {security} are reachable")
+    failed = [line.strip() for line in (out.stdout + out.stderr).splitlines()
+              if line.startswith("Err:") or "Failed to fetch" in line]
+    if failed:  # apt-get update exits 0 when index files failed to download
+        raise EdgeshipError(f"apt-get update could not fetch the arm64 package lists: {' | '.join(failed[:3])[:600]}; "
+                            f"check that {main} and {security} are reachable (or that apt's proxy is set)")
     index_bytes = _apt_fetched_bytes(out.stdout)
     note(f"apt: arm64 package lists of {SUITE}, {SUITE}-updates from {main} and {SUITE}-security from {security} "
          f"({index_bytes / 1e6:.1f} MB, {time.monotonic() - t0:.1f} s; private state in {apt_dir})")
@@ -370,6 +378,8 @@ def _write_launcher(root: Path, qemu: str) -> None:
         "# -0 makes this script the guest's argv[0], so sys.executable re-runs through qemu (no binfmt_misc).\n"
         "PYTHONNOUSERSITE=1\n"
         "export PYTHONNOUSERSITE\n"
+        "# qemu ignores a guest's setrlimit(RLIMIT_AS): a worker's memory limit is applied here, to qemu itself.\n"
+        f'if [ "${{{_LIMIT_ENV}:-0}}" -gt 0 ] 2>/dev/null; then ulimit -v $(( {_LIMIT_ENV} / 1024 )); fi\n'
         f"exec {q(qemu)} -L {q(str(root))} -0 {q(str(launcher))} {q(str(root / _GUEST_PYTHON))} \"$@\"\n"
     )
     if not launcher.is_file() or launcher.read_text() != text:
@@ -591,6 +601,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

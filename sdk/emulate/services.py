@@ -85,9 +85,36 @@ def running(name: str) -> dict[str, Any] | None:
     return dict(state)
 
 
-def make(name: str, store: Path, baud: int = 115200) -> EmuSerial:
+class EmuPi:
+    """An aarch64 board under qemu, reached over a real OpenSSH sshd on 127.0.0.1 whose command runs its Python."""
+
+    def __init__(self, store: Path, baud: int = 0) -> None:
+        self.store = store
+        self.sshd: Any = None
+
+    def start(self) -> dict[str, Any]:
+        from sdk.emulate import pi
+        from sdk.emulate.sshd import Sshd
+
+        root = pi.provision(pi.DEFAULT_CACHE)
+        work = STATE_DIR / "emu-pi-sshd"
+        work.mkdir(parents=True, exist_ok=True)
+        self.sshd = Sshd(work).start()
+        known = work / "known_hosts"
+        known.write_text(self.sshd.known_hosts_line() + "\n")
+        return {"host": "127.0.0.1", "port": self.sshd.port, "user": self.sshd.user, "key": str(self.sshd.user_key_path),
+                "known_hosts": str(known), "python": str(root.launcher)}
+
+    def stop(self) -> None:
+        if self.sshd is not None:
+            self.sshd.stop()
+
+
+def make(name: str, store: Path, baud: int = 115200) -> EmuSerial | EmuPi:
     if name == "emu-serial":
         return EmuSerial(store, baud)
+    if name == "emu-pi":
+        return EmuPi(store)
     raise UsageError(f"unknown emulator {name!r}; known: {', '.join(EMULATORS)}")
 
 
@@ -153,7 +180,7 @@ def down(name: str, timeout: float = 15.0) -> bool:
 class _OwnedStream:
     """A stream whose close() also stops the services started for it."""
 
-    def __init__(self, inner: Any, service: EmuSerial | None) -> None:
+    def __init__(self, inner: Any, service: EmuSerial | EmuPi | None) -> None:
         self.inner = inner
         self.service = service
 
@@ -177,16 +204,27 @@ def open_emulated(board: Any) -> tuple[Any, float | None]:
     name = spec.emulator
     store = Path(spec.store.dir).expanduser()
     baud = spec.serial.baud if spec.serial is not None else 115200
-    from sdk.transport.serial import open_serial
-
     state = running(name)
-    if state is not None:
-        return _OwnedStream(open_serial(state["url"], int(state["baud"])), None), int(state["baud"]) / 10
-    service = make(name, store, baud)
-    info = service.start()
+    service = None
+    if state is None:
+        service = make(name, store, baud)
+        state = service.start()
     try:
-        stream = open_serial(info["url"], baud)
+        if name == "emu-pi":
+            return _OwnedStream(_pi_stream(state), service), None
+        from sdk.transport.serial import open_serial
+
+        return _OwnedStream(open_serial(state["url"], int(state["baud"])), service), int(state["baud"]) / 10
     except BaseException:
-        service.stop()
+        if service is not None:
+            service.stop()
         raise
-    return _OwnedStream(stream, service), baud / 10
+
+
+def _pi_stream(state: dict[str, Any]) -> Any:
+    """The agent on the emulated Pi, through the same SSH transport a real Pi uses."""
+    from sdk.boards import Board, _open_ssh
+
+    board = Board("emu-pi", "ssh", host=state["host"], port=int(state["port"]), user=state["user"],
+                  key=Path(state["key"]), known_hosts=Path(state["known_hosts"]), python=state["python"])
+    return _open_ssh(board, accept_new_host=False)

@@ -1,4 +1,4 @@
-"""A real OpenSSH server for tests: ``/usr/sbin/sshd -D -e`` on 127.0.0.1, a free port, throwaway keys.
+"""A real OpenSSH server on loopback for the emulated Pi and the tests: ``/usr/sbin/sshd -D -e`` on 127.0.0.1, a free port, throwaway keys.
 
 Usage (directly or from a fixture)::
 
