@@ -643,6 +643,25 @@ def emulate() -> None:
     """Keep emulated boards running between commands (they also start on demand)."""
 
 
+@emulate.command("setup")
+@json_option
+def emulate_setup(as_json: bool) -> None:
+    """Provision the emulated boards (idempotent; the emu-pi root is cached), and say what was done."""
+    from sdk.emulate import pi
+
+    root = pi.provision(pi.DEFAULT_CACHE, progress=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
+    doc = {"emu-pi": {"root": str(root.root), "provisioned": root.provisioned, "download_bytes": root.download_bytes,
+                      "root_bytes": root.root_bytes, "seconds": round(root.seconds, 2), "report": root.report},
+           "emu-mcu": "needs nothing beyond the tflite-micro package", "emu-serial": "needs nothing beyond pyserial"}
+    if as_json:
+        _emit_json(doc)
+        return
+    state = "provisioned" if root.provisioned else "already provisioned"
+    click.echo(f"emu-pi: {state} in {root.seconds:.1f} s at {root.root} ({root.root_bytes / 1e6:.0f} MB; "
+               f"downloaded {root.download_bytes / 1e6:.1f} MB)")
+    click.echo("emu-mcu, emu-serial: nothing to provision")
+
+
 @emulate.command("up")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def emulate_up(names: tuple[str, ...]) -> None:
