@@ -46,6 +46,7 @@ class EvalResult:
     accuracy: Optional[float]  # top-1, as a fraction; None without labels
     latency: LatencyStats
     outputs: Dict[str, np.ndarray] = field(repr=False)  # dequantized, one row per sample
+    times_ns: List[int] = field(default_factory=list, repr=False)  # per invoke, in order
 
 
 def signature_io(interpreter: Any) -> "tuple[list[tuple[str, dict]], list[tuple[str, dict]]]":
@@ -124,4 +125,4 @@ def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optio
             raise EvalInputError(f"model has no output {target!r}; outputs: {', '.join(results)}")
         pred = results[target].reshape(n, -1).argmax(axis=1)
         accuracy = float(np.mean(pred == np.asarray(labels).reshape(n)))
-    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results)
+    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results, times)

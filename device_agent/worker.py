@@ -179,7 +179,8 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
             return {**base, "status": "bad_dataset", "message": str(exc)}
         first = result.outputs[req.get("output") or next(iter(result.outputs))]
         out: Dict[str, Any] = {**base, "status": "ok", "kind": "eval", "samples": result.samples,
-                               "accuracy": result.accuracy, "latency_ms": _lat(result.latency)}
+                               "accuracy": result.accuracy, "latency_ms": _lat(result.latency),
+                               "latency_samples_ms": _downsample(result.times_ns)}
         if reference is not None:
             out["agreement"] = compare(first, reference)
         if labels is not None and np.issubdtype(np.asarray(labels).dtype, np.integer):
@@ -229,8 +230,13 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     return {**base, "status": "ok", "kind": "bench", "first_inference_ms": first_ns / 1e6,
             "warmup": {"count": warmup, "total_ms": warmup_ns / 1e6},
             "latency_ms": _lat(LatencyStats.from_ns(samples)), "inputs": "dataset" if arrays else "random",
-            "latency_samples_ms": [round(s / 1e6, 6) for s in samples[:: max(1, len(samples) // 500)]],
+            "latency_samples_ms": _downsample(samples),
             "peak_rss_kib": _peak_rss_kib(), "sensors": {"before": sensors_before, "after": board_sensors()}}
+
+
+def _downsample(samples_ns: List[int], keep: int = 500) -> List[float]:
+    """At most about `keep` evenly spaced samples, in ms, for plots."""
+    return [round(s / 1e6, 6) for s in samples_ns[:: max(1, len(samples_ns) // keep)]]
 
 
 def _lat(s: Any) -> Dict[str, Any]:

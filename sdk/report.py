@@ -133,14 +133,16 @@ def plots(report: Report) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     out: list[tuple[str, str]] = []
-    series = [(f"{r.doc.get('board')}\n{r.doc.get('recipe')}" + (f"\n{r.result['threads']} thr" if r.result.get("threads") else ""),
+    series = [(f"{r.doc.get('board')}\n{r.doc.get('recipe')} {r.doc.get('kind')}"
+               + (f"\n{r.result['threads']} thr" if r.result.get("threads") else ""),
                r.result.get("latency_samples_ms")) for r in report.rows if r.result.get("latency_samples_ms")]
     if series:
-        fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(series)), 3.6))
+        fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(series)), 3.8))
         ax.boxplot([list(s or []) for _, s in series], showfliers=False)
-        ax.set_xticks(range(1, len(series) + 1), [label for label, _ in series], fontsize=8)
-        ax.set_ylabel("latency per inference (ms)")
-        ax.set_title("Latency distribution per board (bench, steady state)")
+        ax.set_xticks(range(1, len(series) + 1), [label for label, _ in series], fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per inference (ms, log)")
+        ax.set_title("Latency distribution per board and recipe")
         out.append(("Latency distributions", _png(fig)))
     points = [r for r in report.rows if r.result.get("accuracy") is not None and r.result.get("latency_ms")]
     if points:
@@ -155,7 +157,8 @@ def plots(report: Report) -> list[tuple[str, str]]:
             for r in pts:
                 ax.annotate(str(r.doc.get("board")), (r.result["latency_ms"]["p50"], r.result["accuracy"] * 100),
                             fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("p50 latency (ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency (ms, log)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title("Accuracy vs latency (marker area: model size)")
         ax.legend(title="recipe", fontsize=8)
