@@ -7,6 +7,7 @@ the agent on it; for SSH the agent zipapp is placed first when the board's copy 
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class Board:
             p = spec.ssh
             return cls(name, "ssh", host=p.host, port=p.port, user=p.user,
                        key=Path(p.key).expanduser() if p.key else None, python=spec.python,
-                       known_hosts=Path(p.known_hosts).expanduser() if p.known_hosts else None, spec=spec)
+                       known_hosts=Path(p.known_hosts).expanduser() if p.known_hosts else None, spec=spec,
+                       store=Path(spec.store.dir))
         if spec.transport == "serial":
             return cls(name, "serial", url=spec.serial.url, baud=spec.serial.baud, spec=spec)
         if spec.transport == "local":
@@ -66,10 +68,10 @@ class Board:
         if spec.startswith("ssh://"):
             parts = urlsplit(spec)
             q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            unknown = set(q) - {"python", "key", "known_hosts"}
+            unknown = set(q) - {"python", "key", "known_hosts", "store"}
             if unknown:
                 raise UsageError(f"board {spec!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                                 f"ssh boards take python, key, known_hosts")
+                                 f"ssh boards take python, key, known_hosts, store")
             if not parts.hostname:
                 raise UsageError(f"board {spec!r}: no host; expected ssh://user@host:port")
             try:
@@ -78,7 +80,8 @@ class Board:
                 raise UsageError(f"board {spec!r}: bad port") from exc
             return cls(spec, "ssh", host=parts.hostname, port=port, user=unquote(parts.username) if parts.username else None,
                        key=Path(q["key"]).expanduser() if "key" in q else None, python=q.get("python", "python3"),
-                       known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None)
+                       known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None,
+                       store=Path(q["store"]) if "store" in q else None)
         if spec.startswith("serial://"):
             rest = spec[len("serial://"):]
             url, _, query = rest.partition("?")
@@ -143,4 +146,12 @@ def _open_ssh(board: Board, accept_new_host: bool) -> Any:
             f.write(agent)
             f.flush()
             put_file(client, Path(f.name), remote)
-    return open_exec(client, f"{board.python} {remote} --stdio --store {AGENT_DIR}/store")
+    return open_exec(client, f"{shlex.quote(board.python)} {remote} --stdio --store {_remote_path(board.store)}")
+
+
+def _remote_path(store: Path | None) -> str:
+    """The board's store directory for its shell: ~/ kept for the remote shell to expand, the rest quoted."""
+    text = str(store) if store is not None else f"{AGENT_DIR}/store"
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:])
+    return shlex.quote(text)

@@ -63,8 +63,9 @@ def sshd(tmp_path: Path) -> Any:
 
 
 def _ssh_board(server: Sshd, known_hosts: Path, key: Path | None = None) -> str:
+    store = known_hosts.parent / "board-store"  # this test's own store on the board
     return (f"ssh://{server.user}@127.0.0.1:{server.port}?python={PYTHON}"
-            f"&key={key or server.user_key_path}&known_hosts={known_hosts}")
+            f"&key={key or server.user_key_path}&known_hosts={known_hosts}&store={store}")
 
 
 def test_ssh_board_matches_the_host(sshd: Sshd, bundle: Path, digits: Path, host_eval: dict[str, Any],

@@ -211,7 +211,7 @@ def open_emulated(board: Any) -> tuple[Any, float | None]:
         state = service.start()
     try:
         if name == "emu-pi":
-            return _OwnedStream(_pi_stream(state), service), None
+            return _OwnedStream(_pi_stream(state, Path(spec.store.dir)), service), None
         from sdk.transport.serial import open_serial
 
         return _OwnedStream(open_serial(state["url"], int(state["baud"])), service), int(state["baud"]) / 10
@@ -221,10 +221,10 @@ def open_emulated(board: Any) -> tuple[Any, float | None]:
         raise
 
 
-def _pi_stream(state: dict[str, Any]) -> Any:
+def _pi_stream(state: dict[str, Any], store: Path) -> Any:
     """The agent on the emulated Pi, through the same SSH transport a real Pi uses."""
     from sdk.boards import Board, _open_ssh
 
     board = Board("emu-pi", "ssh", host=state["host"], port=int(state["port"]), user=state["user"],
-                  key=Path(state["key"]), known_hosts=Path(state["known_hosts"]), python=state["python"])
+                  key=Path(state["key"]), known_hosts=Path(state["known_hosts"]), python=state["python"], store=store)
     return _open_ssh(board, accept_new_host=False)
