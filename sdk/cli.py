@@ -643,6 +643,12 @@ def emulate() -> None:
     """Keep emulated boards running between commands (they also start on demand)."""
 
 
+def _where(state: dict[str, Any]) -> str:
+    if state.get("url"):
+        return f"serial line {state['url']}"
+    return f"sshd on {state.get('host')}:{state.get('port')}"
+
+
 @emulate.command("setup")
 @json_option
 def emulate_setup(as_json: bool) -> None:
@@ -676,7 +682,7 @@ def emulate_up(names: tuple[str, ...]) -> None:
             raise UsageError(f"{name!r} is not an emulated board; emulated boards: "
                              f"{', '.join(n for n, s in boards.items() if s.transport == 'emulated')}")
         state = services.up(spec.emulator, Path(spec.store.dir).expanduser(), spec.serial.baud if spec.serial else 115200)
-        click.echo(f"{name}: up (pid {state['pid']}, {state.get('url', '')})")
+        click.echo(f"{name}: up (pid {state['pid']}, {_where(state)})")
 
 
 @emulate.command("down")
@@ -704,7 +710,7 @@ def emulate_status(as_json: bool) -> None:
         _emit_json(states)
         return
     for name, state in states.items():
-        click.echo(f"{name}: " + (f"up (pid {state['pid']}, {state.get('url', '')})" if state else "down (starts on demand)"))
+        click.echo(f"{name}: " + (f"up (pid {state['pid']}, {_where(state)})" if state else "down (starts on demand)"))
 
 
 @main.group()

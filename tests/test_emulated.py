@@ -80,3 +80,21 @@ def test_digits_int8_on_emu_pi_matches_the_host(emu_env: Path, convert_digits: A
     assert r["runtime"] == {"name": "tflite_runtime", "version": "2.14.0"}
     assert doc["agent"]["cpu"]["arch"] == "aarch64"
     assert r["accuracy"] == host["accuracy"] and r["agreement"]["argmax_agreement"] >= 0.99
+
+
+def test_emulate_up_keeps_emu_pi_and_its_sshd(emu_env: Path, convert_digits: Any) -> None:
+    boards = emu_env / "boards.yaml"
+    boards.write_text(boards.read_text() + "  emu-pi:\n    description: test copy\n    transport: emulated\n"
+                      f"    emulator: emu-pi\n    store: {{dir: {emu_env / 'pi-store'}}}\n")
+    up = run_cli("emulate", "up", "emu-pi")
+    assert up.returncode == 0 and "sshd on 127.0.0.1:" in up.stdout, up.stderr
+    try:
+        ping = json.loads(run_cli("boards", "ping", "emu-pi", "--json").stdout)
+        assert ping["cpu"]["arch"] == "aarch64" and ping["runtime"]["name"] == "tflite_runtime"
+        first = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)
+        again = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)
+        assert not first["upload"]["skipped"] and again["upload"]["skipped"]
+        assert (emu_env / "pi-store" / "blobs" / first["model_sha256"]).exists()  # the catalogue's store was used
+    finally:
+        down = run_cli("emulate", "down", "emu-pi")
+    assert "stopped" in down.stdout
