@@ -40,18 +40,17 @@ This is a measurement, not a test: the exit code is always 0.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import _machine  # bench/_machine.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -216,32 +215,7 @@ def measure(name: str, model: Path, args: argparse.Namespace, tmp: Path) -> dict
 
 
 def machine() -> dict[str, Any]:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
-            "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "python_executable": PYTHON, "edgeship": version("edgeship"), "ai_edge_litert": version("ai-edge-litert"),
-            "numpy": version("numpy"), "loadavg_1m_start": _loadavg()}
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+    return _machine.machine("ai-edge-litert", "numpy")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["models"].append(measure(name, path, args, tmp))
             except Exception as exc:
                 results["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
-    results["machine"]["loadavg_1m_end"] = _loadavg()
+    results["machine"]["loadavg_1m_end"] = _machine.loadavg()
     return results
 
 

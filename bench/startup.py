@@ -26,19 +26,18 @@ This is a measurement, not a test: the exit code is always 0.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import _machine  # bench/_machine.py: the script's own directory is on sys.path
 
 TARGET_S = 1.0
 HEAVY = ("tensorflow", "keras", "tf_keras")
@@ -117,40 +116,7 @@ def modules_after(args: list[str]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "python_executable": PYTHON,
-        "edgeship": version("edgeship"),
-        "tensorflow": version("tensorflow"),
-        "click": version("click"),
-        "loadavg_1m_start": _loadavg(),
-    }
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+    return _machine.machine("tensorflow", "click")
 
 
 def run(runs: int) -> dict[str, Any]:
@@ -203,7 +169,7 @@ def run(runs: int) -> dict[str, Any]:
             rows[name]["under_target"] = rows[name]["median_s"] < TARGET_S
             rows[name]["in_process"] = in_process[name]
     results["commands"] = rows
-    results["machine"]["loadavg_1m_end"] = _loadavg()
+    results["machine"]["loadavg_1m_end"] = _machine.loadavg()
     return results
 
 

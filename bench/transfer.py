@@ -42,20 +42,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+import _machine  # bench/_machine.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -237,32 +236,7 @@ def _ssh_version() -> str | None:
 
 # ----------------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
-            "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "python_executable": PYTHON, "edgeship": version("edgeship"), "paramiko": version("paramiko"),
-            "pyserial": version("pyserial"), "loadavg_1m_start": _loadavg()}
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+    return _machine.machine("paramiko", "pyserial")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -280,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["ssh"] = run_ssh(args, tmp)
             except Exception as exc:
                 results["errors"].append(f"ssh: {type(exc).__name__}: {exc}")
-    results["machine"]["loadavg_1m_end"] = _loadavg()
+    results["machine"]["loadavg_1m_end"] = _machine.loadavg()
     return results
 
 

@@ -58,6 +58,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mismatch(part: Path, got: str, want: str) -> StoreError:
+    """Discard an upload whose content is not what its name says; the error tells the host to push again."""
+    part.unlink(missing_ok=True)
+    return StoreError("hash_mismatch", f"upload hashes to {got[:12]}, not {want[:12]}; "
+                                       f"the partial upload was discarded, push again")
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     sha256: str
@@ -207,9 +214,7 @@ class Store:
             raise
         if digest.hexdigest() != sha256:
             tmp.unlink()
-            part.unlink()
-            raise StoreError("hash_mismatch", f"upload hashes to {digest.hexdigest()[:12]}, not {sha256[:12]}; "
-                                              f"the partial upload was discarded, push again")
+            raise _mismatch(part, digest.hexdigest(), sha256)
         os.replace(tmp, self.blobs / sha256)
         _crash_point("after_rename")
         _fsync_dir(self.blobs)
@@ -228,9 +233,7 @@ class Store:
             size = f.tell()
         _crash_point("after_fsync")
         if digest.hexdigest() != sha256:
-            part.unlink()
-            raise StoreError("hash_mismatch", f"upload hashes to {digest.hexdigest()[:12]}, not {sha256[:12]}; "
-                                              f"the partial upload was discarded, push again")
+            raise _mismatch(part, digest.hexdigest(), sha256)
         os.replace(part, self.blobs / sha256)
         _crash_point("after_rename")
         _fsync_dir(self.blobs)
