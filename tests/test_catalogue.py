@@ -108,4 +108,6 @@ def test_ping_all_reaches_the_non_example_boards(tmp_path: Path, monkeypatch: py
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     rows = doc if isinstance(doc, list) else [doc]
-    assert [r["board"] for r in rows] == ["local"] and rows[0]["agent_version"]
+    expected = [n for n, s in load_catalogue().items() if not s.example]  # local and the emulated boards
+    assert [r["board"] for r in rows] == expected and {"local", "emu-pi", "emu-serial", "emu-mcu"} <= set(expected)
+    assert all(r.get("agent_version") for r in rows), rows
