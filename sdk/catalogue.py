@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sdk.errors import CatalogueError, UsageError
 
 SCHEMA_VERSION = 1
-SHIPPED = Path(__file__).resolve().parent.parent / "boards.yaml"
+def _shipped() -> Path:
+    """boards.yaml beside the packages (a checkout, an editable install), else the installed copy."""
+    import sys
+
+    here = Path(__file__).resolve().parent.parent / "boards.yaml"
+    installed = Path(sys.prefix) / "share" / "edgeship" / "boards.yaml"
+    return here if here.exists() or not installed.exists() else installed
+
+
+SHIPPED = _shipped()
 ENV_VAR = "EDGESHIP_BOARDS"
 
 
