@@ -115,11 +115,11 @@ import argparse, bz2, ctypes, hashlib, lzma, resource, select, signal, ssl, temp
 import numpy, tflite_runtime, tflite_runtime.interpreter
 child = subprocess.run([sys.executable, "-c", "import platform; print(platform.machine())"],
                        capture_output=True, text=True, timeout=300)
-print(json.dumps({"python": platform.python_version(), "machine": platform.machine(),
-                  "numpy": numpy.__version__, "tflite_runtime": tflite_runtime.__version__,
-                  "executable": sys.executable, "child_machine": child.stdout.strip(),
-                  "child_error": child.stderr[-500:]}))
-"""
+sys.stdout.write(json.dumps({"python": platform.python_version(), "machine": platform.machine(),
+                             "numpy": numpy.__version__, "tflite_runtime": tflite_runtime.__version__,
+                             "executable": sys.executable, "child_machine": child.stdout.strip(),
+                             "child_error": child.stderr[-500:]}) + "\\n")
+"""  # runs on the emulated board (its stdout is the report), not in edgeship
 
 
 @dataclass(frozen=True)
