@@ -22,13 +22,13 @@ import numpy as np
 
 from converters import data as datasets
 from converters._tf import first_line, tensorflow
-from converters.manifest import MODEL_FILE, OPS_DIR, Accuracy, Manifest, SourceInfo, model_facts
+from converters.manifest import MODEL_FILE, OPS_DIR, Accuracy, FloatFallback, Manifest, SourceInfo, model_facts
 from converters.opsgen import OpSet, write_ops_dir
 from converters.recipe import Recipe
 from converters.source import SourceModel, load_source
 from converters.tflite_model import TFLiteModel
 from device_agent.runtime import quiet_native_stderr
-from sdk.errors import BundleError, ConversionError, DatasetError, UnsupportedLayerError, UsageError
+from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UnsupportedLayerError, UsageError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -49,7 +49,7 @@ class ConversionResult:
 def _tool_versions(recipe: Recipe) -> dict[str, str]:
     from device_agent import __version__
 
-    names = ["tensorflow", "keras", "numpy"] + (["tf-keras", "tensorflow-model-optimization"] if recipe.name == "qat" else [])
+    names = ["tensorflow", "keras", "numpy"] + (["tf-keras", "tensorflow-model-optimization"] if recipe.finetunes else [])
     out = {"edgeship": __version__}
     for name in names:
         try:
@@ -97,7 +97,7 @@ def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> No
                               f"({', '.join(dynamic[:5])}); it cannot be made static")
     if recipe.integer:
         float_ops = model.float_ops()
-        if float_ops:
+        if float_ops and not recipe.keeps_float:
             raise ConversionError(f"recipe {recipe.name}: these ops stayed float: {', '.join(float_ops[:10])}")
         for name, t in model.inputs + model.outputs:
             if t.dtype != recipe.io:
@@ -119,13 +119,26 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _run_converter(saved_model: Path, key: str, recipe: Recipe,
-                   representative: Callable[[], Iterator[Any]] | None) -> bytes:
+                   representative: Callable[[], Iterator[Any]] | None) -> tuple[bytes, FloatFallback | None]:
+    """The flatbuffer, and what stayed float when the recipe keeps layers in float."""
     tf = tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[key])
     _configure(converter, recipe, representative)
     try:
         with quiet_native_stderr(), _stdout_to_stderr():  # the converter's C++ chatter, kept unless it fails
-            return bytes(converter.convert())
+            if recipe.keeps_float:
+                from converters import quantdebug
+
+                assert representative is not None  # int8 recipes always have one
+                kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float,
+                                                       recipe.keep_float_auto)
+                fallback = FloatFallback(layers=list(kept.layers), requested=recipe.describe()["keep_float"]
+                                         if recipe.keep_float_auto else ",".join(recipe.keep_float),
+                                         int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
+                return kept.flatbuffer, fallback
+            return bytes(converter.convert()), None
+    except EdgeshipError:  # ours already names the problem (an unknown --keep-float layer, say)
+        raise
     except Exception as exc:  # ConverterError, ValueError, RuntimeError: all are "the converter refused"
         msg = first_line(exc)
         for line in str(exc).splitlines():  # the MLIR error worth showing is usually an 'error:' line
@@ -185,6 +198,11 @@ def convert(
 
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
                   eval_data: Path | None, say: Progress) -> Manifest:
+    strategy = None
+    if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
+        from converters import distribute
+
+        strategy = distribute.strategy_for(recipe.distribution, say)
     say(f"loading {model_path}")
     source = load_source(model_path, signature)
     source.static_specs(batch)  # fail early when the model cannot be made static
@@ -209,14 +227,15 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
             raise DatasetError(f"{recipe.calibration}: fewer calibration samples than one batch of --batch {batch}")
         representative = _representative(picked, names, batch)
         say(f"calibrating on {len(next(iter(picked.values())))} samples from {recipe.calibration}")
-    elif recipe.name == "qat":
-        convert_model, representative = _qat_model(source, recipe, names, batch, say)
+    if recipe.finetunes:
+        convert_model, tuned_representative = _finetuned_model(source, recipe, names, batch, strategy, say)
+        representative = representative or tuned_representative
 
     with tempfile.TemporaryDirectory(prefix="edgeship-static-") as tmp:
         say("exporting a static-shape graph")
         saved, key = source.export_static(Path(tmp) / "static", batch, convert_model)
         say(f"converting with recipe {recipe.name}")
-        flatbuffer = _run_converter(saved, key, recipe, representative)
+        flatbuffer, fallback = _run_converter(saved, key, recipe, representative)
 
     model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
     _check_result(model, recipe, source)
@@ -229,45 +248,48 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
         accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data)
 
     manifest = Manifest(
-        **model_facts(model),
+        **model_facts(model, flatbuffer),
         recipe=recipe.describe(),
         batch=batch,
         source=SourceInfo(path=str(source.path), kind=source.kind, sha256=source.sha256,  # type: ignore[arg-type]
                           signature=source.signature),
         tools=_tool_versions(recipe),
         accuracy=accuracy,
+        float_fallback=fallback,
     )
     manifest.write(staging)
     return manifest
 
 
-def _qat_model(source: SourceModel, recipe: Recipe, names: list[str], batch: int,
-               say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
-    from converters import qat
+def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batch: int, strategy: Any,
+                     say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
+    """The source model after the recipe's fine-tuning stages (pruning, clustering, QAT), and data to calibrate it."""
+    from converters import optimize, qat
 
-    assert recipe.qat is not None  # Recipe guarantees it
-    opts = recipe.qat
-    x = datasets.features_for(opts.train, source.inputs, "training")
-    y = datasets.labels(opts.train)
+    train = recipe.qat.train if recipe.qat is not None else recipe.compression.train if recipe.compression else None
+    assert train is not None  # Recipe guarantees it
+    x = datasets.features_for(train, source.inputs, "training")
+    y = datasets.labels(train)
     if len(y) != len(next(iter(x.values()))):
-        raise DatasetError(f"{opts.train}: {len(y)} labels for {len(next(iter(x.values())))} samples")
+        raise DatasetError(f"{train}: {len(y)} labels for {len(next(iter(x.values())))} samples")
     if source.kind == "savedmodel":
         model = qat.load_tf_keras_for_qat(source.path)
         if model is None:
             raise UnsupportedLayerError(
-                f"{source.path}: QAT needs Keras layers to wrap, and this SavedModel holds only a graph; "
-                f"give the .keras/.h5 model it came from (or use --recipe int8)", [])
+                f"{source.path}: fine-tuning (QAT, pruning, clustering) needs Keras layers to wrap, and this "
+                f"SavedModel holds only a graph; give the .keras/.h5 model it came from (or use --recipe int8)", [])
         flavour: str | None = "tf_keras"
     else:
         model, flavour = source.keras_model, source.keras_flavour
     sample = [x[n][:8] for n in names] if len(names) > 1 else x[names[0]][:8]
     say("rebuilding the model in tf_keras for tfmot" if flavour != "tf_keras" else "preparing the model for tfmot")
-    tfk_model = qat.to_tf_keras(model, flavour, sample)
-    say(f"quantization-aware fine-tuning for {opts.epochs} epoch(s) on {opts.train}")
-    qmodel = qat.quantize_and_finetune(tfk_model, opts, x, y, progress=say)
-    # Layers QAT left float still need ranges, so the training data calibrates them.
-    picked = datasets.pick_calibration(x, 200, False, opts.train)
-    return qmodel, _representative(picked, names, batch)
+    with strategy.scope():
+        tfk_model = qat.to_tf_keras(model, flavour, sample)
+    inputs = [x[t.name.split(":")[0]] for t in tfk_model.inputs] if len(tfk_model.inputs) > 1 else x[names[0]]
+    tuned = optimize.finetune(tfk_model, recipe, optimize.TrainData(inputs, np.asarray(y)), strategy, say)
+    # Layers QAT left float (and every layer of a pruned/clustered int8 model) need ranges: the training data gives them.
+    picked = datasets.pick_calibration(x, 200, False, train)
+    return tuned, _representative(picked, names, batch)
 
 
 def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,

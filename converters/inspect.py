@@ -7,7 +7,6 @@ MetaGraphDef's signature_defs); Keras files are loaded with Keras.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
 
 
 def inspect_tflite(path: Path) -> dict[str, Any]:
-    from converters.manifest import tensor_entry
+    from converters.manifest import compression_facts, tensor_entry
     from converters.tflite_model import TFLiteModel
 
     data = Path(path).read_bytes() if Path(path).exists() else None
@@ -41,12 +40,16 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         raise ModelNotFoundError(f"{path}: no such file")
     model = TFLiteModel.from_bytes(data, source=str(path))
     tensors = sum(len(sg.tensors) for sg in model.subgraphs)
+    facts = compression_facts(model, data)
     return {
         "kind": "tflite",
         "path": str(path),
         "sha256": model.sha256,
         "size": model.size,
-        "zlib_size": len(zlib.compress(data, 9)),
+        "zlib_size": facts.zlib_size,
+        "zlib_ratio": facts.zlib_ratio,
+        "sparsity": facts.sparsity,
+        "weights": [w.model_dump() for w in facts.weights],
         "weights_bytes": model.weights_bytes,
         "graph_bytes": model.size - model.weights_bytes,
         "schema_version": model.schema_version,

@@ -8,6 +8,7 @@ was made (recipe, source hash, tool versions) and how well it did on the host.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -69,6 +70,34 @@ class Integer(_Strict):
     io_float: bool
 
 
+class FloatFallback(_Strict):
+    """Layers an int8 model keeps in float (--keep-float), and what that costs in bytes."""
+
+    requested: str = Field(description="what --keep-float asked for: LAYER,... or auto:N")
+    layers: list[str] = Field(description="the layers (op output tensors) left in float")
+    int8_size: int = Field(description="bytes of the same model with every layer in int8")
+    size_cost: int = Field(description="bytes this model has over the fully int8 one")
+
+
+class WeightStats(_Strict):
+    """One constant weight tensor: how sparse and how clustered it is."""
+
+    tensor: str
+    op: str
+    elements: int
+    sparsity: float = Field(description="fraction of elements that are exactly zero (the quantized zero)")
+    distinct_values: int
+
+
+class CompressionFacts(_Strict):
+    """How well the flatbuffer compresses: what a sparse or clustered model gains on the wire and in flash."""
+
+    zlib_size: int
+    zlib_ratio: float = Field(description="zlib_size / size")
+    sparsity: float = Field(description="zero weights over all weight tensors")
+    weights: list[WeightStats]
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1  # MANIFEST_SCHEMA_VERSION
     model_file: str = MODEL_FILE
@@ -85,6 +114,8 @@ class Manifest(_Strict):
     integer: Integer
     tools: dict[str, str]
     accuracy: Optional[Accuracy] = None
+    compression: Optional[CompressionFacts] = None
+    float_fallback: Optional[FloatFallback] = None
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE
@@ -120,9 +151,22 @@ def tensor_entry(name: str, t: Tensor) -> TensorEntry:
     )
 
 
-def model_facts(model: TFLiteModel) -> dict[str, Any]:
-    """The manifest fields read from the flatbuffer itself."""
+def compression_facts(model: TFLiteModel, data: bytes) -> CompressionFacts:
+    """Per-tensor sparsity and the zlib size: what pruning and clustering buy once the model is compressed."""
+    stats = model.weight_stats(data)
+    total = sum(w.elements for w in stats)
+    zlib_size = len(zlib.compress(data, 9))
+    return CompressionFacts(
+        zlib_size=zlib_size, zlib_ratio=round(zlib_size / len(data), 4) if data else 1.0,
+        sparsity=round(sum(w.zeros for w in stats) / total, 4) if total else 0.0,
+        weights=[WeightStats(tensor=w.tensor, op=w.op, elements=w.elements, sparsity=round(w.sparsity, 4),
+                             distinct_values=w.distinct_values) for w in stats])
+
+
+def model_facts(model: TFLiteModel, data: bytes | None = None) -> dict[str, Any]:
+    """The manifest fields read from the flatbuffer itself (and, given its bytes, how it compresses)."""
     return {
+        "compression": compression_facts(model, data) if data is not None else None,
         "sha256": model.sha256,
         "size": model.size,
         "weights_bytes": model.weights_bytes,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from converters._tf import first_line, tensorflow
+from converters._tf import first_line
 from converters.recipe import QATOptions
 from sdk.errors import DatasetError, UnsupportedLayerError
 
@@ -152,12 +152,17 @@ def _loss(model: Any, y: np.ndarray, name: str) -> Any:
     return tf_keras.losses.MeanSquaredError()
 
 
-def quantize_and_finetune(model: Any, options: QATOptions, x: dict[str, np.ndarray], y: np.ndarray,
-                          progress: Callable[[str], None] | None = None) -> Any:
-    """Wrap a tf_keras model with fake-quant (tfmot quantize_model) and fine-tune it."""
-    tf = tensorflow()
+def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: Any,
+                          progress: Callable[[str], None], scheme: Any = None) -> Any:
+    """Wrap a tf_keras model with fake-quant (tfmot quantize_model) and fine-tune it under `strategy`.
+
+    `scheme` is a tfmot QuantizeScheme that preserves what pruning or clustering made; None is
+    tfmot's default 8-bit scheme. `data` is a converters.optimize.TrainData.
+    """
     import tensorflow_model_optimization as tfmot
     import tf_keras
+
+    from converters.optimize import fit
 
     unsupported = unsupported_layers(model)
     leave = set(options.leave_float)
@@ -171,49 +176,29 @@ def quantize_and_finetune(model: Any, options: QATOptions, x: dict[str, np.ndarr
             "QAT cannot wrap these layers: " + ", ".join(blocked) +
             "; pass --qat-leave-unsupported to train them in float (the converter then calibrates them)", blocked)
     keep_float = leave | {u.split(" ")[0] for u in unsupported}
-    if keep_float:
-        annotate = tfmot.quantization.keras.quantize_annotate_layer
+    quantize = tfmot.quantization.keras
+    with strategy.scope():
+        if keep_float:
+            def clone(layer: Any) -> Any:
+                if layer.name in keep_float or isinstance(layer, tf_keras.layers.InputLayer):
+                    return layer.__class__.from_config(layer.get_config())
+                return quantize.quantize_annotate_layer(layer.__class__.from_config(layer.get_config()))
 
-        def clone(layer: Any) -> Any:
-            if layer.name in keep_float or isinstance(layer, tf_keras.layers.InputLayer):
-                return layer.__class__.from_config(layer.get_config())
-            return annotate(layer.__class__.from_config(layer.get_config()))
-
-        annotated = tf_keras.models.clone_model(model, clone_function=clone)
-        annotated.set_weights(model.get_weights())
-        with tfmot.quantization.keras.quantize_scope():
-            qmodel = tfmot.quantization.keras.quantize_apply(annotated)
-    else:
+            annotated = tf_keras.models.clone_model(model, clone_function=clone)
+            annotated.set_weights(model.get_weights())
+        else:
+            annotated = quantize.quantize_annotate_model(model)
         try:
-            qmodel = tfmot.quantization.keras.quantize_model(model)
+            with quantize.quantize_scope():
+                qmodel = quantize.quantize_apply(annotated, scheme) if scheme is not None else quantize.quantize_apply(annotated)
         except (ValueError, RuntimeError) as exc:
             raise UnsupportedLayerError(f"tfmot cannot quantize this model: {first_line(exc)}", []) from exc
-
-    inputs = [x[t.name.split(":")[0]] for t in model.inputs] if len(model.inputs) > 1 else next(iter(x.values()))
-    n = len(y)
-    if n < 2:
-        raise DatasetError("QAT needs training samples; the data has fewer than 2")
-    calibrate_ranges(qmodel, inputs, options.batch_size)
-    qmodel.compile(optimizer=tf_keras.optimizers.Adam(options.learning_rate), loss=_loss(model, y, options.loss),
-                   metrics=["accuracy"])
-    tf_keras.utils.set_random_seed(0)
-    callbacks = []
-    if options.validation_split > 0:
-        callbacks.append(tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.epochs,
-                                                          restore_best_weights=True))
-    if progress is not None:
-        report = progress
-
-        class _Report(tf_keras.callbacks.Callback):  # type: ignore[misc]
-            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-                logs = logs or {}
-                report(f"QAT epoch {epoch + 1}/{options.epochs}: loss {logs.get('loss', float('nan')):.4f}"
-                         f", val_loss {logs.get('val_loss', float('nan')):.4f}")
-
-        callbacks.append(_Report())
-    del tf
-    qmodel.fit(inputs, y, epochs=options.epochs, batch_size=options.batch_size, verbose=0,
-               validation_split=options.validation_split, callbacks=callbacks, shuffle=True)
+        if data.size < 2:
+            raise DatasetError("QAT needs training samples; the data has fewer than 2")
+        calibrate_ranges(qmodel, data.x, options.batch_size)
+    fit(qmodel, data, stage="QAT", epochs=options.epochs, learning_rate=options.learning_rate,
+        batch_size=options.batch_size, validation_split=options.validation_split, strategy=strategy, say=progress,
+        loss=_loss(model, data.y, options.loss), early_stopping=True)
     return qmodel
 
 

@@ -16,6 +16,7 @@ from sdk.errors import UsageError
 RECIPES = ("float32", "float16", "dynamic", "int8", "qat")
 IO_TYPES = ("int8", "uint8", "float32")
 INTEGER_RECIPES = frozenset({"int8", "qat"})
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,42 @@ class QATOptions:
 
     train: Path
     epochs: int = 3
-    batch_size: int = 32
+    batch_size: int = 32  # global batch: split across replicas under --strategy
     learning_rate: float = 1e-5
     validation_split: float = 0.1  # held out of train to pick the best epoch
     leave_float: tuple[str, ...] = ()  # layer names QAT leaves unwrapped
     leave_unsupported_float: bool = False
     loss: str = "auto"
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Pruning and weight clustering before conversion (tfmot's collaborative optimization order).
+
+    Each stage fine-tunes on `train`; epochs and learning rate default per stage
+    (see STAGE_DEFAULTS) unless given.
+    """
+
+    train: Path
+    sparsity: float | None = None  # target fraction of zero weights (prune_low_magnitude)
+    block: int | None = None  # pruning block along a Dense layer's input axis; None: automatic
+    clusters: int | None = None  # centroids per weight tensor (cluster_weights)
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int = 32  # global batch: split across replicas under --strategy
+    validation_split: float = 0.1
+
+
+# Per fine-tuning stage: (epochs, learning rate) when the user gives none.
+STAGE_DEFAULTS = {"prune": (4, 1e-3), "cluster": (3, 1e-4)}
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Which tf.distribute strategy runs the fine-tuning; `replicas` splits the CPU into logical devices."""
+
+    strategy: str = "default"
+    replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +72,10 @@ class Recipe:
     calib_samples_explicit: bool = False
     image_range: tuple[float, float] = (0.0, 1.0)
     qat: QATOptions | None = field(default=None)
+    compression: Compression | None = None
+    distribution: Distribution = field(default_factory=Distribution)
+    keep_float: tuple[str, ...] = ()  # int8: layers left in float (the quantization debugger's denylist)
+    keep_float_auto: int | None = None  # int8: leave the N layers with the worst quantization error in float
 
     def __post_init__(self) -> None:
         if self.name not in RECIPES:
@@ -55,6 +90,30 @@ class Recipe:
             raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
         if self.qat is not None and self.qat.epochs < 1:
             raise UsageError("--epochs must be at least 1")
+        c = self.compression
+        if c is not None:
+            if c.sparsity is None and c.clusters is None:
+                raise UsageError("compression needs --sparsity or --clusters")
+            if c.sparsity is not None and not 0.0 < c.sparsity < 1.0:
+                raise UsageError(f"--sparsity must be between 0 and 1 (a fraction of zero weights), not {c.sparsity}")
+            if c.clusters is not None and not 2 <= c.clusters <= 256:
+                raise UsageError(f"--clusters must be between 2 and 256, not {c.clusters}")
+            if c.block is not None and c.block < 1:
+                raise UsageError(f"--prune-block must be at least 1, not {c.block}")
+            if c.epochs is not None and c.epochs < 1:
+                raise UsageError("--epochs must be at least 1")
+        d = self.distribution
+        if d.strategy not in STRATEGIES:
+            raise UsageError(f"unknown --strategy {d.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if d.replicas is not None and (d.strategy != "mirrored" or d.replicas < 1):
+            raise UsageError("--replicas N (N >= 1) goes with --strategy mirrored")
+        if d.strategy != "default" and not self.finetunes:
+            raise UsageError(f"--strategy {d.strategy} distributes fine-tuning; this recipe does none "
+                             f"(use --recipe qat, --sparsity or --clusters)")
+        if (self.keep_float or self.keep_float_auto is not None) and self.name != "int8":
+            raise UsageError("--keep-float goes with --recipe int8 (it is the quantization debugger's denylist)")
+        if self.keep_float_auto is not None and self.keep_float_auto < 1:
+            raise UsageError("--keep-float auto:N needs N of at least 1")
 
     # -- named constructors -----------------------------------------------------
     @classmethod
@@ -81,23 +140,54 @@ class Recipe:
 
     @classmethod
     def from_name(cls, name: str, **options: Any) -> Recipe:
-        """The recipe for a CLI name; options that do not apply to it are ignored."""
+        """The recipe for a CLI name and CLI options; options that do not apply to it are ignored."""
         if name == "int8":
             if options.get("calibration") is None:
                 raise UsageError("recipe int8 needs calibration data: --calib DATA.npz (or an image folder)")
-            return cls.int8(options["calibration"], options.get("io") or "int8", options.get("samples"),
+            base = cls.int8(options["calibration"], options.get("io") or "int8", options.get("samples"),
                             options.get("image_range") or (0.0, 1.0))
-        if name == "qat":
+        elif name == "qat":
             if options.get("train") is None:
                 raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
             qat_keys = {"epochs", "learning_rate", "leave_float", "leave_unsupported_float", "batch_size"}
             extra = {k: v for k, v in options.items() if k in qat_keys and v is not None}
-            return cls.quantization_aware(options["train"], options.get("io") or "int8", **extra)
-        return cls(name, io=options.get("io") or "float32")
+            base = cls.quantization_aware(options["train"], options.get("io") or "int8", **extra)
+        else:
+            base = cls(name, io=options.get("io") or "float32")
+        changes: dict[str, Any] = {}
+        if options.get("sparsity") is not None or options.get("clusters") is not None:
+            if options.get("train") is None:
+                raise UsageError("--sparsity and --clusters fine-tune the model: give training data with --train DATA.npz")
+            keys = {"sparsity", "clusters", "epochs", "learning_rate", "batch_size"}
+            extra = {k: v for k, v in options.items() if k in keys and v is not None}
+            if options.get("prune_block") is not None:
+                extra["block"] = options["prune_block"]
+            changes["compression"] = Compression(train=Path(options["train"]), **extra)
+        if options.get("strategy") not in (None, "default") or options.get("replicas") is not None:
+            changes["distribution"] = Distribution(options.get("strategy") or "default", options.get("replicas"))
+        keep = options.get("keep_float")
+        if keep:
+            changes.update(parse_keep_float(keep))
+        return base.with_options(**changes) if changes else base
 
     @property
     def integer(self) -> bool:
         return self.name in INTEGER_RECIPES
+
+    @property
+    def finetunes(self) -> bool:
+        """Does this recipe train (QAT, pruning or clustering) before converting?"""
+        return self.qat is not None or self.compression is not None
+
+    @property
+    def keeps_float(self) -> bool:
+        return bool(self.keep_float) or self.keep_float_auto is not None
+
+    def with_options(self, **changes: Any) -> Recipe:
+        """This recipe with some fields changed (validated again)."""
+        from dataclasses import replace
+
+        return replace(self, **changes)
 
     def describe(self) -> dict[str, Any]:
         """The recipe and its options as plain JSON values, for the manifest."""
@@ -110,4 +200,26 @@ class Recipe:
             q["train"] = str(q["train"])
             q["leave_float"] = list(q["leave_float"])
             out["qat"] = q
+        if self.compression is not None:
+            c = asdict(self.compression)
+            c["train"] = str(c["train"])
+            out["compression"] = c
+        if self.distribution.strategy != "default":
+            out["distribution"] = asdict(self.distribution)
+        if self.keeps_float:
+            out["keep_float"] = list(self.keep_float) or f"auto:{self.keep_float_auto}"
         return out
+
+
+def parse_keep_float(text: str) -> dict[str, Any]:
+    """`--keep-float fc1,conv2` or `--keep-float auto:N` as Recipe fields."""
+    text = text.strip()
+    if text.startswith("auto:"):
+        n = text[5:]
+        if not n.isdigit() or int(n) < 1:
+            raise UsageError(f"--keep-float {text}: auto:N needs a whole number N >= 1 of layers to keep in float")
+        return {"keep_float_auto": int(n)}
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UsageError("--keep-float needs layer names (LAYER,...) or auto:N")
+    return {"keep_float": names}

@@ -201,6 +201,25 @@ class OpUse:
 
 
 @dataclass(frozen=True)
+class WeightStat:
+    """One constant weight tensor: how many of its values are zero, and how many distinct values it holds."""
+
+    tensor: str
+    op: str
+    elements: int
+    zeros: int
+    distinct_values: int  # per channel when quantized per axis (what clustering bounds), else per tensor
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.elements if self.elements else 0.0
+
+
+_NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int8": "i1", "uint8": "u1", "int16": "<i2",
+                 "int32": "<i4", "int64": "<i8"}
+
+
+@dataclass(frozen=True)
 class TFLiteModel:
     """The parts of a .tflite file that edgeship reports on and generates code from."""
 
@@ -211,6 +230,7 @@ class TFLiteModel:
     opcodes: tuple[OpCode, ...]
     subgraphs: tuple[Subgraph, ...]
     buffer_sizes: tuple[int, ...]
+    buffer_offsets: tuple[int, ...]  # where each buffer's data starts in the file (-1: none, or outside it)
     metadata: dict[str, bytes] = field(repr=False)
     signatures: tuple[Signature, ...]
 
@@ -245,12 +265,16 @@ class TFLiteModel:
         r = _Reader(data)
         root = _Table(r, r.u32(0))
         buffers = root.tables(4)
-        buffer_sizes = []
+        buffer_sizes, buffer_offsets = [], []
         for b in buffers:
-            n = b.vector_len(0)
+            span = b._vector(0)
+            n, start = (span[1], span[0]) if span else (0, -1)
             if n == 0:  # models over 2 GB keep data after the flatbuffer: offset/size fields
-                n = int(b.scalar(2, "Q", 0)) if int(b.scalar(1, "Q", 0)) > 1 else 0
+                offset = int(b.scalar(1, "Q", 0))
+                n = int(b.scalar(2, "Q", 0)) if offset > 1 else 0
+                start = offset if offset > 1 and offset + n <= len(data) else -1
             buffer_sizes.append(n)
+            buffer_offsets.append(start)
 
         opcodes = []
         for oc in root.tables(1):
@@ -331,6 +355,7 @@ class TFLiteModel:
             opcodes=tuple(opcodes),
             subgraphs=tuple(subgraphs),
             buffer_sizes=tuple(buffer_sizes),
+            buffer_offsets=tuple(buffer_offsets),
             metadata=metadata,
             signatures=signatures,
         )
@@ -411,6 +436,41 @@ class TFLiteModel:
     def fully_integer(self) -> bool:
         """No float arithmetic anywhere and integer inputs and outputs (what MCUs and NPUs need)."""
         return not self.float_ops() and not self.io_is_float
+
+    def weight_stats(self, data: bytes) -> list[WeightStat]:
+        """Sparsity and distinct values of each constant weight tensor (ops' inputs with 2+ dimensions).
+
+        `data` is the file this model was parsed from. A weight counts as zero when it
+        equals its quantized zero point (0.0 for float tensors).
+        """
+        import numpy as np
+
+        out: list[WeightStat] = []
+        seen: set[int] = set()
+        for sg in self.subgraphs:
+            for op in sg.operators:
+                for i in op.inputs:
+                    t = sg.tensors[i] if i >= 0 else None
+                    if t is None or not t.is_constant or t.buffer in seen or len(t.shape) < 2:
+                        continue
+                    dtype = _NUMPY_DTYPES.get(t.dtype)
+                    start, size = self.buffer_offsets[t.buffer], self.buffer_sizes[t.buffer]
+                    if dtype is None or start < 0 or size != np.dtype(dtype).itemsize * int(np.prod(t.shape)):
+                        continue
+                    seen.add(t.buffer)
+                    values = np.frombuffer(data, dtype=dtype, count=int(np.prod(t.shape)), offset=start).reshape(t.shape)
+                    q = t.quantization
+                    zero = np.asarray(q.zero_point, dtype=np.int64) if q and not t.is_float else np.zeros(1)
+                    if q and q.per_axis and len(zero) == t.shape[q.axis]:
+                        zero = zero.reshape([-1 if d == q.axis else 1 for d in range(len(t.shape))])
+                    elif len(zero) > 1:
+                        zero = zero[:1]
+                    axis = q.axis if q and q.per_axis else None
+                    channels = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1) if axis is not None else [values]
+                    distinct = max(len(np.unique(c)) for c in channels)
+                    out.append(WeightStat(tensor=t.name, op=self.opcodes[op.opcode_index].name, elements=int(values.size),
+                                          zeros=int(np.count_nonzero(values == zero)), distinct_values=distinct))
+        return out
 
     def dynamic_tensors(self) -> list[str]:
         return [t.name for sg in self.subgraphs for t in sg.tensors if t.is_dynamic]

@@ -140,11 +140,27 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
               help="int8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
-@click.option("--train", type=click.Path(path_type=Path), help="qat: training data .npz with x (or per-input arrays) and y.")
-@click.option("--epochs", type=int, default=None, help="qat: fine-tuning epochs [3].")
-@click.option("--learning-rate", type=float, default=None, help="qat: Adam learning rate [1e-5].")
+@click.option("--train", type=click.Path(path_type=Path),
+              help="qat, --sparsity, --clusters: training data .npz with x (or per-input arrays) and y.")
+@click.option("--epochs", type=int, default=None, help="Fine-tuning epochs per stage [qat 3, pruning 4, clustering 3].")
+@click.option("--learning-rate", type=float, default=None,
+              help="Fine-tuning Adam learning rate [qat 1e-5, pruning 1e-3, clustering 1e-4].")
 @click.option("--qat-leave-float", default=None, metavar="LAYER,...", help="qat: layers to leave unwrapped (trained in float).")
 @click.option("--qat-leave-unsupported", is_flag=True, help="qat: leave layers QAT cannot wrap in float instead of failing.")
+@click.option("--sparsity", type=float, default=None, metavar="S",
+              help="Any recipe: prune to this fraction of zero weights (0..1), fine-tuning on --train.")
+@click.option("--prune-block", type=int, default=None, metavar="N",
+              help="Pruning: zero Dense weights in runs of N along the input axis [auto: 16 where it divides].")
+@click.option("--clusters", type=int, default=None, metavar="K",
+              help="Any recipe: cluster each weight tensor to K shared values, fine-tuning on --train.")
+@click.option("--batch-size", type=int, default=None, metavar="N",
+              help="Fine-tuning: global batch, split across replicas [32].")
+@click.option("--strategy", default=None, type=click.Choice(["default", "mirrored", "multiworker"]),
+              help="Fine-tuning: tf.distribute strategy (multiworker reads TF_CONFIG) [default].")
+@click.option("--replicas", type=int, default=None, metavar="N",
+              help="mirrored on a machine without GPUs: split the CPU into N logical devices.")
+@click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
+              help="int8: leave these layers (or the N with the worst quantization error) in float.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
@@ -152,6 +168,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calib: Path | None,
             calib_samples: int | None, image_range: str | None, train: Path | None, epochs: int | None,
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
+            sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
+            strategy: str | None, replicas: int | None, keep_float: str | None,
             eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
@@ -164,7 +182,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         recipe, io=io_type, calibration=calib, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
-        leave_unsupported_float=qat_leave_unsupported or None)
+        leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
+        clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, keep_float=keep_float)
     if not model.exists():
         from sdk.errors import ModelNotFoundError
 
@@ -216,6 +235,11 @@ def _show_tflite(info: dict[str, Any]) -> None:
             for kind, ts in (("in", info["inputs"]), ("out", info["outputs"])) for t in ts])
     _table("operators", ["op", "kind", "version", "nodes"],
            [[o["name"], o["kind"], o["version"], o["count"]] for o in info["operators"]])
+    if info["weights"]:
+        _table(f"weights (sparsity {info['sparsity']:.1%} overall; zlib {info['zlib_ratio']:.2f} of the size)",
+               ["tensor", "op", "elements", "sparsity", "distinct values"],
+               [[w["tensor"].split(";")[0], w["op"], f"{w['elements']:,}", f"{w['sparsity']:.1%}", w["distinct_values"]]
+                for w in info["weights"]])
     if info["fully_integer"]:
         verdict = "yes"
     elif not info["float_ops"]:
@@ -316,6 +340,72 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
                f"({report['runtime']}, {report['threads'] or 'default'} threads)")
     click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
                f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
+
+
+# --- debug-quant -----------------------------------------------------------------------
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+@main.command("debug-quant")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", required=True, type=click.Path(path_type=Path),
+              help="Calibration data: .npz (x or one array per input) or an image folder; layers are ranked on it.")
+@click.option("--eval", "eval_data", required=True, type=click.Path(path_type=Path),
+              help="Test data .npz (x, y): float vs int8 accuracy and output error.")
+@click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to debug.")
+@click.option("--batch", default=1, show_default=True, type=int, help="Static batch size, as for convert.")
+@click.option("--calib-samples", type=int, default=None, help="Calibration samples to use [200, or all if fewer].")
+@click.option("--image-range", default=None, metavar="LO,HI", help="Image folder calibration: map pixels 0..255 to LO..HI [0,1].")
+@click.option("--top", default=20, show_default=True, type=int, metavar="N", help="Show the N worst layers (0: all).")
+@click.option("--try-float", "try_float", default=3, show_default=True, type=int, metavar="N",
+              help="Also measure accuracy and size with the 1..N worst layers in float (what --keep-float auto:N gives).")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=None,
+              help="Write the result document here [.edgeship/results/debug-quant-host-<sha>-<time>.json].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@json_option
+def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch: int, calib_samples: int | None,
+                image_range: str | None, top: int, try_float: int, out: Path | None, quiet: bool, as_json: bool) -> None:
+    """Per-layer int8 error of a model (TFLite's quantization debugger), worst layer first.
+
+    RMSE/scale near 0.29 is plain rounding; much more marks a layer that quantizes badly.
+    Keep such layers in float with `convert --recipe int8 --keep-float LAYER,...` (or auto:N).
+    """
+    from converters.quantdebug import debug_quantization
+
+    if top < 0:
+        raise UsageError("--top must be 0 (all layers) or more")
+    report = debug_quantization(model, calib, eval_data, signature=signature, batch=batch, samples=calib_samples,
+                                image_range=_parse_range(image_range) or (0.0, 1.0), trials=try_float,
+                                progress=_progress(not quiet and not as_json))
+    doc = report.result_document()
+    if out is not None:
+        if out.is_dir():
+            raise UsageError(f"--out {out}: is a directory; give a file name such as result.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        written = out
+    else:
+        from sdk.fleet import write_result
+
+        written = write_result(doc, Path(".edgeship/results"))
+    if as_json:
+        _emit_json(doc)
+        return
+    layers = report.layers if top == 0 else report.layers[:top]
+    _table(f"int8 error per layer, worst first ({len(layers)} of {len(report.layers)}; "
+           f"RMSE/scale ~0.29 is plain rounding)",
+           ["#", "layer", "op", "RMSE/scale", "scale", "mean |err|", "max |err|", "node"],
+           [[i + 1, e.layer or "-", e.op, f"{e.rmse_over_scale:.3g}", f"{e.scale:.3g}", f"{e.mean_abs_error:.3g}",
+             f"{e.max_abs_error:.3g}", e.node] for i, e in enumerate(layers)])
+    click.echo(f"accuracy on {report.eval_samples} samples: float {_pct(report.float_accuracy)}, "
+               f"int8 {_pct(report.int8_accuracy)}; int8 agrees with float on "
+               f"{_pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
+    for t in report.trials:
+        click.echo(f"--keep-float auto:{t.kept}: accuracy {_pct(t.accuracy)}, {_kib(t.size)} "
+                   f"({t.size - report.int8_size:+,} bytes over int8)")
+    click.echo(f"wrote {written}")
 
 
 # --- boards: push / bench / eval / ping ------------------------------------------------------

@@ -59,7 +59,7 @@ def test_two_io_signature_converts_with_every_recipe(two_io_saved_model: Path, t
 def test_qat_on_a_graph_only_saved_model_says_what_it_needs(two_io_saved_model: Path, tmp_path: Path) -> None:
     calib = two_io_saved_model.parent / "calib.npz"
     np.savez(tmp_path / "train.npz", **dict(np.load(calib)), y=np.zeros(100, dtype=np.int64))
-    with pytest.raises(UnsupportedLayerError, match="QAT needs Keras layers"):
+    with pytest.raises(UnsupportedLayerError, match=r"fine-tuning \(QAT, pruning, clustering\) needs Keras layers"):
         convert(two_io_saved_model, Recipe.quantization_aware(tmp_path / "train.npz"), tmp_path / "b",
                 signature="predict")
     assert not (tmp_path / "b").exists()
