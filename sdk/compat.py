@@ -59,7 +59,13 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
     if spec is not None and model is not None and spec.runtime == "tflite_micro":
         problems += _micro_problems(model, spec.constraints.arena_bytes)
     c = spec.constraints if spec is not None else None
-    if c is not None and c.int8_only and not manifest.integer.fully_integer:
+    kept = manifest.float_fallback
+    if c is not None and c.int8_only and kept is not None and kept.layers:
+        layers = ", ".join(name.split(";")[0] for name in kept.layers[:4]) + (" ..." if len(kept.layers) > 4 else "")
+        problems.append(Problem("not_int8", f"the board is int8-only and the model keeps {len(kept.layers)} layer(s) "
+                                            f"in float (--keep-float {kept.requested}: {layers}); convert without "
+                                            f"--keep-float, with --recipe int8 --io int8, for this board"))
+    elif c is not None and c.int8_only and not manifest.integer.fully_integer:
         what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
                 if manifest.integer.float_ops else "float inputs/outputs")
         problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "

@@ -4,6 +4,8 @@ Results are grouped by (board, recipe). Within a group, results whose metadata d
 a way that changes the numbers (runtime or its version, threads, delegate, dataset,
 model) are flagged as incomparable and listed apart, never averaged together.
 Plots are rendered with matplotlib and embedded as PNG data URIs, so the HTML is one file.
+A `debug-quant` result (the quantization debugger) adds its per-layer int8 error as a
+table and a bar plot, worst layer first.
 """
 
 from __future__ import annotations
@@ -116,6 +118,38 @@ HEADERS = ["board", "recipe", "kind", "size (B)", "accuracy", "agreement", "p50 
            "runtime", "threads", "delegate", "status"]
 
 
+DEBUG_KIND = "debug-quant"  # converters.quantdebug.RESULT_KIND; not imported, so reports never load TensorFlow
+DEBUG_HEADERS = ["#", "layer", "op", "RMSE/scale", "scale", "mean abs err", "max abs err", "node"]
+DEBUG_TOP = 20  # layers listed per debug-quant result
+PLOT_LAYERS = 30  # layers plotted per debug-quant result
+
+
+def _debug_rows(report: Report) -> list[Row]:
+    return [r for r in report.rows if r.doc.get("kind") == DEBUG_KIND and r.result.get("layers")]
+
+
+def _layer_label(layer: dict[str, Any], width: int = 48) -> str:
+    label = str(layer.get("layer") or layer.get("node") or "?")
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def debug_summary(row: Row) -> tuple[str, list[str], list[list[str]]]:
+    """A debug-quant result as (summary line, table headers, rows of the worst layers)."""
+    r = row.result
+    agr = (r.get("agreement") or {}).get("argmax_agreement")
+    summary = (f"{row.doc.get('model')}: float {_fmt(r.get('float_accuracy'), '.2f', 100, '%')}, "
+               f"int8 {_fmt(r.get('accuracy'), '.2f', 100, '%')} on {r.get('samples')} samples "
+               f"(int8 agrees with float on {_fmt(agr, '.2f', 100, '%')})")
+    trials = "; ".join(f"auto:{t.get('kept')} {_fmt(t.get('accuracy'), '.2f', 100, '%')}, "
+                       f"{_fmt(t.get('size'), ',.0f')} B" for t in r.get("trials") or [])
+    if trials:
+        summary += f"; keeping the worst layers in float: {trials}"
+    rows = [[str(i + 1), str(la.get("layer") or "–"), str(la.get("op")), _fmt(la.get("rmse_over_scale"), ".3g"),
+             _fmt(la.get("scale"), ".3g"), _fmt(la.get("mean_abs_error"), ".3g"), _fmt(la.get("max_abs_error"), ".3g"),
+             str(la.get("node"))] for i, la in enumerate((r.get("layers") or [])[:DEBUG_TOP])]
+    return summary, DEBUG_HEADERS, rows
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -163,6 +197,24 @@ def plots(report: Report) -> list[tuple[str, str]]:
         ax.set_title("Accuracy vs latency (marker area: model size)")
         ax.legend(title="recipe", fontsize=8)
         out.append(("Accuracy vs latency vs size", _png(fig)))
+    for r in _debug_rows(report):
+        layers = list(r.result["layers"])[:PLOT_LAYERS]
+        values = [la.get("rmse_over_scale") for la in layers]
+        shown = [(_layer_label(la), v) for la, v in zip(layers, values) if v is not None and v > 0]
+        if not shown:
+            continue
+        ideal = float(r.result.get("ideal_rmse_over_scale") or 12 ** -0.5)
+        fig, ax = plt.subplots(figsize=(7, max(2.2, 0.32 * len(shown) + 1.2)))
+        ys = list(range(len(shown)))
+        ax.barh(ys, [v for _, v in shown], color=["#d62728" if v > 2 * ideal else "#1f77b4" for _, v in shown])
+        ax.set_yticks(ys, [label for label, _ in shown], fontsize=7)
+        ax.invert_yaxis()  # worst at the top
+        ax.set_xscale("log")
+        ax.axvline(ideal, color="#444", linestyle="--", linewidth=1, label=f"plain rounding ({ideal:.2f})")
+        ax.set_xlabel("RMSE / scale of the int8 output (log)")
+        ax.set_title(f"Per-layer int8 error, worst first: {Path(str(r.doc.get('model'))).name}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        out.append((f"Per-layer int8 error, {Path(str(r.doc.get('model'))).name}", _png(fig)))
     for r in report.rows:
         matrix = r.result.get("confusion")
         if not matrix:
@@ -183,6 +235,13 @@ def render_markdown(report: Report) -> str:
         lines += ["## Incomparable results", ""] + [f"- {f}" for f in report.flags] + [""]
     lines += ["## Comparison", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    debug = _debug_rows(report)
+    if debug:
+        lines += ["", "## Quantization debugger", ""]
+    for row in debug:
+        summary, headers, rows = debug_summary(row)
+        lines += [summary, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows] + [""]
     lines += ["", "Sources: " + ", ".join(str(r.path) for r in report.rows), ""]
     return "\n".join(lines)
 
@@ -208,7 +267,16 @@ def render_html(report: Report) -> str:
     parts.append("<h2>Comparison</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + "</tr>")
     for row in table_rows(report):
         parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
-    parts.append("</table><h2>Plots</h2>")
+    parts.append("</table>")
+    debug = _debug_rows(report)
+    if debug:
+        parts.append("<h2>Quantization debugger</h2>")
+    for drow in debug:
+        summary, headers, rows = debug_summary(drow)
+        parts.append(f"<p>{esc(summary)}</p><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in rows]
+        parts.append("</table>")
+    parts.append("<h2>Plots</h2>")
     for title, uri in plots(report):
         parts.append(f"<figure><img alt='{esc(title)}' src='{uri}'><figcaption>{esc(title)}</figcaption></figure>")
     parts.append("<h2>Sources</h2><ul>" + "".join(f"<li>{esc(str(r.path))}</li>" for r in report.rows) + "</ul>")
