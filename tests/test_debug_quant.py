@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +19,8 @@ import pytest
 
 from converters.manifest import Manifest
 from tests.conftest import ROOT, run_cli
+from tests.test_report import rendered_images
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BAD = "fc2"  # the layer built to quantize badly
 OUTLIER_WEIGHT = 1000.0
 
@@ -208,10 +203,5 @@ def test_report_renders_the_debug_result_with_its_per_layer_plot(debug_doc: dict
     assert "## Quantization debugger" in text and f"| 1 | {BAD} | FULLY_CONNECTED |" in text
     assert "| host | int8 | debug-quant |" in text
     assert "Per-layer int8 error" in html.read_text()
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    body = re.search(r"<body[^>]*>", dom.stdout)
-    assert body, dom.stderr[-2000:]
-    images = int(re.search(r'data-images="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
-    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
+    images, loaded = rendered_images(html, tmp_path)
     assert images == 1 and loaded == 1, (images, loaded)  # the per-layer error plot (no latency or confusion data)

@@ -18,6 +18,17 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def rendered_images(html: Path, tmp_path: Path) -> tuple[int, int]:
+    """(images in the page, images headless Chromium actually decoded), from the report's body attributes."""
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stderr[-2000:]
+    images = int(re.search(r'data-images="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
+    return images, loaded
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory, convert_digits: Any, digits: Path) -> Path:
     out = tmp_path_factory.mktemp("results")
@@ -36,12 +47,7 @@ def test_html_report_renders_its_plots_in_headless_chromium(results: Path, tmp_p
     html = tmp_path / "report.html"
     proc = run_cli("report", str(results), "--html", str(html), "--markdown", str(tmp_path / "report.md"))
     assert proc.returncode == 0, proc.stderr
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    body = re.search(r"<body[^>]*>", dom.stdout)
-    assert body, dom.stderr[-2000:]
-    images = int(re.search(r'data-images="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
-    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(0)).group(1))  # type: ignore[union-attr]
+    images, loaded = rendered_images(html, tmp_path)
     assert images >= 4 and loaded == images  # latency, accuracy-vs-latency, one confusion matrix per eval
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1300,1800",
