@@ -202,7 +202,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
         from converters import distribute
 
-        strategy = distribute.strategy_for(recipe.distribution, say)
+        strategy = distribute.strategy_for(recipe.distribution, say, cleanup=staging)
     say(f"loading {model_path}")
     source = load_source(model_path, signature)
     source.static_specs(batch)  # fail early when the model cannot be made static

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from converters._tf import first_line, tensorflow
@@ -52,8 +55,41 @@ def _check_tf_config() -> dict[str, Any]:
     return config
 
 
-def strategy_for(dist: Distribution, say: Callable[[str], None] = lambda _m: None) -> Any:
-    """The tf.distribute strategy a recipe asks for; 'default' is TensorFlow's default (one device)."""
+# Runs in a separate process: the blocked one holds the GIL, so no thread or signal handler of its could act.
+_WATCHDOG = """
+import os, select, shutil, signal, sys
+pid, seconds, path, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+ready, _, _ = select.select([sys.stdin], [], [], seconds)
+if not ready:
+    os.kill(pid, signal.SIGKILL)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+    sys.stderr.write(message)
+"""
+
+
+def _watchdog(seconds: float, workers: list[str], index: int, cleanup: Path | None) -> subprocess.Popen[bytes]:
+    """A process that ends this one if the workers have not all joined in time; close its stdin once they have.
+
+    MultiWorkerMirroredStrategy blocks in C++, holding the GIL, until every worker has registered;
+    neither an exception nor SIGTERM reaches it there, so a worker that never starts would hang
+    this one for ever. The watchdog kills it, removes `cleanup` (the unfinished bundle) and says
+    which workers were expected. It also exits when this process ends (its stdin closes).
+    """
+    others = ", ".join(w for i, w in enumerate(workers) if i != index)
+    message = (f"edgeship: error: --strategy multiworker: the workers in TF_CONFIG did not all join within {seconds:g} s "
+               f"(this is worker {index}; waiting for {others}); start every worker with the same command, check the "
+               f"host:port pairs and firewalls, or raise --worker-timeout\n")
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds),
+                             str(cleanup) if cleanup else "", message], stdin=subprocess.PIPE)
+
+
+def strategy_for(dist: Distribution, say: Callable[[str], None] = lambda _m: None, cleanup: Path | None = None) -> Any:
+    """The tf.distribute strategy a recipe asks for; 'default' is TensorFlow's default (one device).
+
+    If the workers of a multiworker run do not all join within `dist.worker_timeout`, the
+    process is killed after `cleanup` (a directory) is removed and the reason is written to stderr.
+    """
     if dist.strategy == "multiworker":
         config = _check_tf_config()  # before importing TensorFlow: a bad config costs nothing
     tf = tensorflow()
@@ -72,7 +108,15 @@ def strategy_for(dist: Distribution, say: Callable[[str], None] = lambda _m: Non
         return strategy
     workers = config["cluster"]["worker"]
     options = tf.distribute.experimental.CommunicationOptions(implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    index = int(config["task"]["index"])
+    say(f"waiting for the {len(workers)} workers in TF_CONFIG to join (up to {dist.worker_timeout:g} s)")
+    watchdog = _watchdog(dist.worker_timeout, workers, index, cleanup)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()  # joined (or failed by itself): stand the watchdog down
+        watchdog.wait()
     say(f"MultiWorkerMirroredStrategy: worker {config['task']['index']} of {len(workers)}, "
         f"{strategy.num_replicas_in_sync} replica(s) in sync")
     return strategy

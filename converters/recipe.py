@@ -61,6 +61,7 @@ class Distribution:
 
     strategy: str = "default"
     replicas: int | None = None
+    worker_timeout: float = 600.0  # multiworker: seconds to wait for every worker in TF_CONFIG to join
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class Recipe:
             raise UsageError(f"unknown --strategy {d.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if d.replicas is not None and (d.strategy != "mirrored" or d.replicas < 1):
             raise UsageError("--replicas N (N >= 1) goes with --strategy mirrored")
+        if d.worker_timeout <= 0:
+            raise UsageError(f"--worker-timeout must be a positive number of seconds, not {d.worker_timeout}")
         if d.strategy != "default" and not self.finetunes:
             raise UsageError(f"--strategy {d.strategy} distributes fine-tuning; this recipe does none "
                              f"(use --recipe qat, --sparsity or --clusters)")
@@ -163,8 +166,12 @@ class Recipe:
             if options.get("prune_block") is not None:
                 extra["block"] = options["prune_block"]
             changes["compression"] = Compression(train=Path(options["train"]), **extra)
+        timeout = options.get("worker_timeout")
+        if timeout is not None and options.get("strategy") != "multiworker":
+            raise UsageError("--worker-timeout goes with --strategy multiworker")
         if options.get("strategy") not in (None, "default") or options.get("replicas") is not None:
-            changes["distribution"] = Distribution(options.get("strategy") or "default", options.get("replicas"))
+            changes["distribution"] = Distribution(options.get("strategy") or "default", options.get("replicas"),
+                                                   *([timeout] if timeout is not None else []))
         keep = options.get("keep_float")
         if keep:
             changes.update(parse_keep_float(keep))
@@ -204,8 +211,8 @@ class Recipe:
             c = asdict(self.compression)
             c["train"] = str(c["train"])
             out["compression"] = c
-        if self.distribution.strategy != "default":
-            out["distribution"] = asdict(self.distribution)
+        if self.distribution.strategy != "default":  # how the model was trained; the timeout is not part of it
+            out["distribution"] = {"strategy": self.distribution.strategy, "replicas": self.distribution.replicas}
         if self.keeps_float:
             out["keep_float"] = list(self.keep_float) or f"auto:{self.keep_float_auto}"
         return out

@@ -159,6 +159,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
               help="Fine-tuning: tf.distribute strategy (multiworker reads TF_CONFIG) [default].")
 @click.option("--replicas", type=int, default=None, metavar="N",
               help="mirrored on a machine without GPUs: split the CPU into N logical devices.")
+@click.option("--worker-timeout", type=float, default=None, metavar="SECONDS",
+              help="multiworker: give up when not every worker in TF_CONFIG has joined by then [600].")
 @click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
               help="int8: leave these layers (or the N with the worst quantization error) in float.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
@@ -169,7 +171,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             calib_samples: int | None, image_range: str | None, train: Path | None, epochs: int | None,
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
-            strategy: str | None, replicas: int | None, keep_float: str | None,
+            strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
             eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
@@ -183,7 +185,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         train=train, epochs=epochs, learning_rate=learning_rate,
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
         leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
-        clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, keep_float=keep_float)
+        clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, worker_timeout=worker_timeout,
+        keep_float=keep_float)
     if not model.exists():
         from sdk.errors import ModelNotFoundError
 

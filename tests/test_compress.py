@@ -93,6 +93,7 @@ def test_prune_cluster_qat_preserves_sparsity_and_clusters(digits: Path, tmp_pat
     (["-r", "float32", "--strategy", "mirrored"], "this recipe does none"),
     (["-r", "float32", "--replicas", "2", "--sparsity", "0.5", "--train", "T"], "--replicas N (N >= 1) goes with"),
     (["-r", "float16", "--keep-float", "fc1"], "--keep-float goes with --recipe int8"),
+    (["-r", "qat", "--train", "T", "--worker-timeout", "5"], "--worker-timeout goes with --strategy multiworker"),
 ])
 def test_bad_compression_options_are_named(digits: Path, tmp_path: Path, args: list[str], message: str) -> None:
     args = [str(digits / "train.npz") if a == "T" else a for a in args]

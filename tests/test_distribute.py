@@ -90,3 +90,15 @@ def test_bad_tf_config_is_named_before_training(digits: Path, tmp_path: Path, tf
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "b").exists()
+
+
+def test_a_worker_that_never_joins_ends_the_wait_with_a_clear_error(digits: Path, tmp_path: Path) -> None:
+    alone, missing = _free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{alone}", f"127.0.0.1:{missing}"]}, "task": {"type": "worker", "index": 0}}
+    env = dict(os.environ, TF_CONFIG=json.dumps(config))
+    r = subprocess.run([str(EDGESHIP), *_qat_args(digits, tmp_path / "b"), "--strategy", "multiworker",
+                        "--worker-timeout", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr  # killed by the watchdog: the blocked process cannot exit by itself
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeship: error: --strategy multiworker") and f"127.0.0.1:{missing}" in last, r.stderr
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))  # no bundle, no staging left behind
