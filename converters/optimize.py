@@ -201,7 +201,7 @@ def finetune(model: Any, recipe: Recipe, data: TrainData, strategy: Any, say: Pr
     from converters import qat
 
     c = recipe.compression
-    loss = qat._loss(model, data.y, recipe.qat.loss if recipe.qat else "auto")
+    loss = qat.loss_for(model, data.y, recipe.qat.loss if recipe.qat else "auto")
     pruned = clustered = False
     if c is not None and c.sparsity is not None:
         model = prune(model, c, data, strategy, say, loss)

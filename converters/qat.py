@@ -138,7 +138,8 @@ def unsupported_layers(model: Any) -> list[str]:
             if not isinstance(layer, tf_keras.layers.InputLayer) and not registry.supports(layer)]
 
 
-def _loss(model: Any, y: np.ndarray, name: str) -> Any:
+def loss_for(model: Any, y: np.ndarray, name: str) -> Any:
+    """The loss to fine-tune with: `name`, or for "auto" one that fits the labels and the output layer."""
     import tf_keras
 
     if name != "auto":
@@ -198,7 +199,7 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: 
         calibrate_ranges(qmodel, data.x, options.batch_size)
     fit(qmodel, data, stage="QAT", epochs=options.epochs, learning_rate=options.learning_rate,
         batch_size=options.batch_size, validation_split=options.validation_split, strategy=strategy, say=progress,
-        loss=_loss(model, data.y, options.loss), early_stopping=True)
+        loss=loss_for(model, data.y, options.loss), early_stopping=True)
     return qmodel
 
 
