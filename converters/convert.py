@@ -132,8 +132,7 @@ def _run_converter(saved_model: Path, key: str, recipe: Recipe,
                 assert representative is not None  # int8 recipes always have one
                 kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float,
                                                        recipe.keep_float_auto)
-                fallback = FloatFallback(layers=list(kept.layers), requested=recipe.describe()["keep_float"]
-                                         if recipe.keep_float_auto else ",".join(recipe.keep_float),
+                fallback = FloatFallback(layers=list(kept.layers), requested=recipe.keep_float_text,
                                          int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
                 return kept.flatbuffer, fallback
             return bytes(converter.convert()), None
@@ -266,8 +265,8 @@ def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batc
     """The source model after the recipe's fine-tuning stages (pruning, clustering, QAT), and data to calibrate it."""
     from converters import optimize, qat
 
-    train = recipe.qat.train if recipe.qat is not None else recipe.compression.train if recipe.compression else None
-    assert train is not None  # Recipe guarantees it
+    train = recipe.train
+    assert train is not None  # Recipe guarantees it for every fine-tuning recipe
     x = datasets.features_for(train, source.inputs, "training")
     y = datasets.labels(train)
     if len(y) != len(next(iter(x.values()))):

@@ -68,12 +68,11 @@ def fit(model: Any, data: TrainData, *, stage: str, epochs: int, learning_rate: 
 
     with strategy.scope():
         model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
-    report = say
 
     class _Report(tf_keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
-            report(f"{stage} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}"
+            say(f"{stage} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}"
                    + (f", val_loss {logs['val_loss']:.4f}" if "val_loss" in logs else ""))
 
     cbs = [*(callbacks or []), _Report()]

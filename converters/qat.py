@@ -17,7 +17,7 @@ import numpy as np
 
 from converters._tf import first_line
 from converters.recipe import QATOptions
-from sdk.errors import DatasetError, UnsupportedLayerError
+from sdk.errors import UnsupportedLayerError
 
 log = logging.getLogger(__name__)
 REBUILD_TOLERANCE = 1e-4  # max |keras3 - tf_keras| on sample data before we trust the rebuild
@@ -194,8 +194,6 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: 
                 qmodel = quantize.quantize_apply(annotated, scheme) if scheme is not None else quantize.quantize_apply(annotated)
         except (ValueError, RuntimeError) as exc:
             raise UnsupportedLayerError(f"tfmot cannot quantize this model: {first_line(exc)}", []) from exc
-        if data.size < 2:
-            raise DatasetError("QAT needs training samples; the data has fewer than 2")
         calibrate_ranges(qmodel, data.x, options.batch_size)
     fit(qmodel, data, stage="QAT", epochs=options.epochs, learning_rate=options.learning_rate,
         batch_size=options.batch_size, validation_split=options.validation_split, strategy=strategy, say=progress,

@@ -190,6 +190,16 @@ class Recipe:
     def keeps_float(self) -> bool:
         return bool(self.keep_float) or self.keep_float_auto is not None
 
+    @property
+    def keep_float_text(self) -> str:
+        """--keep-float as the user wrote it: LAYER,... or auto:N ('' when nothing stays float)."""
+        return f"auto:{self.keep_float_auto}" if self.keep_float_auto is not None else ",".join(self.keep_float)
+
+    @property
+    def train(self) -> Path | None:
+        """The training data of the fine-tuning stages (QAT and compression share --train)."""
+        return self.qat.train if self.qat is not None else self.compression.train if self.compression else None
+
     def with_options(self, **changes: Any) -> Recipe:
         """This recipe with some fields changed (validated again)."""
         from dataclasses import replace
@@ -214,7 +224,7 @@ class Recipe:
         if self.distribution.strategy != "default":  # how the model was trained; the timeout is not part of it
             out["distribution"] = {"strategy": self.distribution.strategy, "replicas": self.distribution.replicas}
         if self.keeps_float:
-            out["keep_float"] = list(self.keep_float) or f"auto:{self.keep_float_auto}"
+            out["keep_float"] = list(self.keep_float) or self.keep_float_text
         return out
 
 
