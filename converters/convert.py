@@ -178,16 +178,20 @@ def convert(
     signature: str = "serving_default",
     batch: int = 1,
     eval_data: Path | None = None,
+    output: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> ConversionResult:
-    """Convert a .keras/.h5 model or SavedModel to a TFLite bundle in `out` (model, manifest, ops/)."""
+    """Convert a .keras/.h5 model or SavedModel to a TFLite bundle in `out` (model, manifest, ops/).
+
+    With `eval_data`, the labels score the output named `output` (default: the source's first).
+    """
     say = progress or (lambda _msg: None)
     if batch < 1:
         raise UsageError("--batch must be at least 1")
     staging = _prepare_output(Path(out), force)
     try:
-        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, say)
+        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, output, say)
         _install(staging, Path(out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -196,7 +200,7 @@ def convert(
 
 
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
-                  eval_data: Path | None, say: Progress) -> Manifest:
+                  eval_data: Path | None, output: str | None, say: Progress) -> Manifest:
     strategy = None
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
         from converters import distribute
@@ -206,6 +210,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     source = load_source(model_path, signature)
     source.static_specs(batch)  # fail early when the model cannot be made static
     names = [spec.name for spec in source.inputs]
+    scored = _scored_output(source, output, eval_data)
 
     eval_features = eval_labels = None
     if eval_data is not None:  # check eval data before spending time converting
@@ -244,10 +249,10 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     accuracy = None
     if eval_data is not None and eval_features is not None:
         say(f"evaluating on {eval_data}")
-        accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data)
+        accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data, scored)
 
     manifest = Manifest(
-        **model_facts(model, flatbuffer),
+        **model_facts(model, flatbuffer, names, source.outputs),
         recipe=recipe.describe(),
         batch=batch,
         source=SourceInfo(path=str(source.path), kind=source.kind, sha256=source.sha256,  # type: ignore[arg-type]
@@ -291,19 +296,33 @@ def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batc
     return tuned, _representative(picked, names, batch)
 
 
+def _scored_output(source: SourceModel, output: str | None, eval_data: Path | None) -> str:
+    """The source output the --eval labels score: --output when given (it must exist), else the first."""
+    from device_agent.evaluate import EvalInputError, pick_output
+
+    if output is not None and eval_data is None:
+        raise UsageError("--output picks the output that --eval's labels score; give --eval DATA.npz too")
+    try:
+        return pick_output(source.outputs, output)
+    except EvalInputError as exc:
+        raise UsageError(f"--output: {exc}") from exc
+
+
 def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,
-                   batch: int, data_path: Path) -> Accuracy:
-    from device_agent.evaluate import EvalInputError, evaluate
+                   batch: int, data_path: Path, output: str) -> Accuracy:
+    """Top-1 of the TFLite model and of the source float model.
+
+    Both score the same output, found by name: the converter may reorder outputs.
+    """
+    from device_agent.evaluate import EvalInputError, evaluate, top1
     from device_agent.runtime import load_runtime
 
     runtime = load_runtime()
     interpreter = runtime.interpreter(flatbuffer)
     try:
-        result = evaluate(interpreter, features, y, output=source.outputs[0])
+        result = evaluate(interpreter, features, y, output=output)
     except EvalInputError as exc:
         raise DatasetError(f"{data_path}: {exc}") from exc
-    ref = source.predict(features, batch)
-    first = ref[source.outputs[0]]
-    float_acc = float(np.mean(first.reshape(len(y), -1).argmax(axis=1) == np.asarray(y).reshape(-1)))
-    return Accuracy(data=str(data_path), samples=result.samples, model=float(result.accuracy or 0.0),
+    float_acc = top1(source.predict(features, batch)[output], y)
+    return Accuracy(data=str(data_path), samples=result.samples, output=output, model=float(result.accuracy or 0.0),
                     float_model=float_acc, runtime=f"{runtime.name} {runtime.version}")

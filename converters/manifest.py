@@ -34,12 +34,13 @@ class TensorQuantization(_Strict):
 
 
 class TensorEntry(_Strict):
-    name: str = Field(description="signature name of the input/output")
+    name: str = Field(description="the source model's name of the input/output (the flatbuffer's signature name)")
     tensor: str = Field(description="tensor name inside the flatbuffer")
     index: int
     shape: list[int]
     dtype: str
     quantization: Optional[TensorQuantization] = None
+    source_order: Optional[int] = Field(default=None, description="position among the source model's inputs/outputs")
 
 
 class OperatorEntry(_Strict):
@@ -52,6 +53,7 @@ class OperatorEntry(_Strict):
 class Accuracy(_Strict):
     data: str
     samples: int
+    output: Optional[str] = Field(default=None, description="the output the labels scored (by name)")
     model: float = Field(description="top-1 accuracy of model.tflite on the host interpreter")
     float_model: float = Field(description="top-1 accuracy of the source model in TensorFlow")
     runtime: str
@@ -117,6 +119,13 @@ class Manifest(_Strict):
     compression: Optional[CompressionFacts] = None
     float_fallback: Optional[FloatFallback] = None
 
+    def first_output(self) -> str:
+        """The source model's first output (what labels score by default), by name."""
+        ranked = sorted(self.outputs, key=lambda t: (t.source_order is None, t.source_order or 0))
+        if not ranked:
+            raise BundleError("the manifest lists no outputs")
+        return ranked[0].name
+
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n")
@@ -143,11 +152,13 @@ class Manifest(_Strict):
             raise BundleError(f"{path}: field {field}: {err['msg']}") from exc
 
 
-def tensor_entry(name: str, t: Tensor) -> TensorEntry:
+def tensor_entry(name: str, t: Tensor, source_names: list[str] | None = None) -> TensorEntry:
+    """A manifest I/O entry; with the source model's names in its order, also where this one stood there."""
     q = t.quantization
     return TensorEntry(
         name=name, tensor=t.name, index=t.index, shape=list(t.shape), dtype=t.dtype,
         quantization=TensorQuantization(scale=list(q.scale), zero_point=list(q.zero_point), axis=q.axis) if q else None,
+        source_order=source_names.index(name) if source_names and name in source_names else None,
     )
 
 
@@ -163,15 +174,21 @@ def compression_facts(model: TFLiteModel, data: bytes) -> CompressionFacts:
                              distinct_values=w.distinct_values) for w in stats])
 
 
-def model_facts(model: TFLiteModel, data: bytes | None = None) -> dict[str, Any]:
-    """The manifest fields read from the flatbuffer itself (and, given its bytes, how it compresses)."""
+def model_facts(model: TFLiteModel, data: bytes | None = None, source_inputs: list[str] | None = None,
+                source_outputs: list[str] | None = None) -> dict[str, Any]:
+    """The manifest fields read from the flatbuffer itself (and, given its bytes, how it compresses).
+
+    I/O entries are in the flatbuffer's order, named by its signature (the source model's
+    names, which the static export keeps); given the source's names in the source's order,
+    each entry also records its position there, since the converter may reorder them.
+    """
     return {
         "compression": compression_facts(model, data) if data is not None else None,
         "sha256": model.sha256,
         "size": model.size,
         "weights_bytes": model.weights_bytes,
-        "inputs": [tensor_entry(n, t) for n, t in model.inputs],
-        "outputs": [tensor_entry(n, t) for n, t in model.outputs],
+        "inputs": [tensor_entry(n, t, source_inputs) for n, t in model.inputs],
+        "outputs": [tensor_entry(n, t, source_outputs) for n, t in model.outputs],
         "operators": [OperatorEntry(name=u.name, kind=u.kind, version=u.version, count=u.count) for u in model.op_uses],  # type: ignore[arg-type]
         "min_runtime_version": model.min_runtime_version,
         "integer": Integer(fully_integer=model.fully_integer, float_ops=model.float_ops(), io_float=model.io_is_float),

@@ -84,10 +84,15 @@ class SourceModel:
 
             return serve
         keras_model = model if model is not None else self.keras_model
+        input_names = [s.name for s in self.inputs]
+        dict_inputs = isinstance(_structure(keras_model, "input"), dict)
 
         @tf.function(input_signature=specs)
         def serve_keras(*args: Any) -> Any:
-            out = keras_model(args[0] if len(args) == 1 else list(args), training=False)
+            feed = dict(zip(input_names, args)) if dict_inputs else args[0] if len(args) == 1 else list(args)
+            out = keras_model(feed, training=False)
+            if isinstance(out, dict):  # a model with named outputs: keep them by name
+                return {name: out[name] for name in names}
             out = out if isinstance(out, (list, tuple)) else [out]
             return dict(zip(names, out))
 
@@ -117,9 +122,12 @@ class SourceModel:
         tf.saved_model.save(holder, str(directory), signatures={key: serve.get_concrete_function()})
         return directory, key
 
-    def predict(self, features: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-        """The source model's float outputs for every sample (the reference a converted model is judged by)."""
-        serve = self.serving_function(batch)
+    def predict(self, features: dict[str, np.ndarray], batch: int, model: Any = None) -> dict[str, np.ndarray]:
+        """The source model's float outputs for every sample (the reference a converted model is judged by).
+
+        With `model` (a fine-tuned Keras model of the same I/O), that model's outputs, named the same way.
+        """
+        serve = self.serving_function(batch, model)
         n = len(next(iter(features.values())))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         for start in range(0, n, batch):
@@ -160,6 +168,14 @@ def load_source(path: Path, signature: str = "serving_default") -> SourceModel:
     return _load_keras(path)
 
 
+def _structure(model: Any, which: str) -> Any:
+    """A Functional model's `input`/`output` (a dict when it names its I/O); None where Keras has none."""
+    try:
+        return getattr(model, which)
+    except (AttributeError, ValueError):  # a loaded Sequential has inputs but no `input` until it is called
+        return None
+
+
 def _keras_io(model: Any, path: Path) -> tuple[list[InputSpec], list[str]]:
     try:
         inputs = list(model.inputs)
@@ -167,11 +183,16 @@ def _keras_io(model: Any, path: Path) -> tuple[list[InputSpec], list[str]]:
     except (AttributeError, ValueError) as exc:
         raise DynamicShapeError(f"{path}: the model has no defined inputs (a subclassed model?); "
                                 f"save a Sequential or Functional model, or a SavedModel with a signature") from exc
+    structure_in, structure_out = _structure(model, "input"), _structure(model, "output")
+    if isinstance(structure_in, dict):  # named inputs: the keys are what the model is fed by
+        inputs = list(structure_in.values())
     specs = []
-    for t in inputs:
+    for i, t in enumerate(inputs):
         dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
-        name = getattr(t, "name", "input").split(":")[0]
+        name = list(structure_in)[i] if isinstance(structure_in, dict) else getattr(t, "name", "input").split(":")[0]
         specs.append(InputSpec(name, tuple(None if d is None else int(d) for d in t.shape), dtype))
+    if isinstance(structure_out, dict):  # named outputs (a dict), in the order the model was built with
+        return specs, [str(k) for k in structure_out]
     names = []
     for i, t in enumerate(outputs):  # the output layer's name, as Keras shows it
         history = getattr(t, "_keras_history", None)

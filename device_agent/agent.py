@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from device_agent import __version__
+from device_agent.evaluate import MAX_OUTPUT_NAME
 from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
 from device_agent.store import Store, StoreError, check_name
 from device_agent.streams import StreamClosed
@@ -192,13 +193,22 @@ class Agent:
             "warmup": int(opts.get("warmup", 5)),
             "runs": int(opts.get("runs", 50)),
             "min_seconds": float(opts.get("min_seconds", 1.0)),
-            "output": opts.get("output"),
+            "output": _output_name(opts.get("output")),
             "arena_size": opts.get("arena_size") or self.config.arena_size,
         }
         timeout = float(opts.get("timeout", self.config.run_timeout))
         result = run_in_worker(request, timeout, self.config.memory_limit,
                                progress=lambda p: send(Message({"op": "progress", **p})))
         return {"op": "result", "schema_version": 1, "agent_version": __version__, **result}
+
+
+def _output_name(value: Any) -> Optional[str]:
+    """The `output` run option: a bounded string (the worker checks it is one of the model's outputs)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_OUTPUT_NAME or not value.isprintable():
+        raise ValueError(f"option output must be a printable output name of 1..{MAX_OUTPUT_NAME} characters")
+    return value
 
 
 def main_stdio(config: AgentConfig) -> None:

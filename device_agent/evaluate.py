@@ -1,7 +1,8 @@
 """Run a model over a dataset: the evaluation both the host reference and the board use.
 
 Inputs are quantized with the model's own scale/zero-point, outputs dequantized, and
-the first output's argmax is compared with the labels. Timing is taken around
+one output's argmax (chosen by name, never by position: the converter may reorder
+outputs) is compared with the labels. Timing is taken around
 ``invoke()`` only, with ``perf_counter_ns``, on the machine that runs the model.
 """
 
@@ -15,9 +16,28 @@ import numpy as np
 
 from device_agent.quant import dequantize, quantize
 
+MAX_OUTPUT_NAME = 256  # an output name on the wire is bounded like every other request field
+
 
 class EvalInputError(ValueError):
     """The dataset does not fit the model's inputs; the message names the input and the mismatch."""
+
+
+def pick_output(names: "list[str]", requested: Optional[str]) -> str:
+    """The output that labels score: `requested` when given (it must be one of `names`), else the first."""
+    if not names:
+        raise EvalInputError("the model has no outputs")
+    if requested is None:
+        return names[0]
+    if requested not in names:
+        raise EvalInputError(f"the model has no output {requested!r}; its outputs: {', '.join(names)}")
+    return requested
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy: the argmax of each sample's scores against integer class labels."""
+    n = len(labels)
+    return float(np.mean(np.asarray(scores).reshape(n, -1).argmax(axis=1) == np.asarray(labels).reshape(n)))
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class EvalResult:
     latency: LatencyStats
     outputs: Dict[str, np.ndarray] = field(repr=False)  # dequantized, one row per sample
     times_ns: List[int] = field(default_factory=list, repr=False)  # per invoke, in order
+    output: str = ""  # the output that `accuracy` scored
 
 
 def signature_io(interpreter: Any) -> "tuple[list[tuple[str, dict]], list[tuple[str, dict]]]":
@@ -94,8 +115,13 @@ def match_inputs(features: Mapping[str, np.ndarray], inputs: "list[tuple[str, di
 
 def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optional[np.ndarray] = None,
              output: Optional[str] = None) -> EvalResult:
-    """Run every sample through an allocated interpreter; batches follow the model's static batch size."""
+    """Run every sample through an allocated interpreter; batches follow the model's static batch size.
+
+    `output` names the output the labels score (default: the model's first output as the
+    interpreter lists it; callers that know the source model's order pass its first output).
+    """
     inputs, outputs = signature_io(interpreter)
+    target = pick_output([name for name, _ in outputs], output)
     arrays = match_inputs(features, inputs)
     n = len(next(iter(arrays.values())))
     if n == 0:
@@ -118,11 +144,5 @@ def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optio
         for name, detail in outputs:
             collected[name].append(dequantize(interpreter.get_tensor(detail["index"]), detail)[: stop - start])
     results = {name: np.concatenate(parts) for name, parts in collected.items()}
-    accuracy = None
-    if labels is not None:
-        target = output or outputs[0][0]
-        if target not in results:
-            raise EvalInputError(f"model has no output {target!r}; outputs: {', '.join(results)}")
-        pred = results[target].reshape(n, -1).argmax(axis=1)
-        accuracy = float(np.mean(pred == np.asarray(labels).reshape(n)))
-    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results, times)
+    accuracy = top1(results[target], labels) if labels is not None else None
+    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results, times, target)

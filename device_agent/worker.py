@@ -177,8 +177,9 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
             result = evaluate(interpreter, features, labels, output=req.get("output"))
         except EvalInputError as exc:
             return {**base, "status": "bad_dataset", "message": str(exc)}
-        first = result.outputs[req.get("output") or next(iter(result.outputs))]
+        first = result.outputs[result.output]  # the scored output, by name: agreement and confusion describe it
         out: Dict[str, Any] = {**base, "status": "ok", "kind": "eval", "samples": result.samples,
+                               "output": result.output,
                                "accuracy": result.accuracy, "latency_ms": _lat(result.latency),
                                "latency_samples_ms": _downsample(result.times_ns)}
         if reference is not None:

@@ -164,6 +164,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
               help="int8: leave these layers (or the N with the worst quantization error) in float.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
+@click.option("--output", default=None, metavar="NAME",
+              help="--eval: the output that y scores, by name [the source model's first output].")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
@@ -172,7 +174,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
-            eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+            eval_data: Path | None, output: str | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
@@ -193,7 +195,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         raise ModelNotFoundError(f"{model}: no such file or directory")
     from converters.convert import convert as run
 
-    result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, force=force,
+    result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, output=output, force=force,
                  progress=_progress(not quiet and not as_json))
     m = result.manifest
     if as_json:
@@ -209,7 +211,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
                                    "yes, with float I/O" if not m.integer.float_ops else "no"))
     if m.accuracy:
         a = m.accuracy
-        click.echo(f"host accuracy on {a.samples} samples: model {a.model * 100:.2f}%, "
+        click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
                    f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points)")
 
 
@@ -320,7 +322,9 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
 @main.command("eval-host")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Test data .npz: x (or one array per input) and y.")
-@click.option("--output", default=None, help="Output to score (default: the first).")
+@click.option("--output", default=None, metavar="NAME",
+              help="The output that y scores, by name [the bundle manifest's first source output, else the "
+                   "first signature output].")
 @click.option("--threads", type=int, default=None, help="Interpreter threads.")
 @click.option("--runtime", default=None, type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]),
               help="Force a runtime (default: the first importable of these).")
@@ -334,13 +338,13 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
     """
     from sdk.hosteval import eval_host as run
 
-    report = run(_model_file(model), data, output=output, threads=threads, runtime=runtime)
+    report = run(model, data, output=output, threads=threads, runtime=runtime)
     if as_json:
         _emit_json(report)
         return
     lat = report["latency_ms"]
     click.echo(f"{report['model']}: accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} samples "
-               f"({report['runtime']}, {report['threads'] or 'default'} threads)")
+               f"of output {report['output']!r} ({report['runtime']}, {report['threads'] or 'default'} threads)")
     click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
                f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
 
@@ -553,7 +557,7 @@ def _report_run(doc: dict[str, Any]) -> None:
                    f"p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, p95 {lat['p95']:.3f}, p99 {lat['p99']:.3f}, max {lat['max']:.3f}")
     if r.get("accuracy") is not None:
         host = doc.get("host") or {}
-        line = f"  accuracy {r['accuracy'] * 100:.2f}% on {r['samples']} samples"
+        line = f"  accuracy {r['accuracy'] * 100:.2f}% on {r['samples']} samples of output {r.get('output')!r}"
         if host.get("accuracy") is not None:
             line += f" (host {host['accuracy'] * 100:.2f}%)"
         click.echo(line)
@@ -691,17 +695,26 @@ def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, wa
 @_with(run_options)
 @click.option("--min-accuracy", type=float, default=None, help="Gate: fail (exit 3) below this top-1 accuracy, in %.")
 @click.option("--min-agreement", type=float, default=None, help="Gate: fail (exit 3) below this argmax agreement with the host, in %.")
+@click.option("--output", default=None, metavar="NAME",
+              help="The output that y scores, by name [the bundle manifest's first source output].")
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
 def eval_board(bundle: Path, board_spec: str, data: Path, runs: int | None, warmup: int | None,
                min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
                no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
-               results_dir: Path, min_accuracy: float | None, min_agreement: float | None, accept_new_host: bool,
-               quiet: bool, as_json: bool) -> None:
+               results_dir: Path, min_accuracy: float | None, min_agreement: float | None, output: str | None,
+               accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Accuracy on a board, and agreement with the host's outputs on the same samples."""
-    _run_command("eval", bundle, board_spec, data, accept_new_host, quiet, as_json,
-                 _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate),
+    opts = _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate)
+    if output is not None:  # checked once here, not once per board of a fleet
+        from converters.tflite_model import TFLiteModel
+        from sdk.device import load_bundle
+        from sdk.hosteval import scored_output
+
+        manifest, model = load_bundle(bundle)
+        opts["output"] = scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest, output)
+    _run_command("eval", bundle, board_spec, data, accept_new_host, quiet, as_json, opts,
                  {"max_p90_ms": max_p90_ms, "min_accuracy": min_accuracy, "min_agreement": min_agreement},
                  all_boards, jobs, results_dir)
 

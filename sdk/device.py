@@ -17,10 +17,12 @@ import numpy as np
 
 from converters.data import load_npz
 from converters.manifest import MODEL_FILE, Manifest
+from converters.tflite_model import TFLiteModel
 from sdk.boards import Board, open_session
 from sdk.client import Session, UploadResult
 from sdk.compat import ensure_compatible
 from sdk.errors import BundleError, DatasetError, GateError, RunError
+from sdk.hosteval import scored_output
 
 RESULT_SCHEMA_VERSION = 1
 UploadProgress = Callable[[str, int, int], None]
@@ -85,27 +87,35 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray | None,
-                   runtime: str | None = None) -> dict[str, Any]:
-    """What the host's interpreter says on the same data: the reference a board is compared with."""
+                   runtime: str | None = None, output: str | None = None) -> dict[str, Any]:
+    """What the host's interpreter says on the same data (the `output` labels score): what a board is compared with."""
     from device_agent.evaluate import EvalInputError, evaluate
     from device_agent.runtime import load_runtime
 
     rt = load_runtime(runtime)
     try:
-        result = evaluate(rt.interpreter(model), data, labels)
+        result = evaluate(rt.interpreter(model), data, labels, output=output)
     except EvalInputError as exc:
         raise DatasetError(str(exc)) from exc
-    first = next(iter(result.outputs.values()))
-    return {"outputs": first, "accuracy": result.accuracy, "runtime": {"name": rt.name, "version": rt.version}}
+    return {"outputs": result.outputs[result.output], "output": result.output, "accuracy": result.accuracy,
+            "runtime": {"name": rt.name, "version": rt.version}}
 
 
 def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = None,
                  options: dict[str, Any] | None = None, accept_new_host: bool = False,
                  upload_progress: UploadProgress | None = None, run_progress: RunProgress | None = None) -> dict[str, Any]:
-    """Push the bundle (and data), then bench or eval it on the board; one result document."""
+    """Push the bundle (and data), then bench or eval it on the board; one result document.
+
+    For eval, `options["output"]` names the output that y scores (default: the source model's
+    first, from the manifest); the board is told the name, so it scores the same output.
+    """
     manifest, model = load_bundle(bundle)
     dataset_bytes = None
     reference = None
+    options = dict(options or {})
+    if kind == "eval":
+        options["output"] = scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest,
+                                          options.get("output"))
     if data is not None:
         arrays = load_npz(data)
         labels = arrays.pop("y", None)
@@ -113,7 +123,7 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         if kind == "eval":
             if labels is None:
                 raise DatasetError(f"{data}: eval needs labels (array 'y')")
-            reference = host_reference(model, arrays, labels)
+            reference = host_reference(model, arrays, labels, output=options["output"])
             arrays["y"] = labels
             arrays["reference"] = reference["outputs"]
         dataset_bytes = _npz_bytes(arrays)
@@ -125,13 +135,13 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         ensure_compatible(manifest, board, _runtime_version(session))
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
-        result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options or {},
+        result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options,
                              progress=run_progress)
         doc = {"schema_version": RESULT_SCHEMA_VERSION, "kind": kind, "board": board.name, "agent": _agent(session),
                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "bundle": str(bundle), "model_sha256": manifest.sha256, "model_size": manifest.size,
                "recipe": manifest.recipe.get("name"), "io": manifest.recipe.get("io"),
-               "dataset_sha256": up_data.sha256 if up_data else None, "options": options or {},
+               "dataset_sha256": up_data.sha256 if up_data else None, "options": options,
                "data_file_sha256": _file_sha256(data) if data is not None else None,
                "upload": {"model": asdict(up_model), "data": asdict(up_data) if up_data else None},
                "result": result}
