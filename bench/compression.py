@@ -9,7 +9,7 @@ then converts it with `edgeship convert`, each recipe in its own process, exactl
 user would:
 
     int8            full-integer, calibrated (the baseline)
-    int8-p50        --sparsity 0.5 (blocks of 16 along Dense inputs, the default)
+    int8-p50        --sparsity 0.5 (blocks of 16 on large Dense layers, the default)
     int8-p50-b1     --sparsity 0.5 --prune-block 1 (every weight on its own)
     int8-c16        --clusters 16
     qat-p50-c16     -r qat --sparsity 0.5 --clusters 16 (prune, cluster, QAT)

@@ -32,6 +32,7 @@ from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+FINETUNE_LOSS_WARN = 0.02  # a fine-tuned float model this far below the source float model gets a warning
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     accuracy = None
     if eval_data is not None and eval_features is not None:
         say(f"evaluating on {eval_data}")
-        accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data, scored)
+        accuracy = _host_accuracy(source, flatbuffer, eval_features, eval_labels, batch, eval_data, scored,
+                                  convert_model, recipe)
 
     manifest = Manifest(
         **model_facts(model, flatbuffer, names, source.outputs),
@@ -309,10 +311,10 @@ def _scored_output(source: SourceModel, output: str | None, eval_data: Path | No
 
 
 def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,
-                   batch: int, data_path: Path, output: str) -> Accuracy:
-    """Top-1 of the TFLite model and of the source float model.
+                   batch: int, data_path: Path, output: str, tuned: Any, recipe: Recipe) -> Accuracy:
+    """Top-1 of the TFLite model, the source float model and (after fine-tuning) the tuned float model.
 
-    Both score the same output, found by name: the converter may reorder outputs.
+    All three score the same output, found by name: the converter may reorder outputs.
     """
     from device_agent.evaluate import EvalInputError, evaluate, top1
     from device_agent.runtime import load_runtime
@@ -324,5 +326,27 @@ def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, n
     except EvalInputError as exc:
         raise DatasetError(f"{data_path}: {exc}") from exc
     float_acc = top1(source.predict(features, batch)[output], y)
+    tuned_acc = top1(source.predict(features, batch, tuned)[output], y) if tuned is not None else None
+    warnings = []
+    if tuned_acc is not None and float_acc - tuned_acc > FINETUNE_LOSS_WARN:
+        warnings.append(_finetune_warning(recipe, float_acc, tuned_acc, result.samples, data_path))
     return Accuracy(data=str(data_path), samples=result.samples, output=output, model=float(result.accuracy or 0.0),
-                    float_model=float_acc, runtime=f"{runtime.name} {runtime.version}")
+                    float_model=float_acc, finetuned_float_model=tuned_acc, runtime=f"{runtime.name} {runtime.version}",
+                    warnings=warnings)
+
+
+def _finetune_warning(recipe: Recipe, float_acc: float, tuned_acc: float, samples: int, data_path: Path) -> str:
+    """One sentence: which fine-tuning stages lost how much accuracy, and what to try."""
+    c = recipe.compression
+    stages = [name for name, on in (("pruning", c is not None and c.sparsity is not None),
+                                    ("clustering", c is not None and c.clusters is not None),
+                                    ("QAT", recipe.qat is not None)) if on]
+    hints = []
+    if c is not None and c.sparsity is not None:
+        hints.append("a lower --sparsity" + (" or --prune-block 1" if c.block != 1 else ""))
+    if c is not None and c.clusters is not None:
+        hints.append("more --clusters")
+    hints.append("more --epochs")
+    return (f"the fine-tuned float model ({', '.join(stages)}) scores {tuned_acc * 100:.2f}% on {samples} samples of "
+            f"{data_path}, {(float_acc - tuned_acc) * 100:.2f} points below the source's {float_acc * 100:.2f}%: "
+            f"fine-tuning lost it before conversion; try {', '.join(hints)}")

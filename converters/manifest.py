@@ -56,7 +56,10 @@ class Accuracy(_Strict):
     output: Optional[str] = Field(default=None, description="the output the labels scored (by name)")
     model: float = Field(description="top-1 accuracy of model.tflite on the host interpreter")
     float_model: float = Field(description="top-1 accuracy of the source model in TensorFlow")
+    finetuned_float_model: Optional[float] = Field(
+        default=None, description="top-1 of the pruned/clustered/QAT float model before conversion")
     runtime: str
+    warnings: list[str] = Field(default_factory=list, description="accuracy lost on the way, in words")
 
 
 class SourceInfo(_Strict):

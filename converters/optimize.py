@@ -25,6 +25,9 @@ from sdk.errors import DatasetError, UnsupportedLayerError
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 DEFAULT_BLOCK = 16  # zero runs of 16 input weights: contiguous in TFLite's (out, in) FC layout, so zlib folds them
+# Automatic blocks only on Dense layers big enough not to be wrecked by them (measured; docs/converters.md):
+BLOCK_MIN_INPUTS = 256  # at least 16 blocks per output unit, so no unit loses all of its inputs at once
+BLOCK_MIN_WEIGHTS = 16384  # output heads and small layers (a few thousand weights) stay weight by weight
 
 
 @dataclass(frozen=True)
@@ -102,13 +105,21 @@ def _block_for(layer: Any, block: int | None) -> tuple[int, int]:
     """Pruning block of a layer: runs along a Dense layer's input axis (contiguous in TFLite); 1x1 elsewhere.
 
     tfmot supports blocks only for 2-D kernels, so convolutions are pruned weight by weight.
+    Without --prune-block, only Dense layers with at least BLOCK_MIN_INPUTS inputs and
+    BLOCK_MIN_WEIGHTS weights get blocks of DEFAULT_BLOCK: on smaller ones (an output head,
+    a 64-input layer) whole blocks take too much of a unit's inputs (digits, 80 % sparsity:
+    a 128x10 head falls from 98 % to 85 % with blocks, keeps 98.5 % without).
     """
     import tf_keras
 
     if not isinstance(layer, tf_keras.layers.Dense):
         return (1, 1)
+    kernel = getattr(layer, "kernel", None)
+    fan_in = int(kernel.shape[0]) if kernel is not None else 0
+    units = int(kernel.shape[1]) if kernel is not None else 0
+    if block is None and (fan_in < BLOCK_MIN_INPUTS or fan_in * units < BLOCK_MIN_WEIGHTS):
+        return (1, 1)
     size = block if block is not None else DEFAULT_BLOCK
-    fan_in = int(layer.kernel.shape[0]) if getattr(layer, "kernel", None) is not None else 0
     if size > 1 and fan_in % size:
         if block is not None:
             log.warning("--prune-block %d does not divide %s's %d inputs; pruning it weight by weight",

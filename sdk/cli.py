@@ -198,6 +198,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, output=output, force=force,
                  progress=_progress(not quiet and not as_json))
     m = result.manifest
+    for warning in m.accuracy.warnings if m.accuracy else []:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
         return
@@ -211,8 +213,11 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
                                    "yes, with float I/O" if not m.integer.float_ops else "no"))
     if m.accuracy:
         a = m.accuracy
+        tuned = ("" if a.finetuned_float_model is None else
+                 f", fine-tuned float {a.finetuned_float_model * 100:.2f}% "
+                 f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
         click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
-                   f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points)")
+                   f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
 
 
 # --- inspect ---------------------------------------------------------------------------
