@@ -96,6 +96,17 @@ def _quant(q: dict[str, Any] | None) -> str:
     return f"per-axis ({len(q['scale'])} scales, axis {q['axis']})"
 
 
+def _integer_verdict(facts: dict[str, Any]) -> str:
+    """One line from TFLiteModel.integer_facts(): what convert, inspect and debug-quant all print."""
+    if facts["fully_integer"]:
+        verdict = "yes"
+    elif not facts["float_ops"]:
+        verdict = "integer ops, float I/O"
+    else:
+        verdict = f"no ({len(facts['float_ops'])} float ops: {', '.join(facts['float_ops'][:6])})"
+    return f"fully integer: {verdict}"
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 
 
@@ -205,8 +216,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
              _quant(t.quantization.model_dump() if t.quantization else None)]
             for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
     click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    click.echo("integer-only: " + ("yes" if m.integer.fully_integer else
-                                   "yes, with float I/O" if not m.integer.float_ops else "no"))
+    click.echo(_integer_verdict(m.integer.model_dump()))
     if m.accuracy:
         a = m.accuracy
         click.echo(f"host accuracy on {a.samples} samples: model {a.model * 100:.2f}%, "
@@ -243,13 +253,7 @@ def _show_tflite(info: dict[str, Any]) -> None:
                ["tensor", "op", "elements", "sparsity", "distinct values"],
                [[w["tensor"].split(";")[0], w["op"], f"{w['elements']:,}", f"{w['sparsity']:.1%}", w["distinct_values"]]
                 for w in info["weights"]])
-    if info["fully_integer"]:
-        verdict = "yes"
-    elif not info["float_ops"]:
-        verdict = "integer ops, float I/O"
-    else:
-        verdict = f"no ({len(info['float_ops'])} float ops: {', '.join(info['float_ops'][:6])})"
-    click.echo(f"fully integer: {verdict}")
+    click.echo(_integer_verdict(info))
 
 
 def _show_saved_model(info: dict[str, Any]) -> None:
@@ -405,6 +409,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     click.echo(f"accuracy on {report.eval_samples} samples: float {_pct(report.float_accuracy)}, "
                f"int8 {_pct(report.int8_accuracy)}; int8 agrees with float on "
                f"{_pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
+    click.echo(_integer_verdict(report.integer) + " (the fully int8 model)")
     for t in report.trials:
         click.echo(f"--keep-float auto:{t.kept}: accuracy {_pct(t.accuracy)}, {_kib(t.size)} "
                    f"({t.size - report.int8_size:+,} bytes over int8)")
