@@ -175,6 +175,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
               help="int8: leave these layers (or the N with the worst quantization error) in float.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
+@click.option("--custom-objects", "custom_objects", multiple=True, metavar="FILE.py|MODULE",
+              help="Import this module first: it defines (registers) the model's custom Keras layers. Repeatable.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
@@ -183,7 +185,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
-            eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+            eval_data: Path | None, custom_objects: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
@@ -205,7 +207,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     from converters.convert import convert as run
 
     result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, force=force,
-                 progress=_progress(not quiet and not as_json))
+                 progress=_progress(not quiet and not as_json), custom_objects=custom_objects)
     m = result.manifest
     if as_json:
         _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
