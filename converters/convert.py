@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +28,7 @@ from converters.recipe import Recipe
 from converters.source import SourceModel, load_source
 from converters.tflite_model import TFLiteModel
 from device_agent.runtime import quiet_native_stderr
-from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UnsupportedLayerError, UsageError
+from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UsageError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -182,17 +182,20 @@ def convert(
     output: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    custom_objects: Sequence[str] = (),
 ) -> ConversionResult:
     """Convert a .keras/.h5 model or SavedModel to a TFLite bundle in `out` (model, manifest, ops/).
 
     With `eval_data`, the labels score the output named `output` (default: the source's first).
+    `custom_objects`: the user's modules (FILE.py or package.module) defining custom Keras layers.
     """
     say = progress or (lambda _msg: None)
     if batch < 1:
         raise UsageError("--batch must be at least 1")
     staging = _prepare_output(Path(out), force)
     try:
-        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, output, say)
+        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, output, say,
+                               tuple(custom_objects))
         _install(staging, Path(out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -201,14 +204,15 @@ def convert(
 
 
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
-                  eval_data: Path | None, output: str | None, say: Progress) -> Manifest:
+                  eval_data: Path | None, output: str | None, say: Progress,
+                  custom_objects: tuple[str, ...] = ()) -> Manifest:
     strategy = None
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
         from converters import distribute
 
         strategy = distribute.strategy_for(recipe.distribution, say, cleanup=staging)
     say(f"loading {model_path}")
-    source = load_source(model_path, signature)
+    source = load_source(model_path, signature, custom_objects)
     source.static_specs(batch)  # fail early when the model cannot be made static
     names = [spec.name for spec in source.inputs]
     scored = _scored_output(source, output, eval_data)
@@ -275,24 +279,17 @@ def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batc
     train = recipe.train
     assert train is not None  # Recipe guarantees it for every fine-tuning recipe
     x = datasets.features_for(train, source.inputs, "training")
-    y = datasets.labels(train)
-    if len(y) != len(next(iter(x.values()))):
-        raise DatasetError(f"{train}: {len(y)} labels for {len(next(iter(x.values())))} samples")
-    if source.kind == "savedmodel":
-        model = qat.load_tf_keras_for_qat(source.path)
-        if model is None:
-            raise UnsupportedLayerError(
-                f"{source.path}: fine-tuning (QAT, pruning, clustering) needs Keras layers to wrap, and this "
-                f"SavedModel holds only a graph; give the .keras/.h5 model it came from (or use --recipe int8)", [])
-        flavour: str | None = "tf_keras"
-    else:
-        model, flavour = source.keras_model, source.keras_flavour
+    model, flavour = source.tuning_model()
+    ys = datasets.output_labels(train, source.tuning_outputs)
+    if len(ys[0]) != len(next(iter(x.values()))):
+        raise DatasetError(f"{train}: {len(ys[0])} labels for {len(next(iter(x.values())))} samples")
+    y = [np.asarray(a) for a in ys] if len(ys) > 1 else np.asarray(ys[0])
     sample = [x[n][:8] for n in names] if len(names) > 1 else x[names[0]][:8]
     say("rebuilding the model in tf_keras for tfmot" if flavour != "tf_keras" else "preparing the model for tfmot")
     with strategy.scope():
         tfk_model = qat.to_tf_keras(model, flavour, sample)
     inputs = [x[t.name.split(":")[0]] for t in tfk_model.inputs] if len(tfk_model.inputs) > 1 else x[names[0]]
-    tuned = optimize.finetune(tfk_model, recipe, optimize.TrainData(inputs, np.asarray(y)), strategy, say)
+    tuned = optimize.finetune(tfk_model, recipe, optimize.TrainData(inputs, y), strategy, say)
     # Layers QAT left float (and every layer of a pruned/clustered int8 model) need ranges: the training data gives them.
     picked = datasets.pick_calibration(x, 200, False, train)
     return tuned, _representative(picked, names, batch)

@@ -1,7 +1,7 @@
 """Datasets for calibration, QAT fine-tuning and host evaluation.
 
 A dataset is an .npz file (key ``x`` for a one-input model, or one array per input
-name; ``y`` for labels) or, for calibration, a folder of images. Every array is
+name; ``y`` for labels, or ``y:<output name>`` per output of a model with several) or, for calibration, a folder of images. Every array is
 checked against the model's inputs before TensorFlow sees it, so a wrong shape or
 dtype is one clear error instead of a converter stack trace.
 """
@@ -9,6 +9,7 @@ dtype is one clear error instead of a converter stack trace.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,31 @@ def labels(source: Path, key: str = "y") -> np.ndarray:
     if key not in data:
         raise DatasetError(f"{source}: no label array {key!r}; it has {', '.join(data) or 'none'}")
     return data[key]
+
+
+def output_labels(source: Path, outputs: Sequence[str]) -> list[np.ndarray]:
+    """One label array per model output, in `outputs` order, for fine-tuning.
+
+    Keys are ``y:<output name>``; a one-output model may use plain ``y``. A model with
+    several outputs needs a label array for every one of them.
+    """
+    data = load_npz(source)
+    keys = [f"y:{name}" for name in outputs]
+    if len(outputs) == 1 and keys[0] not in data and "y" in data:
+        return [data["y"]]
+    missing = [k for k in keys if k not in data]
+    if missing:
+        have = ", ".join(data) or "none"
+        if len(outputs) == 1:
+            raise DatasetError(f"{source}: no label array 'y' (or {keys[0]!r}); it has {have}")
+        raise DatasetError(f"{source}: the model has {len(outputs)} outputs ({', '.join(outputs)}) and no labels for "
+                           f"{', '.join(k[2:] for k in missing)}; give one label array per output under the keys "
+                           f"{', '.join(keys)} (it has {have})")
+    counts = {len(data[k]) for k in keys}
+    if len(counts) > 1:
+        raise DatasetError(f"{source}: the label arrays {', '.join(keys)} have different sample counts "
+                           f"({', '.join(str(len(data[k])) for k in keys)})")
+    return [data[k] for k in keys]
 
 
 def pick_calibration(features: dict[str, np.ndarray], samples: int, explicit: bool, source: Path) -> dict[str, np.ndarray]:

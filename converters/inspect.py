@@ -59,9 +59,7 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         "inputs": [tensor_entry(n, t).model_dump(exclude={"source_order"}) for n, t in model.inputs],
         "outputs": [tensor_entry(n, t).model_dump(exclude={"source_order"}) for n, t in model.outputs],
         "operators": [{"name": u.name, "kind": u.kind, "version": u.version, "count": u.count} for u in model.op_uses],
-        "fully_integer": model.fully_integer,
-        "float_ops": model.float_ops(),
-        "io_float": model.io_is_float,
+        **model.integer_facts(),
         "signatures": [s.key for s in model.signatures],
     }
 

@@ -194,5 +194,5 @@ def model_facts(model: TFLiteModel, data: bytes | None = None, source_inputs: li
         "outputs": [tensor_entry(n, t, source_outputs) for n, t in model.outputs],
         "operators": [OperatorEntry(name=u.name, kind=u.kind, version=u.version, count=u.count) for u in model.op_uses],  # type: ignore[arg-type]
         "min_runtime_version": model.min_runtime_version,
-        "integer": Integer(fully_integer=model.fully_integer, float_ops=model.float_ops(), io_float=model.io_is_float),
+        "integer": Integer(**model.integer_facts()),
     }

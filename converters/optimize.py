@@ -32,14 +32,18 @@ BLOCK_MIN_WEIGHTS = 16384  # output heads and small layers (a few thousand weigh
 
 @dataclass(frozen=True)
 class TrainData:
-    """Training inputs (one array, or a list in the model's input order) and labels."""
+    """Training inputs (one array, or a list in the model's input order) and labels.
+
+    `y` is one array for a one-output model, or a list with one array per output in the
+    model's output order (each output then gets its own loss).
+    """
 
     x: Any
-    y: np.ndarray
+    y: np.ndarray | list[np.ndarray]
 
     @property
     def size(self) -> int:
-        return len(self.y)
+        return len(self.y[0]) if isinstance(self.y, list) else len(self.y)
 
 
 def fit(model: Any, data: TrainData, *, stage: str, epochs: int, learning_rate: float, batch_size: int,
@@ -62,7 +66,8 @@ def fit(model: Any, data: TrainData, *, stage: str, epochs: int, learning_rate: 
 
     def dataset(idx: np.ndarray, shuffle: bool) -> Any:
         xs = [a[idx] for a in data.x] if isinstance(data.x, list) else data.x[idx]
-        ds = tf.data.Dataset.from_tensor_slices((tuple(xs) if isinstance(xs, list) else xs, data.y[idx]))
+        ys = tuple(a[idx] for a in data.y) if isinstance(data.y, list) else data.y[idx]
+        ds = tf.data.Dataset.from_tensor_slices((tuple(xs) if isinstance(xs, list) else xs, ys))
         if shuffle:
             ds = ds.shuffle(len(idx), seed=0, reshuffle_each_iteration=True)
         options = tf.data.Options()

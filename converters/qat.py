@@ -10,8 +10,9 @@ named in one error; QAT can leave the latter in float instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -126,31 +127,72 @@ def _first(out: Any) -> Any:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def unsupported_layers(model: Any) -> list[str]:
-    """Layers tfmot's default 8-bit scheme cannot wrap, as 'name (Class)'."""
+def _scheme_or_default(scheme: Any) -> Any:
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
+
+    return scheme if scheme is not None else default_8bit_quantize_scheme.Default8BitQuantizeScheme()
+
+
+def unsupported_layers(model: Any, scheme: Any = None, keep_float: Collection[str] = ()) -> list[str]:
+    """Layers tfmot would refuse to wrap, as 'name (Class)', asked the way quantize_apply asks.
+
+    quantize_apply first runs the scheme's layout transform, which gives a BatchNormalization
+    after a Conv2D/DepthwiseConv2D/Dense (and a ReLU after them) its QuantizeConfig (the
+    converter folds the pair), and only then asks the scheme's registry about each layer
+    still without one. This runs that same transform on the layers that would be annotated
+    (all but `keep_float`), so a layer is named here exactly when quantize_apply would fail on it.
+    """
     import tf_keras
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry_mod,
-    )
 
-    registry = registry_mod.Default8BitQuantizeRegistry()
-    return [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
-            if not isinstance(layer, tf_keras.layers.InputLayer) and not registry.supports(layer)]
+    scheme = _scheme_or_default(scheme)
+    annotated = {layer.name for layer in model.layers
+                 if not isinstance(layer, tf_keras.layers.InputLayer) and layer.name not in keep_float}
+    quantize_map: dict[str, dict[str, Any]] = {name: {"quantize_config": None} for name in annotated}
+    for input_layer in model._input_layers:  # quantize_apply matches input layers that feed annotated ones too
+        if any(node.outbound_layer.name in annotated for node in input_layer._outbound_nodes):
+            quantize_map[input_layer.name] = {}
+    legacy = getattr(model, "use_legacy_config", None)
+    try:
+        transformed, quantize_map = scheme.get_layout_transformer().apply(model, quantize_map)
+    finally:  # the transformer sets this on the model it reads
+        if legacy is None:
+            vars(model).pop("use_legacy_config", None)
+        else:
+            model.use_legacy_config = legacy
+    registry = scheme.get_quantize_registry()
+    return [f"{layer.name} ({type(layer).__name__})" for layer in transformed.layers
+            if layer.name in annotated and not quantize_map.get(layer.name, {}).get("quantize_config")
+            and not registry.supports(layer)]
 
 
-def loss_for(model: Any, y: np.ndarray, name: str) -> Any:
-    """The loss to fine-tune with: `name`, or for "auto" one that fits the labels and the output layer."""
+def _output_layer(model: Any, index: int) -> Any:
+    history = getattr(model.outputs[index], "_keras_history", None)
+    return getattr(history, "layer", None) or model.layers[-1]
+
+
+def loss_for(model: Any, y: np.ndarray | list[np.ndarray], name: str) -> Any:
+    """The loss to fine-tune with: `name`, or for "auto" one per output that fits its labels and output layer.
+
+    `y` is one label array per model output (a bare array for a one-output model); the result
+    is one loss, or a list in the model's output order.
+    """
     import tf_keras
 
     if name != "auto":
         return name
-    last = model.layers[-1]
-    probabilities = getattr(last, "activation", None) is tf_keras.activations.softmax or type(last).__name__ == "Softmax"
-    if np.issubdtype(y.dtype, np.integer) and (y.ndim == 1 or y.shape[-1] == 1):
-        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
-    if y.ndim == 2 and y.shape[-1] == model.outputs[0].shape[-1] and np.allclose(y.sum(axis=-1), 1.0):
-        return tf_keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
-    return tf_keras.losses.MeanSquaredError()
+    losses = []
+    for index, labels in enumerate(y if isinstance(y, list) else [y]):
+        last = _output_layer(model, index)
+        probabilities = (getattr(last, "activation", None) is tf_keras.activations.softmax
+                         or type(last).__name__ == "Softmax")
+        width = model.outputs[index].shape[-1]
+        if np.issubdtype(labels.dtype, np.integer) and (labels.ndim == 1 or labels.shape[-1] == 1):
+            losses.append(tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
+        elif labels.ndim == 2 and labels.shape[-1] == width and np.allclose(labels.sum(axis=-1), 1.0):
+            losses.append(tf_keras.losses.CategoricalCrossentropy(from_logits=not probabilities))
+        else:
+            losses.append(tf_keras.losses.MeanSquaredError())
+    return losses if isinstance(y, list) else losses[0]
 
 
 def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: Any,
@@ -165,18 +207,21 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: 
 
     from converters.optimize import fit
 
-    unsupported = unsupported_layers(model)
     leave = set(options.leave_float)
     unknown = leave - {layer.name for layer in model.layers}
     if unknown:
         raise UnsupportedLayerError(f"--qat-leave-float names no such layer: {', '.join(sorted(unknown))}",
                                     sorted(unknown))
-    blocked = [u for u in unsupported if u.split(" ")[0] not in leave]
-    if blocked and not options.leave_unsupported_float:
-        raise UnsupportedLayerError(
-            "QAT cannot wrap these layers: " + ", ".join(blocked) +
-            "; pass --qat-leave-unsupported to train them in float (the converter then calibrates them)", blocked)
-    keep_float = leave | {u.split(" ")[0] for u in unsupported}
+    keep_float = set(leave)
+    for _ in model.layers:  # leaving a layer float can unpair a Conv+BN, so ask again until nothing changes
+        blocked = unsupported_layers(model, scheme, keep_float)
+        if not blocked:
+            break
+        if not options.leave_unsupported_float:
+            raise UnsupportedLayerError(
+                "QAT cannot wrap these layers: " + ", ".join(blocked) + "; pass --qat-leave-unsupported to train "
+                "them in float (the converter then calibrates them)", blocked)
+        keep_float |= {u.split(" ")[0] for u in blocked}
     quantize = tfmot.quantization.keras
     with strategy.scope():
         if keep_float:

@@ -108,6 +108,7 @@ class DebugReport:
     runtime: dict[str, str]
     tensorflow: str
     trials: list[Trial] = field(default_factory=list)
+    integer: dict[str, Any] = field(default_factory=dict)  # TFLiteModel.integer_facts() of the fully int8 model
 
     @property
     def worst(self) -> LayerError | None:
@@ -147,6 +148,7 @@ class DebugReport:
                 "ideal_rmse_over_scale": IDEAL_RMSE_OVER_SCALE,
                 "layers": [layer.to_json() for layer in self.layers],
                 "trials": [t.to_json() for t in self.trials],
+                "integer": self.integer,
                 "tensorflow": self.tensorflow,
             },
         }
@@ -470,7 +472,7 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
         eval_samples=len(labels) if labels is not None else 0, layers=layers, float_accuracy=float_acc,
         int8_accuracy=int8_acc, output_error=output_error, int8_size=len(int8),
         runtime={"name": runtime.name, "version": runtime.version}, tensorflow=metadata.version("tensorflow"),
-        trials=results)
+        trials=results, integer=TFLiteModel.from_bytes(int8, source="debug-quant int8 model").integer_facts())
 
 
 def _evaluate(runtime: Any, flatbuffer: bytes, features: dict[str, np.ndarray], labels: np.ndarray, output: str,

@@ -9,16 +9,31 @@ batch keeps a Flatten from leaving SHAPE/STRIDED_SLICE/PACK in the graph.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from converters._tf import first_line, tensorflow
 from converters.data import InputSpec
-from sdk.errors import CorruptModelError, DynamicShapeError, ModelNotFoundError, SignatureNotFoundError, UsageError
+from sdk.errors import (
+    CorruptModelError,
+    DynamicShapeError,
+    EdgeshipError,
+    ModelNotFoundError,
+    SignatureNotFoundError,
+    UnsupportedLayerError,
+    UsageError,
+)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -50,6 +65,41 @@ class SourceModel:
     keras_model: Any = field(default=None, repr=False)  # Keras 3 or tf_keras model
     keras_flavour: str | None = None  # "keras" (Keras 3) | "tf_keras"
     _loaded: Any = field(default=None, repr=False)  # tf.saved_model.load result
+    _tuning: Any = field(default=None, repr=False)  # a SavedModel's tf_keras model, loaded for fine-tuning
+    _tuning_outputs: list[str] = field(default_factory=list, repr=False)
+
+    # -- fine-tuning ----------------------------------------------------------------
+    def tuning_model(self) -> tuple[Any, str | None]:
+        """The Keras model that fine-tuning (QAT, pruning, clustering) starts from, and its flavour.
+
+        A SavedModel has one only when tf_keras wrote it (keras_metadata.pb); its outputs must
+        be the signature's, so the tuned model can be exported under the same names.
+        """
+        if self.kind == "keras":
+            return self.keras_model, self.keras_flavour
+        if self._tuning is None:
+            from converters.qat import load_tf_keras_for_qat
+
+            model = load_tf_keras_for_qat(self.path)
+            if model is None:
+                raise UnsupportedLayerError(
+                    f"{self.path}: fine-tuning (QAT, pruning, clustering) needs Keras layers to wrap, and this "
+                    f"SavedModel holds only a graph; give the .keras/.h5 model it came from (or use --recipe int8)", [])
+            names = list(model.output_names)
+            if sorted(names) != sorted(self.outputs) or self.signature != "serving_default":
+                raise UnsupportedLayerError(
+                    f"{self.path}: signature {self.signature!r} (outputs {', '.join(self.outputs)}) is not the "
+                    f"Keras model's call (outputs {', '.join(names)}); fine-tune from serving_default", [])
+            self._tuning, self._tuning_outputs = model, names
+        return self._tuning, "tf_keras"
+
+    @property
+    def tuning_outputs(self) -> list[str]:
+        """The output names of tuning_model()'s outputs, in its order (the order its labels come in)."""
+        if self.kind == "keras":
+            return list(self.outputs)
+        self.tuning_model()
+        return list(self._tuning_outputs)
 
     # -- static export ------------------------------------------------------------
     def static_specs(self, batch: int) -> list[Any]:
@@ -73,8 +123,7 @@ class SourceModel:
         """A tf.function with static input specs that returns {output name: tensor}."""
         tf = tensorflow()
         specs = self.static_specs(batch)
-        names = self.outputs
-        if self.kind == "savedmodel":
+        if self.kind == "savedmodel" and model is None:
             sig = self._loaded.signatures[self.signature]
             input_names = [s.name for s in self.inputs]
 
@@ -84,12 +133,14 @@ class SourceModel:
 
             return serve
         keras_model = model if model is not None else self.keras_model
+        names = self.tuning_outputs
         input_names = [s.name for s in self.inputs]
-        dict_inputs = isinstance(_structure(keras_model, "input"), dict)
+        # a dict-input model, or a tf_keras SavedModel's model (signature inputs are sorted, the model's are not)
+        by_name = isinstance(_structure(keras_model, "input"), dict) or (self.kind == "savedmodel" and len(specs) > 1)
 
         @tf.function(input_signature=specs)
         def serve_keras(*args: Any) -> Any:
-            feed = dict(zip(input_names, args)) if dict_inputs else args[0] if len(args) == 1 else list(args)
+            feed = dict(zip(input_names, args)) if by_name else args[0] if len(args) == 1 else list(args)
             out = keras_model(feed, training=False)
             if isinstance(out, dict):  # a model with named outputs: keep them by name
                 return {name: out[name] for name in names}
@@ -152,11 +203,16 @@ def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def load_source(path: Path, signature: str = "serving_default") -> SourceModel:
-    """Load a .keras/.h5 file or a SavedModel directory; errors name the file and the problem."""
+def load_source(path: Path, signature: str = "serving_default", custom_objects: Sequence[str] = ()) -> SourceModel:
+    """Load a .keras/.h5 file or a SavedModel directory; errors name the file and the problem.
+
+    `custom_objects` are the user's modules (FILE.py or package.module) that define custom
+    Keras classes; they are imported first (see import_custom_objects).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path}: no such file or directory")
+    import_custom_objects(custom_objects)
     if path.is_dir():
         return _load_saved_model(path, signature)
     suffix = path.suffix.lower()
@@ -174,6 +230,104 @@ def _structure(model: Any, which: str) -> Any:
         return getattr(model, which)
     except (AttributeError, ValueError):  # a loaded Sequential has inputs but no `input` until it is called
         return None
+
+
+CUSTOM_OBJECTS_HINT = ("pass --custom-objects FILE.py (or package.module) whose import registers them "
+                       "(@keras.saving.register_keras_serializable) or lists them in a module-level custom_objects dict")
+
+
+def import_custom_objects(specs: Sequence[str]) -> list[ModuleType]:
+    """Import the user's modules that define custom Keras classes, before any model is loaded.
+
+    A spec is a file (``layers.py``) or a module importable from the current directory or
+    PYTHONPATH (``package.module``). Importing runs the module's
+    ``@keras.saving.register_keras_serializable`` decorators; a module-level ``custom_objects``
+    dict (name -> class) is added to Keras's (and tf_keras's) global custom objects too.
+    """
+    modules = []
+    for spec in specs:
+        file = Path(spec)
+        try:
+            if spec.endswith(".py") or file.is_file():
+                if not file.is_file():
+                    raise UsageError(f"--custom-objects {spec}: no such file")
+                name = f"edgeship_custom_{file.stem}"
+                loader = importlib.util.spec_from_file_location(name, file)
+                if loader is None or loader.loader is None:
+                    raise UsageError(f"--custom-objects {spec}: not a Python file")
+                module = importlib.util.module_from_spec(loader)
+                sys.modules[name] = module
+                loader.loader.exec_module(module)
+            else:
+                added = os.getcwd() not in sys.path
+                if added:
+                    sys.path.insert(0, os.getcwd())
+                try:
+                    module = importlib.import_module(spec)
+                finally:
+                    if added:
+                        sys.path.remove(os.getcwd())
+        except EdgeshipError:
+            raise
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"--custom-objects {spec}: no module {exc.name!r} (give a FILE.py, or a module "
+                             f"importable from the current directory or PYTHONPATH)") from exc
+        except Exception as exc:  # the user's code: any error means "could not import it"
+            raise UsageError(f"--custom-objects {spec}: importing it failed ({type(exc).__name__}: "
+                             f"{first_line(exc)})") from exc
+        table = getattr(module, "custom_objects", None)
+        if isinstance(table, dict) and table:
+            import keras
+            import tf_keras
+
+            keras.saving.get_custom_objects().update(table)
+            tf_keras.utils.get_custom_objects().update(table)
+        modules.append(module)
+    return modules
+
+
+def _model_config(path: Path) -> Any:
+    """The saved model config of a .keras or .h5 file, or None when it cannot be read."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return json.loads(zf.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def unknown_classes(path: Path) -> list[str]:
+    """Classes named in a Keras file's config that neither Keras nor any registration defines."""
+    import keras
+
+    config = _model_config(path)
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        name, module = node.get("class_name"), node.get("module")
+        if isinstance(name, str) and "config" in node:
+            registered = node.get("registered_name") or (name if ">" in name else None)
+            custom = (module is not None and not str(module).startswith("keras")) or registered is not None
+            if custom and keras.saving.get_registered_object(registered or name) is None:
+                label = name if registered in (None, name) else f"{name} (registered as {registered})"
+                if label not in found:
+                    found.append(label)
+        for value in node.values():
+            walk(value)
+
+    walk(config)
+    return found
 
 
 def _keras_io(model: Any, path: Path) -> tuple[list[InputSpec], list[str]]:
@@ -229,6 +383,10 @@ def _load_keras(path: Path) -> SourceModel:
             return SourceModel(path, "keras", sha, specs, outs, "serving_default", model, "tf_keras")
         except Exception as exc:
             errors.append(first_line(exc))
+    unknown = unknown_classes(path)
+    if unknown:
+        raise UnsupportedLayerError(f"{path}: the model uses custom Keras class(es) that are not defined here: "
+                                    f"{', '.join(unknown)}; {CUSTOM_OBJECTS_HINT}", unknown)
     raise CorruptModelError(f"{path}: cannot load this Keras model ({errors[0]})")
 
 

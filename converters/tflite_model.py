@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
 from sdk.errors import CorruptModelError, ModelNotFoundError
@@ -436,6 +437,10 @@ class TFLiteModel:
     def fully_integer(self) -> bool:
         """No float arithmetic anywhere and integer inputs and outputs (what MCUs and NPUs need)."""
         return not self.float_ops() and not self.io_is_float
+
+    def integer_facts(self) -> dict[str, Any]:
+        """Whether the model is integer, in the one form the manifest, inspect and debug-quant all report."""
+        return {"fully_integer": self.fully_integer, "float_ops": self.float_ops(), "io_float": self.io_is_float}
 
     def weight_stats(self, data: bytes) -> list[WeightStat]:
         """Sparsity and distinct values of each constant weight tensor (ops' inputs with 2+ dimensions).

@@ -96,6 +96,17 @@ def _quant(q: dict[str, Any] | None) -> str:
     return f"per-axis ({len(q['scale'])} scales, axis {q['axis']})"
 
 
+def _integer_verdict(facts: dict[str, Any]) -> str:
+    """One line from TFLiteModel.integer_facts(): what convert, inspect and debug-quant all print."""
+    if facts["fully_integer"]:
+        verdict = "yes"
+    elif not facts["float_ops"]:
+        verdict = "integer ops, float I/O"
+    else:
+        verdict = f"no ({len(facts['float_ops'])} float ops: {', '.join(facts['float_ops'][:6])})"
+    return f"fully integer: {verdict}"
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 
 
@@ -166,6 +177,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
 @click.option("--output", default=None, metavar="NAME",
               help="--eval: the output that y scores, by name [the source model's first output].")
+@click.option("--custom-objects", "custom_objects", multiple=True, metavar="FILE.py|MODULE",
+              help="Import this module first: it defines (registers) the model's custom Keras layers. Repeatable.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
@@ -174,7 +187,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
-            eval_data: Path | None, output: str | None, force: bool, quiet: bool, as_json: bool) -> None:
+            eval_data: Path | None, output: str | None, custom_objects: tuple[str, ...], force: bool, quiet: bool,
+            as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
@@ -196,7 +210,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     from converters.convert import convert as run
 
     result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, output=output, force=force,
-                 progress=_progress(not quiet and not as_json))
+                 progress=_progress(not quiet and not as_json), custom_objects=custom_objects)
     m = result.manifest
     for warning in m.accuracy.warnings if m.accuracy else []:
         click.echo(f"warning: {warning}", err=True)
@@ -209,8 +223,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
              _quant(t.quantization.model_dump() if t.quantization else None)]
             for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
     click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    click.echo("integer-only: " + ("yes" if m.integer.fully_integer else
-                                   "yes, with float I/O" if not m.integer.float_ops else "no"))
+    click.echo(_integer_verdict(m.integer.model_dump()))
     if m.accuracy:
         a = m.accuracy
         tuned = ("" if a.finetuned_float_model is None else
@@ -250,13 +263,7 @@ def _show_tflite(info: dict[str, Any]) -> None:
                ["tensor", "op", "elements", "sparsity", "distinct values"],
                [[w["tensor"].split(";")[0], w["op"], f"{w['elements']:,}", f"{w['sparsity']:.1%}", w["distinct_values"]]
                 for w in info["weights"]])
-    if info["fully_integer"]:
-        verdict = "yes"
-    elif not info["float_ops"]:
-        verdict = "integer ops, float I/O"
-    else:
-        verdict = f"no ({len(info['float_ops'])} float ops: {', '.join(info['float_ops'][:6])})"
-    click.echo(f"fully integer: {verdict}")
+    click.echo(_integer_verdict(info))
 
 
 def _show_saved_model(info: dict[str, Any]) -> None:
@@ -414,6 +421,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     click.echo(f"accuracy on {report.eval_samples} samples: float {_pct(report.float_accuracy)}, "
                f"int8 {_pct(report.int8_accuracy)}; int8 agrees with float on "
                f"{_pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
+    click.echo(_integer_verdict(report.integer) + " (the fully int8 model)")
     for t in report.trials:
         click.echo(f"--keep-float auto:{t.kept}: accuracy {_pct(t.accuracy)}, {_kib(t.size)} "
                    f"({t.size - report.int8_size:+,} bytes over int8)")
