@@ -1,4 +1,4 @@
-"""Shared fixtures: the real digits example and a two-input/two-output SavedModel, built once per run."""
+"""Shared fixtures: the real digits example, the model zoo and a two-input/two-output SavedModel, built once per run."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def convert_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Ca
         return cache[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], object]:
+    """family name -> tests.zoo.ZooModel, trained on first use (tests/zoo.py) and kept for the session."""
+    from tests import zoo as zoo_module
+
+    root = tmp_path_factory.mktemp("zoo")
+    data: dict[str, np.ndarray] = {}
+
+    def get(family: str) -> object:
+        if not data:
+            data.update(zoo_module.digits_split())
+        return zoo_module.build(family, root, data)
+
+    return get
 
 
 @pytest.fixture(scope="session")
