@@ -89,6 +89,7 @@ def two_io_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed `edgeship` command, as a user runs it."""
-    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `edgeship` command, as a user runs it (`env`: variables added to this process's)."""
+    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, **env} if env else None)
