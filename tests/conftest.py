@@ -1,4 +1,4 @@
-"""Shared fixtures: the real digits example and a two-input/two-output SavedModel, built once per run."""
+"""Shared fixtures: the real digits example, the model zoo and a two-input/two-output SavedModel, built once per run."""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def convert_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Ca
 
 
 @pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], object]:
+    """family name -> tests.zoo.ZooModel, trained on first use (tests/zoo.py) and kept for the session."""
+    from tests import zoo as zoo_module
+
+    root = tmp_path_factory.mktemp("zoo")
+    data: dict[str, np.ndarray] = {}
+
+    def get(family: str) -> object:
+        if not data:
+            data.update(zoo_module.digits_split())
+        return zoo_module.build(family, root, data)
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def two_io_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tf.Module SavedModel with a signature 'predict' of two inputs and two outputs."""
     import tensorflow as tf
@@ -73,6 +89,7 @@ def two_io_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed `edgeship` command, as a user runs it."""
-    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `edgeship` command, as a user runs it (`env`: variables added to this process's)."""
+    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, **env} if env else None)
