@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from device_agent import __version__
-from device_agent.evaluate import MAX_OUTPUT_NAME
+from device_agent.evaluate import MAX_OUTPUT_NAME, STATES
 from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
 from device_agent.store import Store, StoreError, check_name
 from device_agent.streams import StreamClosed
@@ -194,6 +194,7 @@ class Agent:
             "runs": int(opts.get("runs", 50)),
             "min_seconds": float(opts.get("min_seconds", 1.0)),
             "output": _output_name(opts.get("output")),
+            "state": _state(opts.get("state")),
             "arena_size": opts.get("arena_size") or self.config.arena_size,
         }
         timeout = float(opts.get("timeout", self.config.run_timeout))
@@ -209,6 +210,15 @@ def _output_name(value: Any) -> Optional[str]:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_OUTPUT_NAME or not value.isprintable():
         raise ValueError(f"option output must be a printable output name of 1..{MAX_OUTPUT_NAME} characters")
     return value
+
+
+def _state(value: Any) -> str:
+    """The `state` run option: how eval treats variable tensors between samples (reset unless asked)."""
+    if value is None:
+        return "reset"
+    if value not in STATES:
+        raise ValueError(f"option state must be one of {', '.join(STATES)}")
+    return str(value)
 
 
 def main_stdio(config: AgentConfig) -> None:

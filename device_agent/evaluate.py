@@ -17,6 +17,8 @@ import numpy as np
 from device_agent.quant import dequantize, quantize
 
 MAX_OUTPUT_NAME = 256  # an output name on the wire is bounded like every other request field
+#: How evaluation treats a model's variable tensors (LSTM state, streaming buffers) between samples.
+STATES = ("reset", "keep")
 
 
 class EvalInputError(ValueError):
@@ -68,6 +70,7 @@ class EvalResult:
     outputs: Dict[str, np.ndarray] = field(repr=False)  # dequantized, one row per sample
     times_ns: List[int] = field(default_factory=list, repr=False)  # per invoke, in order
     output: str = ""  # the output that `accuracy` scored
+    state: str = "reset"  # how variable tensors were treated between samples (STATES)
 
 
 def signature_io(interpreter: Any) -> "tuple[list[tuple[str, dict]], list[tuple[str, dict]]]":
@@ -114,12 +117,18 @@ def match_inputs(features: Mapping[str, np.ndarray], inputs: "list[tuple[str, di
 
 
 def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optional[np.ndarray] = None,
-             output: Optional[str] = None) -> EvalResult:
+             output: Optional[str] = None, state: str = "reset") -> EvalResult:
     """Run every sample through an allocated interpreter; batches follow the model's static batch size.
 
     `output` names the output the labels score (default: the model's first output as the
     interpreter lists it; callers that know the source model's order pass its first output).
+    `state` "reset" returns variable tensors (a fused LSTM's state, say) to their initial values
+    before every batch, so each sample is scored alone, as it was in training; "keep" carries
+    them over, for streaming models fed a sequence in order. The reset is not timed.
     """
+    if state not in STATES:
+        raise EvalInputError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+    reset = getattr(interpreter, "reset_all_variables", None) if state == "reset" else None
     inputs, outputs = signature_io(interpreter)
     target = pick_output([name for name, _ in outputs], output)
     arrays = match_inputs(features, inputs)
@@ -133,6 +142,8 @@ def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optio
     times: List[int] = []
     for start in range(0, n, batch):
         stop = min(start + batch, n)
+        if reset is not None:
+            reset()
         for name, detail in inputs:
             chunk = arrays[name][start:stop]
             if len(chunk) < batch:  # pad the last batch by repeating its final sample
@@ -145,4 +156,4 @@ def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optio
             collected[name].append(dequantize(interpreter.get_tensor(detail["index"]), detail)[: stop - start])
     results = {name: np.concatenate(parts) for name, parts in collected.items()}
     accuracy = top1(results[target], labels) if labels is not None else None
-    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results, times, target)
+    return EvalResult(n, accuracy, LatencyStats.from_ns(times), results, times, target, state)

@@ -338,6 +338,10 @@ class MicroRuntime:
         """Return stateful ops (variables, LSTM state) to their initial values."""
         self._interp.reset()
 
+    def reset_all_variables(self) -> None:
+        """tf.lite's name for `reset`, so the evaluator resets state the same way on every runtime."""
+        self.reset()
+
     def _get_full_signature_list(self) -> Dict[str, Dict[str, Dict[str, int]]]:
         """The model's signatures as tf.lite gives them: {key: {'inputs': {name: index}, 'outputs': {...}}}."""
         out: Dict[str, Dict[str, Dict[str, int]]] = {}

@@ -174,12 +174,12 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         if features is None:
             return {**base, "status": "bad_dataset", "message": "eval needs a dataset"}
         try:
-            result = evaluate(interpreter, features, labels, output=req.get("output"))
+            result = evaluate(interpreter, features, labels, output=req.get("output"), state=req.get("state", "reset"))
         except EvalInputError as exc:
             return {**base, "status": "bad_dataset", "message": str(exc)}
         first = result.outputs[result.output]  # the scored output, by name: agreement and confusion describe it
         out: Dict[str, Any] = {**base, "status": "ok", "kind": "eval", "samples": result.samples,
-                               "output": result.output,
+                               "output": result.output, "state": result.state,
                                "accuracy": result.accuracy, "latency_ms": _lat(result.latency),
                                "latency_samples_ms": _downsample(result.times_ns)}
         if reference is not None:

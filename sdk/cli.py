@@ -337,11 +337,13 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
 @click.option("--output", default=None, metavar="NAME",
               help="The output that y scores, by name [the bundle manifest's first source output, else the "
                    "first signature output].")
+@click.option("--state", type=click.Choice(["reset", "keep"]), default="reset", show_default=True,
+              help="Variable tensors (LSTM state) between samples: reset before each, or keep for streaming models.")
 @click.option("--threads", type=int, default=None, help="Interpreter threads.")
 @click.option("--runtime", default=None, type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]),
               help="Force a runtime (default: the first importable of these).")
 @json_option
-def eval_host(model: Path, data: Path, output: str | None, threads: int | None, runtime: str | None,
+def eval_host(model: Path, data: Path, output: str | None, state: str, threads: int | None, runtime: str | None,
               as_json: bool) -> None:
     """Top-1 accuracy and latency of a .tflite (or bundle) with the host's TFLite interpreter.
 
@@ -350,13 +352,14 @@ def eval_host(model: Path, data: Path, output: str | None, threads: int | None, 
     """
     from sdk.hosteval import eval_host as run
 
-    report = run(model, data, output=output, threads=threads, runtime=runtime)
+    report = run(model, data, output=output, threads=threads, runtime=runtime, state=state)
     if as_json:
         _emit_json(report)
         return
     lat = report["latency_ms"]
     click.echo(f"{report['model']}: accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} samples "
-               f"of output {report['output']!r} ({report['runtime']}, {report['threads'] or 'default'} threads)")
+               f"of output {report['output']!r}, state {report['state']} ({report['runtime']}, "
+               f"{report['threads'] or 'default'} threads)")
     click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
                f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
 
@@ -571,6 +574,7 @@ def _report_run(doc: dict[str, Any]) -> None:
     if r.get("accuracy") is not None:
         host = doc.get("host") or {}
         line = f"  accuracy {r['accuracy'] * 100:.2f}% on {r['samples']} samples of output {r.get('output')!r}"
+        line += f", state {r['state']}" if r.get("state") else ""
         if host.get("accuracy") is not None:
             line += f" (host {host['accuracy'] * 100:.2f}%)"
         click.echo(line)
@@ -710,6 +714,8 @@ def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, wa
 @click.option("--min-agreement", type=float, default=None, help="Gate: fail (exit 3) below this argmax agreement with the host, in %.")
 @click.option("--output", default=None, metavar="NAME",
               help="The output that y scores, by name [the bundle manifest's first source output].")
+@click.option("--state", type=click.Choice(["reset", "keep"]), default="reset", show_default=True,
+              help="Variable tensors (LSTM state) between samples: reset before each, or keep for streaming models.")
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
@@ -717,9 +723,10 @@ def eval_board(bundle: Path, board_spec: str, data: Path, runs: int | None, warm
                min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
                no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
                results_dir: Path, min_accuracy: float | None, min_agreement: float | None, output: str | None,
-               accept_new_host: bool, quiet: bool, as_json: bool) -> None:
+               state: str, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Accuracy on a board, and agreement with the host's outputs on the same samples."""
     opts = _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate)
+    opts["state"] = state
     if output is not None:  # checked once here, not once per board of a fleet
         from converters.tflite_model import TFLiteModel
         from sdk.device import load_bundle

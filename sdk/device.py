@@ -87,14 +87,14 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray | None,
-                   runtime: str | None = None, output: str | None = None) -> dict[str, Any]:
+                   runtime: str | None = None, output: str | None = None, state: str = "reset") -> dict[str, Any]:
     """What the host's interpreter says on the same data (the `output` labels score): what a board is compared with."""
     from device_agent.evaluate import EvalInputError, evaluate
     from device_agent.runtime import load_runtime
 
     rt = load_runtime(runtime)
     try:
-        result = evaluate(rt.interpreter(model), data, labels, output=output)
+        result = evaluate(rt.interpreter(model), data, labels, output=output, state=state)
     except EvalInputError as exc:
         raise DatasetError(str(exc)) from exc
     return {"outputs": result.outputs[result.output], "output": result.output, "accuracy": result.accuracy,
@@ -123,7 +123,8 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         if kind == "eval":
             if labels is None:
                 raise DatasetError(f"{data}: eval needs labels (array 'y')")
-            reference = host_reference(model, arrays, labels, output=options["output"])
+            reference = host_reference(model, arrays, labels, output=options["output"],
+                                       state=options.get("state") or "reset")
             arrays["y"] = labels
             arrays["reference"] = reference["outputs"]
         dataset_bytes = _npz_bytes(arrays)

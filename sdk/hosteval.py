@@ -46,10 +46,11 @@ def manifest_beside(model_path: Path, model: TFLiteModel) -> Manifest | None:
 
 
 def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, threads: int | None = None,
-              runtime: str | None = None) -> dict[str, Any]:
+              runtime: str | None = None, state: str = "reset") -> dict[str, Any]:
     """Accuracy and per-invoke latency of a model (.tflite or bundle) over an .npz dataset (x or per-input arrays, y).
 
-    `output` names the output that y scores (see `scored_output` for the default).
+    `output` names the output that y scores (see `scored_output` for the default); `state`
+    says whether variable tensors are reset before every sample (device_agent.evaluate).
     """
     from device_agent.evaluate import EvalInputError, evaluate
     from device_agent.runtime import RuntimeNotFound, load_runtime
@@ -72,7 +73,7 @@ def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, t
     except (ValueError, RuntimeError) as exc:
         raise CorruptModelError(f"{model_path}: the TFLite runtime rejected the model ({exc})") from exc
     try:
-        result = evaluate(interpreter, data, labels, output=output)
+        result = evaluate(interpreter, data, labels, output=output, state=state)
     except EvalInputError as exc:
         raise DatasetError(f"{data_path}: {exc}") from exc
     lat = result.latency
@@ -82,6 +83,7 @@ def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, t
         "data": str(data_path),
         "samples": result.samples,
         "output": result.output,
+        "state": result.state,
         "accuracy": result.accuracy,
         "runtime": f"{rt.name} {rt.version}",
         "threads": threads,
