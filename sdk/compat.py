@@ -7,12 +7,15 @@ what its agent reports (the runtime's actual version).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from converters.manifest import Manifest
 from sdk.errors import EdgeshipError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,21 @@ def _version(text: str | None) -> tuple[int, ...] | None:
 
 
 def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
-    """What TFLite Micro says about the model: ops it lacks, and the arena it needs."""
+    """What TFLite Micro says about the model: ops it lacks, and the arena it needs.
+
+    The TFLM interpreters are built in a child process (``micro.probe``): a TFLM crash is a
+    problem of this board, never the death of edgeship (and of a fleet run's other boards).
+    """
     from device_agent import micro
 
     try:
-        needed = micro.arena_needed(model)
+        found = micro.probe(model, arena_size=arena)
+        needed = found.needed
+        for size, sig in found.crashes:
+            log.warning("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
+                        "that size was counted as too small", sig, size)
+    except micro.ArenaProbeCrashed as exc:
+        return [Problem("micro_crashed", str(exc))]
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
