@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -105,6 +106,30 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
     }
 
 
+# How the TFLite runtimes (LiteRT, tflite-runtime, tf.lite) and TFLM say they lack an op.
+_OP_VERSION = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
+_CUSTOM_MISSING = re.compile(r"Encountered unresolved custom op: ([^\s.]+)")
+
+
+def _refusal(rt: Any, exc: Exception) -> Dict[str, Any]:
+    """The result for a model the runtime would not load: op_version, unsupported_op, arena_too_small or invalid."""
+    text = str(exc).strip()
+    level = getattr(rt, "tflite_level", None)
+    m = _OP_VERSION.search(text)
+    if m:
+        return {"status": "op_version", "op": m.group(1), "version": int(m.group(2)),
+                "message": f"the board's runtime ({rt.name} {rt.version}, TFLite {level or 'level unknown'}) has no "
+                           f"kernel for {m.group(1)} version {m.group(2)}: the model needs a newer runtime; upgrade "
+                           f"the board's runtime or convert with an older TensorFlow"}
+    m = _CUSTOM_MISSING.search(text)
+    if m or type(exc).__name__ == "UnsupportedOpError":
+        op = m.group(1) if m else str(getattr(exc, "op", ""))
+        return {"status": "unsupported_op", "op": op,
+                "message": f"the board's runtime ({rt.name} {rt.version}) does not register op {op}: {text[:200]}"}
+    status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
+    return {"status": status, "message": f"the runtime rejected the model: {text[:300]}"}
+
+
 def _arena_of(rt: Any, req: Dict[str, Any]) -> Optional[int]:
     """The tensor arena TFLM is given for this run (None for other runtimes)."""
     if rt.name != "tflite_micro":
@@ -161,8 +186,7 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     except DelegateRequired:
         raise
     except (ValueError, RuntimeError) as exc:
-        status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
-        return {"status": status, "message": f"the runtime rejected the model: {str(exc).strip()[:300]}"}
+        return _refusal(rt, exc)
     _emit({"loaded": True})
     interpreter = built["interpreter"]
     base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": req.get("threads"),
