@@ -908,7 +908,8 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             rt = info.get("runtime") or {}
             cpu = info.get("cpu") or {}
             click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
-                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}, {cpu.get('arch')} "
+                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}"
+                       + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
                        f"x{cpu.get('cores')}, delegates {', '.join(info.get('delegates') or [])}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
     if failed:

@@ -188,3 +188,35 @@ def test_an_op_tflite_micro_lacks_is_named_by_check(dynamic_bundle: Path, tmp_pa
     header = (tmp_path / "ops" / "micro_op_resolver.h").read_text()
     assert "AddAtan2" not in header and "AddMul();" in header and "NOT IN TFLITE MICRO" in header
     np.testing.assert_equal(json.loads((tmp_path / "ops" / "ops.json").read_text())["micro_unsupported"], ["ATAN2"])
+
+
+def _densify_model() -> bytes:
+    """A conv with a mostly-zero filter, converted with EXPERIMENTAL_SPARSITY: TFLite inserts DENSIFY before CONV_2D."""
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 8, 16)).astype(np.float32)
+    kernel[..., ::2] = 0
+    kernel[:, :, ::2, :] = 0
+    kernel[0] = 0
+    k = tf.constant(kernel)
+
+    def sparsity(converter: Any) -> None:
+        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+
+    return hm._convert(lambda x: tf.nn.conv2d(x, k, 1, "SAME"), [tf.TensorSpec((1, 8, 8, 8), tf.float32)], sparsity)
+
+
+def test_densify_gets_no_add_call_and_tflm_really_lacks_it() -> None:
+    from converters.opsgen import OpSet, render_micro
+    from device_agent import micro
+
+    model = _densify_model()
+    parsed = TFLiteModel.from_bytes(model)
+    assert {u.name for u in parsed.op_uses} == {"CONV_2D", "DENSIFY"}
+    runtime.load_runtime("ai_edge_litert").interpreter(model)  # TFLite runs it
+    with pytest.raises(micro.UnsupportedOpError) as info:  # TFLite Micro does not: the table agrees with TFLM
+        micro.probe(model)
+    assert info.value.op == "DENSIFY"
+    header = render_micro(OpSet.of([("sparse.tflite", parsed)]))
+    assert "AddDensify" not in header and "micro_op_resolver.AddConv2D();" in header
+    assert "constexpr int kNumberOperators = 1;" in header
+    assert "// NOT IN TFLITE MICRO: it has no kernel (no Add...() method) for DENSIFY" in header
