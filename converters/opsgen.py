@@ -4,7 +4,10 @@ Output follows the two runtimes' own generators: TFLite's ``RegisterSelectedOps`
 (gen_op_registration: builtins sorted by name, ``, min, max`` only when the range is not
 (1, 1), custom ops by normalised name) and TFLite Micro's ``MicroMutableOpResolver<N>``
 (generate_micro_mutable_op_resolver_from_model: ``Add<CamelCase>()``). Select-TF (Flex)
-ops cannot be registered this way; they are listed as such, never dropped silently.
+ops cannot be registered this way; they are listed as such, never dropped silently. A
+builtin TFLite Micro has no kernel for (device_agent/micro_ops.py, asked of TFLM itself by
+tools/gen_tflm_ops.py; e.g. DENSIFY) gets no ``Add...()`` call, which would not compile: the
+header names it in a NOT IN TFLITE MICRO comment, and ops.json lists it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from converters.tflite_model import TFLiteModel
 from device_agent import __version__
+from device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 OPS_SCHEMA_VERSION = 1
@@ -56,6 +60,10 @@ class OpSet:
     def of_kind(self, kind: str) -> list[OpRange]:
         return [op for op in self.ops if op.kind == kind]
 
+    def micro_unsupported(self) -> list[OpRange]:
+        """Builtins TFLite Micro has no kernel (no ``Add...()`` method) for."""
+        return [op for op in self.of_kind("builtin") if op.name not in MICRO_BUILTIN_OPS]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": OPS_SCHEMA_VERSION,
@@ -63,6 +71,7 @@ class OpSet:
             "builtin": [_op_json(op) for op in self.of_kind("builtin")],
             "custom": [_op_json(op) for op in self.of_kind("custom")],
             "select_tf": [_op_json(op) for op in self.of_kind("select_tf")],
+            "micro_unsupported": [op.name for op in self.micro_unsupported()],
         }
 
 
@@ -139,7 +148,8 @@ def render_tflite(ops: OpSet, namespace: str = "") -> str:
 
 def render_micro(ops: OpSet) -> str:
     """A TFLite Micro header whose get_resolver() adds exactly these ops, sized to fit."""
-    builtins = ops.of_kind("builtin")
+    missing = ops.micro_unsupported()
+    builtins = [op for op in ops.of_kind("builtin") if op not in missing]
     customs = ops.of_kind("custom")
     lines = [f"  micro_op_resolver.{micro_add_name(op.name)}();" for op in builtins]
     lines += [f'  micro_op_resolver.AddCustom("{op.name}", Register_{custom_register_name(op.name)}());'
@@ -150,8 +160,15 @@ def render_micro(ops: OpSet) -> str:
                          for op in builtins) or "none"
     text = Template((TEMPLATES / "micro_op_resolver.h.tmpl").read_text()).substitute(
         **_header(ops), custom_decls=decls, count=len(builtins) + len(customs), add_lines="\n".join(lines),
-        versions=versions, select_tf_note=_select_tf_note(ops))
+        versions=versions, select_tf_note=_select_tf_note(ops) + _micro_missing_note(missing))
     return _tidy(text)
+
+
+def _micro_missing_note(missing: list[OpRange]) -> str:
+    if not missing:
+        return ""
+    return ("// NOT IN TFLITE MICRO: it has no kernel (no Add...() method) for " + ", ".join(op.name for op in missing)
+            + "; these models cannot run on TFLM as they are\n")
 
 
 def _tidy(text: str) -> str:

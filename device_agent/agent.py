@@ -130,7 +130,8 @@ class Agent:
 
             try:
                 rt = load_runtime(self.config.runtime)
-                self._runtime_info = {"name": rt.name, "version": rt.version}
+                self._runtime_info = {"name": rt.name, "version": rt.version, "tflite_level": rt.tflite_level,
+                                      "custom_ops": list(rt.custom_ops)}
             except RuntimeNotFound as exc:
                 self._runtime_info = {"name": None, "error": str(exc)}
         return self._runtime_info

@@ -20,6 +20,12 @@ What the TFLM Python wrapper gives and what this module adds:
   (a binary search is the fallback when the line is absent).
 * An arena smaller than about 464 bytes crashes the process (the wrapper does not check
   that the allocator could be created); this module never builds one below ``MIN_ARENA``.
+  Some models also crash it (SIGSEGV) for arenas a little below their need (the test
+  conv net of tests/helpers_models.py at 2232..2263 bytes, needing 2808), so the host never
+  builds a TFLM interpreter in its own process: ``probe`` runs the arena search in a child
+  process (a fresh interpreter of the same Python), says which size crashed, and goes on
+  with that size counted as "does not fit"; ``ArenaProbeCrashed`` is the result when the
+  crash leaves nothing to conclude (the board's own arena, or the probe limit, crashed).
 * It does not run the flatbuffer verifier; only the file identifier and the structure this
   module reads are checked here.
 
@@ -31,11 +37,17 @@ scratch buffers, so treat them as an estimate of a real board's need, not the fi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import tflite_micro
@@ -73,9 +85,20 @@ class ArenaTooSmall(MicroError):
     def __init__(self, arena_size: int, needed: Optional[int] = None, detail: str = "") -> None:
         self.arena_size = arena_size
         self.needed = needed
+        self.detail = detail
         want = f"needs {needed} bytes" if needed is not None else "needs more"
         super().__init__(f"the model does not fit a {arena_size}-byte tensor arena (it {want})"
                          + (f": {detail}" if detail else ""))
+
+
+class ArenaProbeCrashed(MicroError):
+    """The TFLM runtime crashed (a signal, in the probe's child process) while planning the arena at ``arena_size`` bytes."""
+
+    def __init__(self, arena_size: int, signal_name: str, hint: str = "") -> None:
+        self.arena_size = arena_size
+        self.signal_name = signal_name
+        super().__init__(f"the TFLM runtime crashed ({signal_name}) while planning the arena at {arena_size} bytes "
+                         f"(in a child process; this process is unaffected)" + (f"; {hint}" if hint else ""))
 
 
 def version() -> str:
@@ -124,10 +147,20 @@ def _classify(lines: List[str], arena_size: int) -> MicroError:
     return MicroError(f"TFLite Micro could not allocate the model: {detail or 'no reason given'}")
 
 
+#: Called with the arena size just before each TFLM interpreter is built (the probe child announces it).
+_before_build: Optional[Callable[[int], None]] = None
+#: Arena sizes known to crash TFLM for the model being probed: counted as "does not fit", never built again.
+_crashing: Set[int] = set()
+
+
 def _build(model: bytes, arena_size: int) -> Tuple[Any, Optional[int]]:
     """A TFLM interpreter for ``model`` with ``arena_size`` bytes, and the arena bytes it used (None if unreported)."""
     if arena_size < MIN_ARENA:
         raise ArenaTooSmall(arena_size, detail=f"arenas below {MIN_ARENA} bytes are not tried (they crash the TFLM wrapper)")
+    if arena_size in _crashing:
+        raise ArenaTooSmall(arena_size, detail="TFLM crashed at this size in an earlier probe")
+    if _before_build is not None:
+        _before_build(arena_size)
     lines: List[str] = []
     try:
         with _native_stderr(lines):
@@ -210,17 +243,142 @@ def arena_needed(model: bytes, upper: int = DEFAULT_ARENA_UPPER) -> int:
 
 
 def fits(model: bytes, arena_size: int) -> Tuple[bool, int]:
-    """(whether ``model`` allocates in ``arena_size`` bytes, the bytes it needs).
+    """(whether ``model`` allocates in ``arena_size`` bytes, the bytes it needs), probed in a child process.
 
     When the need exceeds the probe limit (``max(DEFAULT_ARENA_UPPER, arena_size)``) the
-    second value is that limit + 1, a lower bound. Unsupported ops raise UnsupportedOpError.
+    second value is that limit + 1, a lower bound. Unsupported ops raise UnsupportedOpError;
+    a crash of TFLM at ``arena_size`` raises ArenaProbeCrashed.
     """
     upper = max(DEFAULT_ARENA_UPPER, int(arena_size))
     try:
-        needed = arena_needed(model, upper)
+        found = probe(model, arena_size=int(arena_size), upper=upper)
     except ArenaTooSmall:
         return False, upper + 1
-    return needed <= arena_size, needed
+    return bool(found.fits), found.needed
+
+
+# ------------------------------------------------------------------------------ the probe in a child process
+#: How long one probe child may take (a search is ~30 TFLM allocations; a hang is not a result).
+PROBE_TIMEOUT = 120.0
+#: Crashes after which the search gives up (each one costs a new child process).
+MAX_CRASHES = 8
+
+
+@dataclass(frozen=True)
+class ArenaProbe:
+    """What the arena search found: the exact need, whether the asked arena allocates, the probes that crashed TFLM."""
+
+    needed: int
+    fits: Optional[bool] = None  # at the asked arena_size; None when none was asked
+    crashes: Tuple[Tuple[int, str], ...] = field(default_factory=tuple)  # (arena bytes, signal name)
+
+
+def probe(model: bytes, arena_size: Optional[int] = None, upper: int = DEFAULT_ARENA_UPPER,
+          timeout: float = PROBE_TIMEOUT) -> ArenaProbe:
+    """``arena_needed`` (and, given ``arena_size``, whether exactly that arena allocates), run in a child process.
+
+    A TFLM crash kills the child, not the caller: the size being planned is recorded and the
+    search goes on in a new child with that size counted as "does not fit". It raises
+    ArenaProbeCrashed when a crash leaves nothing to conclude: at ``arena_size`` itself (a
+    board with that arena would crash the same way), at ``upper``, or after MAX_CRASHES.
+    Otherwise it raises what ``arena_needed`` raises, and MicroError for a hung probe.
+    """
+    _check_model(model)
+    upper = max(int(upper), int(arena_size or 0))
+    crashes: List[Tuple[int, str]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeship-tflm-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(model)
+        while True:
+            request = {"model": str(path), "arena_size": arena_size, "upper": upper,
+                       "crashing": [n for n, _ in crashes]}
+            outcome, planning, sig = _probe_once(request, timeout)
+            if outcome is not None:
+                break
+            if planning is None:
+                raise MicroError(f"the TFLM arena probe crashed ({sig}) before planning any arena; "
+                                 f"run with EDGESHIP_DEBUG=1 to see TFLM's output")
+            crashes.append((planning, sig))
+            if planning == arena_size:
+                raise ArenaProbeCrashed(planning, sig, "the board's arena: a board with this arena would crash the same "
+                                                       "way; give it a larger arena (constraints.arena_bytes in "
+                                                       "boards.yaml) or change the model")
+            if planning == upper or len(crashes) >= MAX_CRASHES:
+                raise ArenaProbeCrashed(planning, sig, "the arena this model needs cannot be found on this host; try "
+                                                       "it on the board itself, or change the model")
+    error = outcome.get("error")
+    if error == "unsupported_op":
+        raise UnsupportedOpError(str(outcome["op"]), str(outcome["kind"]))
+    if error == "arena_too_small":
+        raise ArenaTooSmall(int(outcome["arena_size"]), outcome.get("needed"), str(outcome.get("detail") or ""))
+    if error == "not_a_model":
+        raise ValueError(str(outcome["message"]))
+    if error is not None:
+        raise MicroError(str(outcome["message"]))
+    return ArenaProbe(int(outcome["needed"]), outcome.get("fits"), tuple(crashes))
+
+
+def _probe_once(request: Dict[str, Any], timeout: float) -> Tuple[Optional[Dict[str, Any]], Optional[int], str]:
+    """One probe child: (its answer, None, "") or, if it died, (None, the arena it was planning, the signal)."""
+    from device_agent.worker import child_command
+
+    env = dict(os.environ)
+    proc = subprocess.Popen(child_command("device_agent.micro", "_probe_child"), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        out, err = proc.communicate(json.dumps(request).encode(), timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise MicroError(f"the TFLM arena probe did not finish within {timeout:.0f} s; it was stopped") from None
+    planning: Optional[int] = None
+    answer: Optional[Dict[str, Any]] = None
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if "planning" in msg:
+            planning = int(msg["planning"])
+        elif "answer" in msg:
+            answer = dict(msg["answer"])
+    if answer is not None and proc.returncode == 0:
+        return answer, None, ""
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        return None, planning, signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    tail = " | ".join(err.decode("utf-8", "replace").strip().splitlines()[-3:])
+    raise MicroError(f"the TFLM arena probe exited with status {proc.returncode}: {tail[:300] or 'no output'}")
+
+
+def _probe_child() -> None:
+    """Entry point of the probe child: one JSON request on stdin; JSON lines on stdout (each arena planned, the answer)."""
+    global _before_build
+    request = json.loads(sys.stdin.read())
+    model = Path(request["model"]).read_bytes()
+    _crashing.update(int(n) for n in request.get("crashing") or [])
+
+    def announce(arena: int) -> None:
+        sys.stdout.write(json.dumps({"planning": arena}) + "\n")
+        sys.stdout.flush()
+
+    _before_build = announce
+    answer: Dict[str, Any]
+    try:
+        asked = request.get("arena_size")
+        fits_asked = _allocates(model, int(asked)) if asked else None
+        answer = {"needed": arena_needed(model, int(request["upper"])), "fits": fits_asked}
+    except UnsupportedOpError as exc:
+        answer = {"error": "unsupported_op", "op": exc.op, "kind": exc.kind}
+    except ArenaTooSmall as exc:
+        answer = {"error": "arena_too_small", "arena_size": exc.arena_size, "needed": exc.needed, "detail": exc.detail}
+    except MicroError as exc:
+        answer = {"error": "micro", "message": str(exc)}
+    except ValueError as exc:
+        answer = {"error": "not_a_model", "message": str(exc)}
+    sys.stdout.write(json.dumps({"answer": answer}) + "\n")
+    sys.stdout.flush()
 
 
 class MicroRuntime:
@@ -262,9 +420,9 @@ class MicroRuntime:
         self._last_inputs: Dict[int, np.ndarray] = {}
 
     def _explain(self, exc: ArenaTooSmall) -> ArenaTooSmall:
-        """The arena error with the model's exact need filled in (a few extra allocations, only on failure)."""
+        """The arena error with the model's exact need filled in (a probe in a child process, only on failure)."""
         try:
-            needed: Optional[int] = arena_needed(self._model)
+            needed: Optional[int] = probe(self._model).needed
         except MicroError:
             needed = None
         detail = "" if needed is not None else str(exc)

@@ -14,9 +14,38 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+#: The TFLite level (the TensorFlow release whose kernels and op versions it carries) of each
+#: ai-edge-litert release, by major.minor. LiteRT numbers its packages on its own (2.3.0), so the
+#: package version says nothing about the op versions it runs. How 2.3 -> 2.21 was found: the
+#: package's ``ai_edge_litert/schema_py_generated.py`` has the same 210 builtin operators (up to
+#: STABLEHLO_CASE = 209) as TensorFlow 2.21's ``tensorflow/lite/python/schema_py_generated.py``,
+#: and it runs TF 2.21's highest op versions (tests/test_runtime_compat.py). A release not listed
+#: has no known level: nothing is refused before upload, and the worker reports an op version
+#: it lacks as status ``op_version``.
+LITERT_TFLITE_LEVEL = {"2.3": "2.21"}
+
+#: Custom ops the stock TFLite interpreters register (BuiltinOpResolver, tensorflow/lite/core/kernels/
+#: register.cc); checked by loading a model with each (tests/test_runtime_compat.py). The agent adds none.
+TFLITE_CUSTOM_OPS = ("AudioSpectrogram", "Mfcc", "NumericVerify", "TFLite_Detection_PostProcess")
+
+
+def tflite_level(name: str, version: Optional[str]) -> Optional[str]:
+    """The TFLite (TensorFlow) release whose op versions runtime ``name`` at ``version`` runs; None if unknown.
+
+    tflite_runtime N is TFLite N; tensorflow(.lite) N is TF N; ai_edge_litert from LITERT_TFLITE_LEVEL;
+    tflite_micro matches ops by code, not version (None).
+    """
+    if not version or version == "unknown":
+        return None
+    if name in ("tflite_runtime", "tensorflow", "tensorflow.lite"):
+        return version
+    if name == "ai_edge_litert":
+        return LITERT_TFLITE_LEVEL.get(".".join(version.split(".")[:2]))
+    return None
 
 
 @contextlib.contextmanager
@@ -56,6 +85,20 @@ class Runtime:
     version: str
     interpreter_cls: Any
     load_delegate: Any
+
+    @property
+    def tflite_level(self) -> Optional[str]:
+        """The TFLite release whose op versions this runtime runs (see ``tflite_level``)."""
+        return tflite_level(self.name, self.version)
+
+    @property
+    def custom_ops(self) -> Tuple[str, ...]:
+        """The custom ops this runtime resolves without help (the agent registers none of its own)."""
+        if self.name == "tflite_micro":
+            from device_agent.micro_ops import CUSTOM_OPS
+
+            return tuple(CUSTOM_OPS)
+        return TFLITE_CUSTOM_OPS
 
     def interpreter(self, model_content: bytes, num_threads: Optional[int] = None, **kwargs: Any) -> Any:
         """An allocated interpreter built from bytes, so TFLite's flatbuffer verifier runs on the model."""

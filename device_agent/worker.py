@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -105,6 +106,39 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
     }
 
 
+# How the TFLite runtimes (LiteRT, tflite-runtime, tf.lite) and TFLM say they lack an op.
+_OP_VERSION = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
+_CUSTOM_MISSING = re.compile(r"Encountered unresolved custom op: ([^\s.]+)")
+
+
+def _refusal(rt: Any, exc: Exception) -> Dict[str, Any]:
+    """The result for a model the runtime would not load: op_version, unsupported_op, arena_too_small or invalid."""
+    text = str(exc).strip()
+    level = getattr(rt, "tflite_level", None)
+    m = _OP_VERSION.search(text)
+    if m:
+        return {"status": "op_version", "op": m.group(1), "version": int(m.group(2)),
+                "message": f"the board's runtime ({rt.name} {rt.version}, TFLite {level or 'level unknown'}) has no "
+                           f"kernel for {m.group(1)} version {m.group(2)}: the model needs a newer runtime; upgrade "
+                           f"the board's runtime or convert with an older TensorFlow"}
+    m = _CUSTOM_MISSING.search(text)
+    if m or type(exc).__name__ == "UnsupportedOpError":
+        op = m.group(1) if m else str(getattr(exc, "op", ""))
+        return {"status": "unsupported_op", "op": op,
+                "message": f"the board's runtime ({rt.name} {rt.version}) does not register op {op}: {text[:200]}"}
+    status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
+    return {"status": status, "message": f"the runtime rejected the model: {text[:300]}"}
+
+
+def _arena_of(rt: Any, req: Dict[str, Any]) -> Optional[int]:
+    """The tensor arena TFLM is given for this run (None for other runtimes)."""
+    if rt.name != "tflite_micro":
+        return None
+    from device_agent.micro import DEFAULT_ARENA_UPPER
+
+    return int(req.get("arena_size") or DEFAULT_ARENA_UPPER)
+
+
 class DelegateRequired(Exception):
     pass
 
@@ -145,13 +179,15 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     except RuntimeNotFound as exc:
         return {"status": "no_runtime", "message": str(exc)}
     sensors_before = board_sensors()
+    # Said before the runtime plans the model, so the parent can say what a crash interrupted.
+    _emit({"loading": {"runtime": rt.name, "arena": _arena_of(rt, req)}})
     try:
         built = _build_interpreter(rt, model, req)
     except DelegateRequired:
         raise
     except (ValueError, RuntimeError) as exc:
-        status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
-        return {"status": status, "message": f"the runtime rejected the model: {str(exc).strip()[:300]}"}
+        return _refusal(rt, exc)
+    _emit({"loaded": True})
     interpreter = built["interpreter"]
     base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": req.get("threads"),
             "delegate": built["delegate"], "load_ms": built["load_ms"], "model_sha256": req["model_sha256"]}
@@ -271,7 +307,19 @@ def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
 # -------------------------------------------------------------------------------- parent side
 def _package_root() -> str:
     """Where `device_agent` is importable from: a directory, or the agent zipapp itself."""
+    if ".pyz" in __file__:
+        return __file__.split(".pyz")[0] + ".pyz"
     return str(Path(__file__).resolve().parent.parent) if "__file__" in globals() else ""
+
+
+def child_command(module: str, function: str) -> List[str]:
+    """argv of a fresh Python (this one) that runs ``module.function()`` from this agent's code.
+
+    A new interpreter, not a fork: the parent may hold threads and native state (TensorFlow,
+    TFLM) that a forked child must not inherit.
+    """
+    code = f"import sys; sys.path.insert(0, {_package_root()!r}); from {module} import {function}; {function}()"
+    return [sys.executable, "-c", code]
 
 
 def _limit_memory(limit_bytes: int) -> Callable[[], None]:
@@ -288,15 +336,11 @@ def _limit_memory(limit_bytes: int) -> Callable[[], None]:
 def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
                   progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Run a request in a child process; always returns a classified result, never raises for the model's sake."""
-    root = _package_root()
-    if ".pyz" in __file__:
-        root = __file__.split(".pyz")[0] + ".pyz"
-    code = f"import sys; sys.path.insert(0, {root!r}); from device_agent.worker import child_main; child_main()"
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if memory_limit > 0:  # for launchers that apply the limit outside the child (emu-pi: qemu ignores RLIMIT_AS)
         env["EDGESHIP_WORKER_MEMORY_LIMIT"] = str(memory_limit)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(child_command("device_agent.worker", "child_main"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     proc.stdin.write(json.dumps(request).encode())
@@ -305,6 +349,7 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
     out_buf = b""
     err_buf = b""
     final: Optional[Dict[str, Any]] = None
+    loading: Optional[Dict[str, Any]] = None  # set while the runtime plans the model
     streams = [proc.stdout, proc.stderr]
     while streams:
         remaining = deadline - time.monotonic()
@@ -327,7 +372,11 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
                     msg = json.loads(line)
                 except ValueError:
                     continue
-                if "progress" in msg and progress is not None:
+                if "loading" in msg:
+                    loading = dict(msg["loading"])
+                elif "loaded" in msg:
+                    loading = None
+                elif "progress" in msg and progress is not None:
                     progress(msg["progress"])
                 elif "result" in msg or "error" in msg:
                     final = msg
@@ -341,6 +390,13 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
         return {"status": "out_of_memory", "message": f"the run exceeded the worker memory limit ({memory_limit >> 20} MiB)"}
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        if loading is not None and loading.get("arena") is not None:
+            return {"status": "crashed", "arena": {"size": loading["arena"]},
+                    "message": f"the TFLM runtime crashed ({name}) while planning the arena at {loading['arena']} bytes; "
+                               f"give the board a larger arena (--arena-size, constraints.arena_bytes in boards.yaml) "
+                               f"or change the model"}
+        if loading is not None:
+            return {"status": "crashed", "message": f"the runtime crashed ({name}) while loading this model"}
         return {"status": "crashed", "message": f"the runtime crashed ({name}) running this model"}
     return {"status": "crashed", "message": f"the worker exited with status {rc}: {' | '.join(tail)[:300]}"}
 

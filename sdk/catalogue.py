@@ -76,6 +76,7 @@ class BoardSpec(_Strict):
     runtime: Optional[str] = None
     runtime_version: Optional[str] = None
     delegates: list[DelegateSpec] = Field(default_factory=list)
+    custom_ops: list[str] = Field(default_factory=list)  # custom ops the board's runtime build registers
     arch: Optional[str] = None
     cores: Optional[int] = None
     ram_mb: Optional[int] = None

@@ -325,6 +325,10 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
     if flex:
         click.echo(f"warning: Select-TF ops need the Flex delegate and are not in the generated registration: "
                    f"{', '.join(o.name for o in flex)}", err=True)
+    unsupported = opset.micro_unsupported()
+    if unsupported:
+        click.echo(f"warning: TFLite Micro has no kernel for {', '.join(o.name for o in unsupported)}: unsupported on "
+                   f"TFLM (left out of micro_op_resolver.h)", err=True)
     if out is not None:
         click.echo(f"wrote {out}/ops.json, registration.cc, micro_op_resolver.h")
 
@@ -919,7 +923,8 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             rt = info.get("runtime") or {}
             cpu = info.get("cpu") or {}
             click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
-                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}, {cpu.get('arch')} "
+                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}"
+                       + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
                        f"x{cpu.get('cores')}, delegates {', '.join(info.get('delegates') or [])}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
     if failed:
@@ -956,15 +961,16 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
 @json_option
 def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
-    from sdk.compat import IncompatibleError
+    from sdk.compat import IncompatibleError, custom_ops
     from sdk.compat import check as run_check
     from sdk.device import load_bundle
 
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
     problems = run_check(manifest, board.spec, model=model)
+    customs = custom_ops(manifest)
     if as_json:
-        _emit_json({"board": board.name, "compatible": not problems,
+        _emit_json({"board": board.name, "compatible": not problems, "custom_ops": customs,
                     "problems": [{"code": p.code, "message": p.message} for p in problems]})
         if problems:
             sys.exit(1)
@@ -972,6 +978,8 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     if problems:
         raise IncompatibleError(board.name, problems)
     click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
+    if customs:
+        click.echo(f"custom ops: {', '.join(customs)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,18 +1,25 @@
 """Will this bundle run on that board? Checked before any model byte is pushed.
 
 Each problem names the op or the number and says what to do. The checks use what the
-catalogue says about the board (constraints, runtime, delegates) and, once connected,
-what its agent reports (the runtime's actual version).
+catalogue says about the board (constraints, runtime, delegates, custom_ops) and, once
+connected, what its agent reports in hello (the runtime, the TFLite level it implements,
+the custom ops it resolves).
+
+Op versions are compared with the runtime's *TFLite level* (device_agent.runtime.tflite_level),
+never with its package version: ai-edge-litert 2.3 carries TF 2.21's kernels.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from converters.manifest import Manifest
 from sdk.errors import EdgeshipError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,12 +43,54 @@ def _version(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(n) for n in nums[:3]) if nums else None
 
 
+def _level(spec: Any, runtime: dict[str, Any] | None) -> tuple[str | None, str]:
+    """(the TFLite level the board's runtime implements, how to name that runtime in a message)."""
+    from device_agent.runtime import tflite_level
+
+    if runtime and runtime.get("name"):
+        name, version = str(runtime["name"]), runtime.get("version")
+        level = runtime["tflite_level"] if "tflite_level" in runtime else tflite_level(name, version)
+        return level, f"{name} {version}"
+    if spec is None or not spec.runtime_version:
+        return None, ""
+    if spec.runtime is None:  # no runtime named: the catalogue's runtime_version is the TFLite level itself
+        return spec.runtime_version, f"TFLite {spec.runtime_version}"
+    return tflite_level(spec.runtime, spec.runtime_version), f"{spec.runtime} {spec.runtime_version}"
+
+
+def _available_custom_ops(spec: Any, runtime: dict[str, Any] | None) -> set[str]:
+    """Custom ops the board resolves: what its catalogue entry declares, plus what its runtime registers."""
+    from device_agent.micro_ops import CUSTOM_OPS as MICRO_CUSTOM_OPS
+    from device_agent.runtime import TFLITE_CUSTOM_OPS
+
+    declared = set(spec.custom_ops) if spec is not None else set()
+    if runtime is not None and runtime.get("custom_ops") is not None:
+        return declared | set(runtime["custom_ops"])
+    micro = spec is not None and spec.runtime == "tflite_micro"
+    return declared | set(MICRO_CUSTOM_OPS if micro else TFLITE_CUSTOM_OPS)
+
+
+def custom_ops(manifest: Manifest) -> list[str]:
+    """The model's CUSTOM ops by name."""
+    return sorted({o.name for o in manifest.operators if o.kind == "custom"})
+
+
 def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
-    """What TFLite Micro says about the model: ops it lacks, and the arena it needs."""
+    """What TFLite Micro says about the model: ops it lacks, and the arena it needs.
+
+    The TFLM interpreters are built in a child process (``micro.probe``): a TFLM crash is a
+    problem of this board, never the death of edgeship (and of a fleet run's other boards).
+    """
     from device_agent import micro
 
     try:
-        needed = micro.arena_needed(model)
+        found = micro.probe(model, arena_size=arena)
+        needed = found.needed
+        for size, sig in found.crashes:
+            log.warning("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
+                        "that size was counted as too small", sig, size)
+    except micro.ArenaProbeCrashed as exc:
+        return [Problem("micro_crashed", str(exc))]
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
@@ -53,10 +102,29 @@ def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
     return []
 
 
-def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, model: bytes | None = None) -> list[Problem]:
-    """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None)."""
+def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
+          model: bytes | None = None) -> list[Problem]:
+    """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None).
+
+    `runtime` is what the board's agent reported in hello (name, version, tflite_level,
+    custom_ops); without it the catalogue entry stands in for it.
+    """
+    from device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
+
     problems: list[Problem] = []
-    if spec is not None and model is not None and spec.runtime == "tflite_micro":
+    micro = spec is not None and spec.runtime == "tflite_micro"  # TFLM matches ops by code, not version
+    missing = [name for name in custom_ops(manifest) if name not in _available_custom_ops(spec, runtime)]
+    if missing:
+        where = "TFLite Micro" if micro else "the board's runtime"
+        problems.append(Problem("custom_op_missing", f"the model needs custom op(s) {', '.join(missing)}, which "
+                                                     f"{where} does not register and the board does not declare; "
+                                                     f"build the runtime with them and list them under custom_ops in "
+                                                     f"the board's entry in boards.yaml, or change the model"))
+    no_kernel = sorted({o.name for o in manifest.operators if o.kind == "builtin" and o.name not in MICRO_BUILTIN_OPS})
+    if micro and no_kernel:
+        problems.append(Problem("op_unsupported", f"TFLite Micro has no kernel for op(s) {', '.join(no_kernel)} "
+                                                  f"(unsupported on TFLM); change the model"))
+    elif micro and not missing and model is not None:
         problems += _micro_problems(model, spec.constraints.arena_bytes)
     c = spec.constraints if spec is not None else None
     kept = manifest.float_fallback
@@ -84,13 +152,15 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
     if flex:
         problems.append(Problem("select_tf", f"Select-TF op(s) {', '.join(flex)} need the Flex delegate, which "
                                              f"board runtimes lack; change the model to use builtin ops"))
-    micro = spec is not None and spec.runtime == "tflite_micro"  # TFLM matches ops by code, not version
-    have = None if micro else _version(runtime_version or (spec.runtime_version if spec is not None else None))
+    level, named = _level(spec, runtime)
+    have = None if micro else _version(level)
     need = _version(manifest.min_runtime_version)
     if have is not None and need is not None and need > have:
         problems.append(Problem("runtime_too_old", f"the model needs TFLite {manifest.min_runtime_version} or newer "
-                                                   f"(its op versions), the board has {'.'.join(map(str, have))}; "
-                                                   f"upgrade the board's runtime or convert with an older TensorFlow"))
+                                                   f"(its op versions), the board has {named}"
+                                                   + (f" (TFLite {level})" if not named.startswith("TFLite") else "")
+                                                   + "; upgrade the board's runtime or convert with an older "
+                                                     "TensorFlow"))
     for d in (spec.delegates if spec is not None else []):
         if d.input_types:
             bad = [f"{t.name} ({t.dtype})" for t in manifest.inputs if t.dtype not in d.input_types]
@@ -101,8 +171,9 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
     return problems
 
 
-def ensure_compatible(manifest: Manifest, board: Any, runtime_version: str | None = None,
+def ensure_compatible(manifest: Manifest, board: Any, runtime: dict[str, Any] | None = None,
                       model: bytes | None = None) -> None:
-    problems = check(manifest, getattr(board, "spec", None), runtime_version, model)
+    """Raise IncompatibleError listing every problem of running the bundle on `board` (see `check`)."""
+    problems = check(manifest, getattr(board, "spec", None), runtime, model)
     if problems:
         raise IncompatibleError(board.name, problems)

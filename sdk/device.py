@@ -55,7 +55,7 @@ def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
     ensure_compatible(manifest, board, model=model)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
-        ensure_compatible(manifest, board, _runtime_version(session))
+        ensure_compatible(manifest, board, _runtime(session))
         up = _upload(session, "model", model, progress)
         return {"schema_version": RESULT_SCHEMA_VERSION, "board": board.name, "agent": _agent(session),
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
@@ -69,9 +69,10 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _runtime_version(session: Session) -> str | None:
+def _runtime(session: Session) -> dict[str, Any] | None:
+    """The runtime the board's agent reported in hello (name, version, tflite_level, custom_ops), if it has one."""
     rt = session.info.get("runtime") or {}
-    return str(rt["version"]) if rt.get("version") and rt.get("version") != "unknown" else None
+    return dict(rt) if rt.get("name") else None
 
 
 def _agent(session: Session) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
     ensure_compatible(manifest, board, model=model)
     session = open_session(board, accept_new_host=accept_new_host)
     try:
-        ensure_compatible(manifest, board, _runtime_version(session))
+        ensure_compatible(manifest, board, _runtime(session))
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
         result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options,

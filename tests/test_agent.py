@@ -20,7 +20,7 @@ from sdk.client import Session
 from sdk.errors import AgentError, LinkError
 from sdk.transport.local import LocalStream
 
-RUN_STATUSES = {"ok", "invalid", "crashed", "timeout", "out_of_memory", "bad_dataset"}
+RUN_STATUSES = {"ok", "invalid", "op_version", "unsupported_op", "crashed", "timeout", "out_of_memory", "bad_dataset"}
 
 
 def open_agent(store: Path, *args: str, env: dict[str, str] | None = None) -> Session:

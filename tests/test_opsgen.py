@@ -90,6 +90,7 @@ GOLDEN_OPS = OpSet(
     models=(("a.tflite", "0" * 64), ("b.tflite", "1" * 64)),
     ops=(  # in the order OpSet.of produces: by name
         OpRange("CONV_2D", "builtin", 1, 3, 4),
+        OpRange("DENSIFY", "builtin", 1, 1, 1),  # TFLite has it, TFLite Micro does not
         OpRange("DEPTHWISE_CONV_2D", "builtin", 2, 2, 3),
         OpRange("FULLY_CONNECTED", "builtin", 1, 1, 2),
         OpRange("FlexErfinv", "select_tf", 1, 1, 1),
@@ -130,6 +131,7 @@ def test_golden_tflite_lines_follow_gen_op_registration() -> None:
     lines = render_tflite(GOLDEN_OPS).splitlines()
     expected = [
         "  resolver->AddBuiltin(::tflite::BuiltinOperator_CONV_2D, ::tflite::ops::builtin::Register_CONV_2D(), 1, 3);",
+        "  resolver->AddBuiltin(::tflite::BuiltinOperator_DENSIFY, ::tflite::ops::builtin::Register_DENSIFY());",
         "  resolver->AddBuiltin(::tflite::BuiltinOperator_DEPTHWISE_CONV_2D, "
         "::tflite::ops::builtin::Register_DEPTHWISE_CONV_2D(), 2, 2);",
         "  resolver->AddBuiltin(::tflite::BuiltinOperator_FULLY_CONNECTED, "
@@ -137,7 +139,7 @@ def test_golden_tflite_lines_follow_gen_op_registration() -> None:
         '  resolver->AddCustom("MyCustomOp", ::tflite::ops::custom::Register_MY_CUSTOM_OP());',
     ]
     start = lines.index("void RegisterSelectedOps(::tflite::MutableOpResolver* resolver) {")
-    assert lines[start + 1 : start + 6] == [*expected, "}"]
+    assert lines[start + 1 : start + 7] == [*expected, "}"]
     assert "TfLiteRegistration* Register_MY_CUSTOM_OP();" in lines
     note = [line for line in lines if "NOT REGISTERED" in line]
     assert len(note) == 1 and note[0].endswith(": FlexErfinv")
@@ -146,12 +148,12 @@ def test_golden_tflite_lines_follow_gen_op_registration() -> None:
     ns = render_tflite(GOLDEN_OPS, namespace="myns").splitlines()
     i = ns.index("namespace myns {")
     assert ns[i + 1].startswith("void RegisterSelectedOps(")
-    assert ns[i + 7] == "}  // namespace myns"
+    assert ns[i + 8] == "}  // namespace myns"
 
 
 def test_golden_micro_lines() -> None:
     text = render_micro(GOLDEN_OPS)
-    assert MICRO_COUNT.findall(text) == ["4"]  # 3 builtins + 1 custom; the Flex op is not registered
+    assert MICRO_COUNT.findall(text) == ["4"]  # 3 builtins + 1 custom; neither the Flex op nor DENSIFY is registered
     assert MICRO_ADD.findall(text) == [
         ("AddConv2D", ""),
         ("AddDepthwiseConv2D", ""),
@@ -161,6 +163,29 @@ def test_golden_micro_lines() -> None:
     assert "tflite::MicroMutableOpResolver<kNumberOperators> micro_op_resolver;" in text
     note = [line for line in text.splitlines() if "NOT REGISTERED" in line]
     assert len(note) == 1 and note[0].endswith(": FlexErfinv")
+    assert "AddDensify" not in text
+    missing = [line for line in text.splitlines() if line.startswith("// NOT IN TFLITE MICRO")]
+    assert len(missing) == 1 and "DENSIFY" in missing[0]
+    assert GOLDEN_OPS.to_json()["micro_unsupported"] == ["DENSIFY"]
+
+
+def test_micro_op_table_agrees_with_tflite_micro() -> None:
+    """device_agent/micro_ops.py against TFLM itself, for ops on both sides of the line (a real load each)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    from converters._schema_enums import BUILTIN_OPERATORS
+    from device_agent.micro_ops import BUILTIN_OPS, CUSTOM_OPS
+
+    gen = hm.load_module("tools/gen_tflm_ops.py", "gen_tflm_ops")
+    codes = {name: code for code, name in BUILTIN_OPERATORS.items()}
+    dense = bytes(hm.dense_relu_model())
+    for name in ("DENSIFY", "CONV_2D", "FULLY_CONNECTED", "HASHTABLE_LOOKUP", "UNIDIRECTIONAL_SEQUENCE_LSTM"):
+        model = fu.convert_bytearray_to_object(bytearray(dense))
+        for code in model.operatorCodes:
+            code.builtinCode, code.deprecatedBuiltinCode = codes[name], min(codes[name], 127)
+        assert gen._has_kernel(bytes(fu.convert_object_to_bytearray(model))) == (name in BUILTIN_OPS), name
+    assert "DENSIFY" not in BUILTIN_OPS and "CONV_2D" in BUILTIN_OPS
+    assert "TFLite_Detection_PostProcess" in CUSTOM_OPS and "Erfinv" not in CUSTOM_OPS
 
 
 def test_custom_op_version_range_is_registered() -> None:

@@ -18,3 +18,4 @@ inline tflite::MicroMutableOpResolver<kNumberOperators> get_resolver() {
   return micro_op_resolver;
 }
 // NOT REGISTERED HERE: Select-TF (Flex) ops need the Flex delegate (tensorflow/lite/delegates/flex): FlexErfinv
+// NOT IN TFLITE MICRO: it has no kernel (no Add...() method) for DENSIFY; these models cannot run on TFLM as they are

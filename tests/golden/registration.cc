@@ -16,6 +16,7 @@ TfLiteRegistration* Register_MY_CUSTOM_OP();
 
 void RegisterSelectedOps(::tflite::MutableOpResolver* resolver) {
   resolver->AddBuiltin(::tflite::BuiltinOperator_CONV_2D, ::tflite::ops::builtin::Register_CONV_2D(), 1, 3);
+  resolver->AddBuiltin(::tflite::BuiltinOperator_DENSIFY, ::tflite::ops::builtin::Register_DENSIFY());
   resolver->AddBuiltin(::tflite::BuiltinOperator_DEPTHWISE_CONV_2D, ::tflite::ops::builtin::Register_DEPTHWISE_CONV_2D(), 2, 2);
   resolver->AddBuiltin(::tflite::BuiltinOperator_FULLY_CONNECTED, ::tflite::ops::builtin::Register_FULLY_CONNECTED());
   resolver->AddCustom("MyCustomOp", ::tflite::ops::custom::Register_MY_CUSTOM_OP());
