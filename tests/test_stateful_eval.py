@@ -82,6 +82,30 @@ def test_tflite_micro_runtime_resets_state_too(lstm_bundle: tuple[Path, Any]) ->
     assert (keep.accuracy or 0) < host["accuracy"] - 0.2
 
 
+def test_tflite_micro_board_resets_state_too(lstm_bundle: tuple[Path, Any], tmp_path: Path) -> None:
+    """A TFLM board (reference kernels, float LSTM) resets through MicroRuntime.reset_all_variables."""
+    bundle, z = lstm_bundle
+    boards = tmp_path / "boards.yaml"
+    boards.write_text(
+        "schema_version: 1\nboards:\n  mcu-float:\n    description: TFLite Micro with float kernels and a large arena\n"
+        "    transport: local\n    runtime: tflite_micro\n"
+        f"    store: {{dir: {tmp_path / 'store'}, quota_mb: 16}}\n"
+        "    constraints: {arena_bytes: 4194304}\n")
+    host = _eval_host(bundle, z.test)
+    for state, close_to_host in (("reset", True), ("keep", False)):
+        done = run_cli("--boards", str(boards), "eval", str(bundle), "--board", "mcu-float", "--data", str(z.test),
+                       "--state", state, "--json", "--results-dir", str(tmp_path / "results"))
+        assert done.returncode in (0, 3), done.stderr[-1500:]  # 3: agreement with the host is low for keep (no gate set)
+        doc = json.loads(done.stdout)
+        result = doc["result"] if "result" in doc else doc[0]["result"]
+        assert result["runtime"]["name"] == "tflite_micro"
+        assert result["state"] == state
+        if close_to_host:
+            assert abs(result["accuracy"] - host["accuracy"]) <= 0.01
+        else:
+            assert result["accuracy"] < host["accuracy"] - 0.2
+
+
 def test_agent_refuses_an_unknown_state() -> None:
     from device_agent.agent import _state
 
