@@ -195,7 +195,9 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     for TFLite and TFLite Micro). It is written atomically: on any error, nothing is left.
     """
     from converters.recipe import Recipe
+    from converters.source import refuse_tflite
 
+    refuse_tflite(model)  # before the recipe's own checks: a .tflite needs `bundle`, not other options
     r = Recipe.from_name(
         recipe, io=io_type, calibration=calib, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
@@ -217,13 +219,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     if as_json:
         _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
         return
-    click.echo(f"wrote {result.bundle}/ ({m.recipe['name']}, {_kib(m.size)}, sha256 {m.sha256[:12]})")
-    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
-           [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
-             _quant(t.quantization.model_dump() if t.quantization else None)]
-            for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
-    click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    click.echo(_integer_verdict(m.integer.model_dump()))
+    _show_bundle(result.bundle, m)
     if m.accuracy:
         a = m.accuracy
         tuned = ("" if a.finetuned_float_model is None else
@@ -231,6 +227,45 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
                  f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
         click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
                    f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@json_option
+def bundle(model: Path, out: Path, force: bool, quiet: bool, as_json: bool) -> None:
+    """Make a bundle of a .tflite that another tool made, as it is (no conversion, no TensorFlow).
+
+    The manifest is read from the flatbuffer: I/O with quantization, operators (custom ones
+    named), min runtime, and what the model computes in; ops/ registers its operators. Then
+    check, push, bench, eval and report work on it like on a converted bundle.
+    """
+    from converters.bundle import bundle_tflite
+
+    result = bundle_tflite(model, out, force=force, progress=_progress(not quiet and not as_json))
+    m = result.manifest
+    if as_json:
+        _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
+        return
+    _show_bundle(result.bundle, m)
+
+
+def _show_bundle(path: Path, m: Any) -> None:
+    """What convert and bundle print about the bundle they wrote."""
+    recipe = m.recipe["name"] + (f", {m.recipe['precision']}" if m.recipe.get("precision") else "")
+    click.echo(f"wrote {path}/ ({recipe}, {_kib(m.size)}, sha256 {m.sha256[:12]})")
+    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
+           [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
+             _quant(t.quantization.model_dump() if t.quantization else None)]
+            for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
+    click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
+    custom = [o.name for o in m.operators if o.kind == "custom"]
+    if custom:
+        click.echo(f"custom ops (a board must register them): {', '.join(custom)}")
+    click.echo(f"min runtime: {m.min_runtime_version or 'not recorded in the file'}")
+    click.echo(_integer_verdict(m.integer.model_dump()))
 
 
 # --- inspect ---------------------------------------------------------------------------
@@ -565,6 +600,10 @@ def _report_run(doc: dict[str, Any]) -> None:
     lat = r.get("latency_ms") or {}
     if doc["kind"] == "bench":
         click.echo(f"  first inference {r['first_inference_ms']:.3f} ms, warm-up {r['warmup']['count']} runs")
+        generated = r.get("generated_inputs")
+        if generated:  # no --data: say what the model was fed
+            click.echo("  inputs generated (no --data): " + "; ".join(
+                f"{g['name']} {'x'.join(map(str, g['shape']))} {g['values']}" for g in generated))
     if lat:
         click.echo(f"  latency over {lat['count']} runs: mean {lat['mean']:.3f} ms, std {lat['std']:.3f}, min {lat['min']:.3f}, "
                    f"p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, p95 {lat['p95']:.3f}, p99 {lat['p99']:.3f}, max {lat['max']:.3f}")
@@ -965,7 +1004,6 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     if problems:
         raise IncompatibleError(board.name, problems)
     click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
-
 
 if __name__ == "__main__":  # pragma: no cover
     main()

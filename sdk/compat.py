@@ -53,6 +53,13 @@ def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
     return []
 
 
+def _convert_with(manifest: Manifest, options: str) -> str:
+    """Advice to convert again with `options`; a prebuilt .tflite (`edgeship bundle`) has only its origin to convert."""
+    if manifest.source.kind == "tflite":
+        return f"this bundle is a prebuilt .tflite: convert the model it was made from with `edgeship convert` {options}"
+    return f"convert with {options}"
+
+
 def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, model: bytes | None = None) -> list[Problem]:
     """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None)."""
     problems: list[Problem] = []
@@ -69,7 +76,7 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
         what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
                 if manifest.integer.float_ops else "float inputs/outputs")
         problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "
-                                            f"convert with --recipe int8 (or qat) and --io int8"))
+                                            f"{_convert_with(manifest, '--recipe int8 (or qat) and --io int8')}"))
     if c is not None and c.allowed_ops is not None:
         allowed = set(c.allowed_ops)
         missing = sorted({f"{o.name} v{o.version}" for o in manifest.operators if o.name not in allowed})
@@ -78,8 +85,10 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
                                                       f"(built with selective registration); rebuild it with this "
                                                       f"bundle's ops/registration.cc, or change the model"))
     if c is not None and c.max_model_bytes is not None and manifest.size > c.max_model_bytes:
+        smaller = ("shrink the model (smaller or fewer layers)" if manifest.integer.fully_integer else  # int8 already
+                   _convert_with(manifest, "--recipe int8 (about 4x smaller)"))
         problems.append(Problem("too_large", f"the model is {manifest.size:,} bytes, over the board's limit of "
-                                             f"{c.max_model_bytes:,}; try --recipe int8 (about 4x smaller)"))
+                                             f"{c.max_model_bytes:,}; {smaller}"))
     flex = [o.name for o in manifest.operators if o.kind == "select_tf"]
     if flex:
         problems.append(Problem("select_tf", f"Select-TF op(s) {', '.join(flex)} need the Flex delegate, which "
