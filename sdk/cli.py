@@ -583,6 +583,8 @@ def _with(options: list[Any]) -> Callable[[Any], Any]:
 
 
 def _report_run(doc: dict[str, Any]) -> None:
+    from sdk.report import memory_text
+
     r = doc["result"]
     a = doc["agent"]
     rt = r.get("runtime") or a.get("runtime") or {}
@@ -617,7 +619,7 @@ def _report_run(doc: dict[str, Any]) -> None:
     if agr and "argmax_agreement" in agr:
         click.echo(f"  vs host reference: argmax agreement {agr['argmax_agreement'] * 100:.2f}%, RMSE {agr['rmse']:.3g}, "
                    f"max abs error {agr['max_abs_error']:.3g}, cosine {agr['cosine_mean']:.6f}")
-    click.echo(f"  peak RSS {r.get('peak_rss_kib', 0) / 1024:.1f} MiB")
+    click.echo(f"  memory: {memory_text(r)}")
 
 
 def _fleet_boards(board_spec: str, all_boards: bool) -> list[Any]:
@@ -677,6 +679,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
                  results_dir: Path | None = None) -> None:
     from sdk.device import check_gates, run_on_board
     from sdk.fleet import run_fleet, write_result
+    from sdk.report import memory_text
 
     boards = _fleet_boards(board_spec, all_boards)
     if not boards:
@@ -707,8 +710,10 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
             acc = r.get("accuracy")
             rows.append([o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"),
                          "" if acc is None else f"{acc * 100:.2f}%", f"{lat['p50']:.3f}" if lat else "",
-                         f"{lat['p90']:.3f}" if lat else "", o.error or o.gate or ""])
-        _table(f"{kind} on {len(outcomes)} boards", ["board", "status", "accuracy", "p50 ms", "p90 ms", "problem"], rows)
+                         f"{lat['p90']:.3f}" if lat else "", memory_text(r, short=True) if r else "",
+                         o.error or o.gate or ""])
+        _table(f"{kind} on {len(outcomes)} boards",
+               ["board", "status", "accuracy", "p50 ms", "p90 ms", "memory", "problem"], rows)
     failed = [o.board for o in outcomes if o.error]
     missed = [o.board for o in outcomes if o.gate]
     if failed:
@@ -995,8 +1000,13 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
     problems = run_check(manifest, board.spec, model=model)
+    arena = None
+    if board.spec is not None and board.spec.runtime == "tflite_micro" and not problems:
+        from sdk.compat import micro_arena_needed
+
+        arena = {"needed": micro_arena_needed(model), "size": board.spec.constraints.arena_bytes}
     if as_json:
-        _emit_json({"board": board.name, "compatible": not problems,
+        _emit_json({"board": board.name, "compatible": not problems, "arena": arena,
                     "problems": [{"code": p.code, "message": p.message} for p in problems]})
         if problems:
             sys.exit(1)
@@ -1004,6 +1014,12 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     if problems:
         raise IncompatibleError(board.name, problems)
     click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
+    if arena is not None:
+        of = (f", {arena['needed'] / arena['size']:.1%} of the board's {arena['size']:,}" if arena["size"]
+              else " (the board sets no arena limit)")
+        click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
+                   f"host: an estimate, a 32-bit build with optimized kernels differs)")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

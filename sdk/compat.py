@@ -7,6 +7,7 @@ what its agent reports (the runtime's actual version).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -36,20 +37,33 @@ def _version(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(n) for n in nums[:3]) if nums else None
 
 
-def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
+@functools.lru_cache(maxsize=8)
+def micro_arena_needed(model: bytes) -> int:
+    """The tensor arena (bytes) TFLite Micro plans for `model` on the host: what `check` tests and shows.
+
+    Cached, so `check` reporting the estimate after testing it plans the model once.
+    """
+    from device_agent import micro
+
+    return micro.arena_needed(model)
+
+
+def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Problem]:
     """What TFLite Micro says about the model: ops it lacks, and the arena it needs."""
     from device_agent import micro
 
     try:
-        needed = micro.arena_needed(model)
+        needed = micro_arena_needed(model)
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
     except micro.MicroError as exc:
         return [Problem("micro_rejected", f"TFLite Micro cannot load the model: {exc}")]
     if arena is not None and needed > arena:
+        shrink = "smaller or fewer layers" if integer else "smaller layers, int8"  # int8 already: no int8 hint
         return [Problem("arena_too_small", f"the model needs a {needed:,}-byte tensor arena, the board has {arena:,}; "
-                                           f"shrink the model (smaller layers, --recipe int8) or give the board more RAM")]
+                                           f"shrink the model ({shrink}) or give the board more RAM "
+                                           f"(constraints.arena_bytes)")]
     return []
 
 
@@ -64,7 +78,7 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
     """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None)."""
     problems: list[Problem] = []
     if spec is not None and model is not None and spec.runtime == "tflite_micro":
-        problems += _micro_problems(model, spec.constraints.arena_bytes)
+        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     c = spec.constraints if spec is not None else None
     kept = manifest.float_fallback
     if c is not None and c.int8_only and kept is not None and kept.layers:
