@@ -92,7 +92,8 @@ def bundle_tflite(path: Path, out: Path, *, force: bool = False, progress: Progr
     data = path.read_bytes()
     say(f"reading {path}")
     model = TFLiteModel.from_bytes(data, source=str(path))
-    model.main  # noqa: B018 -- a model without a subgraph is refused here, not on the board
+    if not model.subgraphs:
+        raise CorruptModelError(f"{path}: the TFLite model has no subgraph; there is nothing to run")
     staging = _prepare_output(Path(out), force)
     try:
         manifest = _bundle_into(path, data, model, staging)

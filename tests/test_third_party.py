@@ -89,6 +89,8 @@ def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates
     assert (bundle / "ops" / "micro_op_resolver.h").exists()
     check = run_cli("check", str(bundle), "--board", "local")
     assert check.returncode == 0 and "local: compatible" in check.stdout, check.stderr
+    push = run_cli("push", str(bundle), "--board", "local", "--json")
+    assert push.returncode == 0 and json.loads(push.stdout)["model_sha256"] == manifest["sha256"], push.stderr
 
     result = _bench(bundle, "local", boards / "results")
     assert result["inputs"] == "random"
@@ -193,3 +195,29 @@ def test_corrupt_truncated_and_misdirected_files_are_one_clear_line(tmp_path: Pa
     again = run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"))
     assert again.returncode != 0 and "--force" in again.stderr
     assert run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"), "--force").returncode == 0
+
+
+def test_precision_is_what_the_tensors_show() -> None:
+    import tensorflow as tf
+
+    from converters.bundle import precision_of
+    from converters.tflite_model import TFLiteModel
+
+    rng = np.random.default_rng(3)
+    w = tf.constant(rng.normal(size=(64, 32)).astype(np.float32))  # big enough for the converter to quantize
+
+    def dense(x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(tf.matmul(x, w))
+
+    def dynamic(c: Any) -> None:
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def float16(c: Any) -> None:
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+
+    spec = [tf.TensorSpec((1, 64), tf.float32)]
+    made = {"float32": helpers_models._convert(dense, spec), "dynamic": helpers_models._convert(dense, spec, dynamic),
+            "float16": helpers_models._convert(dense, spec, float16), "int8": helpers_models.int8_model()}
+    assert {name: precision_of(TFLiteModel.from_bytes(model)) for name, model in made.items()} == {
+        name: name for name in made}
