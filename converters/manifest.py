@@ -64,7 +64,7 @@ class Accuracy(_Strict):
 
 class SourceInfo(_Strict):
     path: str
-    kind: Literal["keras", "savedmodel"]
+    kind: Literal["keras", "savedmodel", "tflite"]
     sha256: str
     signature: str
 

@@ -203,6 +203,13 @@ def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
+def refuse_tflite(path: Path) -> None:
+    """A .tflite is already converted: point at `edgeship bundle`, which makes a bundle of it as it is."""
+    if Path(path).suffix.lower() == ".tflite":
+        raise UsageError(f"{path}: already a TFLite model, nothing to convert; make a bundle of it with "
+                         f"`edgeship bundle {path} --out DIR` (convert takes a .keras/.h5 file or a SavedModel directory)")
+
+
 def load_source(path: Path, signature: str = "serving_default", custom_objects: Sequence[str] = ()) -> SourceModel:
     """Load a .keras/.h5 file or a SavedModel directory; errors name the file and the problem.
 
@@ -215,9 +222,8 @@ def load_source(path: Path, signature: str = "serving_default", custom_objects: 
     import_custom_objects(custom_objects)
     if path.is_dir():
         return _load_saved_model(path, signature)
+    refuse_tflite(path)
     suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        raise UsageError(f"{path}: already a TFLite model; convert takes a .keras/.h5 file or a SavedModel directory")
     if suffix not in KERAS_SUFFIXES:
         raise CorruptModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; "
                                 f"expected .keras, .h5 or a SavedModel directory")

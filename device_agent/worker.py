@@ -143,15 +143,54 @@ class DelegateRequired(Exception):
     pass
 
 
-def _random_inputs(details: List[Dict[str, Any]], rng: Any) -> Dict[int, Any]:
+#: Generated integer inputs that are not quantized (token ids, indices, lengths) are drawn from
+#: 0..GENERATED_INT_HIGH-1: valid for any vocabulary or axis of at least this size, never a wild index.
+GENERATED_INT_HIGH = 64
+
+
+def _generation_rule(d: Dict[str, Any]) -> "tuple[str, int, int]":
+    """How bench generates values for one input: ("bool"|"uniform"|"normal", low, high inclusive).
+
+    Quantized integer inputs and 8/16-bit integers (raw pixels, say) take their dtype's full
+    range, which is what the model's scale and zero point map; float inputs take standard
+    normal values; other integers (token ids, indices) take small non-negative ones.
+    """
+    dtype = np.dtype(d["dtype"])
+    scale = (d.get("quantization") or (0.0, 0))[0]
+    if dtype == np.bool_:
+        return "bool", 0, 1
+    if np.issubdtype(dtype, np.integer) and (scale or dtype.itemsize <= 2):
+        info = np.iinfo(dtype)
+        return "uniform", int(info.min), int(info.max)
+    if np.issubdtype(dtype, np.integer):
+        return "uniform", 0, GENERATED_INT_HIGH - 1
+    return "normal", 0, 0
+
+
+def generated_inputs(details: List[Dict[str, Any]], rng: Any) -> Dict[int, Any]:
+    """One set of inputs for a model without a dataset, each fitting its input's dtype and quantization."""
     out = {}
     for d in details:
         dtype = np.dtype(d["dtype"])
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            out[d["index"]] = rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(dtype)
+        shape = [int(n) for n in d["shape"]]
+        kind, low, high = _generation_rule(d)
+        if kind == "normal":
+            out[d["index"]] = rng.standard_normal(size=shape).astype(dtype)
         else:
-            out[d["index"]] = rng.uniform(-1, 1, size=d["shape"]).astype(dtype)
+            out[d["index"]] = rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+    return out
+
+
+def generated_description(inputs: "List[tuple[str, Dict[str, Any]]]") -> List[Dict[str, Any]]:
+    """What bench fed each input (by name) when it had no dataset: the result says so."""
+    out = []
+    for name, d in inputs:
+        kind, low, high = _generation_rule(d)
+        dtype = np.dtype(d["dtype"]).name
+        how = {"bool": "random bool", "normal": f"standard normal {dtype}"}.get(kind, f"uniform {dtype} {low}..{high}")
+        if (d.get("quantization") or (0.0, 0))[0]:
+            how += " (quantized)"
+        out.append({"name": name, "dtype": dtype, "shape": [int(n) for n in d["shape"]], "values": how})
     return out
 
 
@@ -237,7 +276,7 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         if arrays:
             feeds.append({d["index"]: quantize(arrays[name][i : i + 1], d) for name, d in inputs})
         else:
-            feeds.append(_random_inputs([d for _, d in inputs], rng))
+            feeds.append(generated_inputs([d for _, d in inputs], rng))
 
     def once(i: int) -> int:
         for idx, value in feeds[i % len(feeds)].items():
@@ -267,6 +306,7 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     return {**base, "status": "ok", "kind": "bench", "first_inference_ms": first_ns / 1e6,
             "warmup": {"count": warmup, "total_ms": warmup_ns / 1e6},
             "latency_ms": _lat(LatencyStats.from_ns(samples)), "inputs": "dataset" if arrays else "random",
+            "generated_inputs": None if arrays else generated_description(inputs),
             "latency_samples_ms": _downsample(samples),
             "peak_rss_kib": _peak_rss_kib(), "sensors": {"before": sensors_before, "after": board_sensors()}}
 

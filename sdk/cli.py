@@ -195,7 +195,9 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     for TFLite and TFLite Micro). It is written atomically: on any error, nothing is left.
     """
     from converters.recipe import Recipe
+    from converters.source import refuse_tflite
 
+    refuse_tflite(model)  # before the recipe's own checks: a .tflite needs `bundle`, not other options
     r = Recipe.from_name(
         recipe, io=io_type, calibration=calib, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
@@ -217,13 +219,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     if as_json:
         _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
         return
-    click.echo(f"wrote {result.bundle}/ ({m.recipe['name']}, {_kib(m.size)}, sha256 {m.sha256[:12]})")
-    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
-           [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
-             _quant(t.quantization.model_dump() if t.quantization else None)]
-            for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
-    click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    click.echo(_integer_verdict(m.integer.model_dump()))
+    _show_bundle(result.bundle, m)
     if m.accuracy:
         a = m.accuracy
         tuned = ("" if a.finetuned_float_model is None else
@@ -231,6 +227,45 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
                  f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
         click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
                    f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@json_option
+def bundle(model: Path, out: Path, force: bool, quiet: bool, as_json: bool) -> None:
+    """Make a bundle of a .tflite that another tool made, as it is (no conversion, no TensorFlow).
+
+    The manifest is read from the flatbuffer: I/O with quantization, operators (custom ones
+    named), min runtime, and what the model computes in; ops/ registers its operators. Then
+    check, push, bench, eval and report work on it like on a converted bundle.
+    """
+    from converters.bundle import bundle_tflite
+
+    result = bundle_tflite(model, out, force=force, progress=_progress(not quiet and not as_json))
+    m = result.manifest
+    if as_json:
+        _emit_json({"bundle": str(result.bundle), "manifest": m.model_dump(mode="json")})
+        return
+    _show_bundle(result.bundle, m)
+
+
+def _show_bundle(path: Path, m: Any) -> None:
+    """What convert and bundle print about the bundle they wrote."""
+    recipe = m.recipe["name"] + (f", {m.recipe['precision']}" if m.recipe.get("precision") else "")
+    click.echo(f"wrote {path}/ ({recipe}, {_kib(m.size)}, sha256 {m.sha256[:12]})")
+    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
+           [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
+             _quant(t.quantization.model_dump() if t.quantization else None)]
+            for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
+    click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
+    custom = [o.name for o in m.operators if o.kind == "custom"]
+    if custom:
+        click.echo(f"custom ops (a board must register them): {', '.join(custom)}")
+    click.echo(f"min runtime: {m.min_runtime_version or 'not recorded in the file'}")
+    click.echo(_integer_verdict(m.integer.model_dump()))
 
 
 # --- inspect ---------------------------------------------------------------------------
@@ -555,6 +590,8 @@ def _with(options: list[Any]) -> Callable[[Any], Any]:
 
 
 def _report_run(doc: dict[str, Any]) -> None:
+    from sdk.report import memory_text
+
     r = doc["result"]
     a = doc["agent"]
     rt = r.get("runtime") or a.get("runtime") or {}
@@ -572,6 +609,10 @@ def _report_run(doc: dict[str, Any]) -> None:
     lat = r.get("latency_ms") or {}
     if doc["kind"] == "bench":
         click.echo(f"  first inference {r['first_inference_ms']:.3f} ms, warm-up {r['warmup']['count']} runs")
+        generated = r.get("generated_inputs")
+        if generated:  # no --data: say what the model was fed
+            click.echo("  inputs generated (no --data): " + "; ".join(
+                f"{g['name']} {'x'.join(map(str, g['shape']))} {g['values']}" for g in generated))
     if lat:
         click.echo(f"  latency over {lat['count']} runs: mean {lat['mean']:.3f} ms, std {lat['std']:.3f}, min {lat['min']:.3f}, "
                    f"p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, p95 {lat['p95']:.3f}, p99 {lat['p99']:.3f}, max {lat['max']:.3f}")
@@ -586,7 +627,7 @@ def _report_run(doc: dict[str, Any]) -> None:
     if agr and "argmax_agreement" in agr:
         click.echo(f"  vs host reference: argmax agreement {agr['argmax_agreement'] * 100:.2f}%, RMSE {agr['rmse']:.3g}, "
                    f"max abs error {agr['max_abs_error']:.3g}, cosine {agr['cosine_mean']:.6f}")
-    click.echo(f"  peak RSS {r.get('peak_rss_kib', 0) / 1024:.1f} MiB")
+    click.echo(f"  memory: {memory_text(r)}")
 
 
 def _fleet_boards(board_spec: str, all_boards: bool) -> list[Any]:
@@ -646,6 +687,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
                  results_dir: Path | None = None) -> None:
     from sdk.device import check_gates, run_on_board
     from sdk.fleet import run_fleet, write_result
+    from sdk.report import memory_text
 
     boards = _fleet_boards(board_spec, all_boards)
     if not boards:
@@ -676,8 +718,10 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
             acc = r.get("accuracy")
             rows.append([o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"),
                          "" if acc is None else f"{acc * 100:.2f}%", f"{lat['p50']:.3f}" if lat else "",
-                         f"{lat['p90']:.3f}" if lat else "", o.error or o.gate or ""])
-        _table(f"{kind} on {len(outcomes)} boards", ["board", "status", "accuracy", "p50 ms", "p90 ms", "problem"], rows)
+                         f"{lat['p90']:.3f}" if lat else "", memory_text(r, short=True) if r else "",
+                         o.error or o.gate or ""])
+        _table(f"{kind} on {len(outcomes)} boards",
+               ["board", "status", "accuracy", "p50 ms", "p90 ms", "memory", "problem"], rows)
     failed = [o.board for o in outcomes if o.error]
     missed = [o.board for o in outcomes if o.gate]
     if failed:
@@ -969,8 +1013,14 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     board = _board(board_spec)
     problems = run_check(manifest, board.spec, model=model)
     customs = custom_ops(manifest)
+    arena = None
+    if board.spec is not None and board.spec.runtime == "tflite_micro" and not problems:
+        from sdk.compat import micro_arena_needed
+
+        arena_size = board.spec.constraints.arena_bytes
+        arena = {"needed": micro_arena_needed(model, arena_size), "size": arena_size}
     if as_json:
-        _emit_json({"board": board.name, "compatible": not problems, "custom_ops": customs,
+        _emit_json({"board": board.name, "compatible": not problems, "custom_ops": customs, "arena": arena,
                     "problems": [{"code": p.code, "message": p.message} for p in problems]})
         if problems:
             sys.exit(1)
@@ -980,6 +1030,11 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
     if customs:
         click.echo(f"custom ops: {', '.join(customs)}")
+    if arena is not None:
+        of = (f", {arena['needed'] / arena['size']:.1%} of the board's {arena['size']:,}" if arena["size"]
+              else " (the board sets no arena limit)")
+        click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
+                   f"host: an estimate, a 32-bit build with optimized kernels differs)")
 
 
 if __name__ == "__main__":  # pragma: no cover

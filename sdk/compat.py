@@ -11,6 +11,7 @@ never with its package version: ai-edge-litert 2.3 carries TF 2.21's kernels.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -75,7 +76,23 @@ def custom_ops(manifest: Manifest) -> list[str]:
     return sorted({o.name for o in manifest.operators if o.kind == "custom"})
 
 
-def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
+@functools.lru_cache(maxsize=8)
+def micro_probe(model: bytes, arena: int | None) -> Any:
+    """TFLite Micro's arena plan for `model` (``micro.probe``, in a child process), cached.
+
+    `check` tests the arena and then reports it; the cache plans the model once for both.
+    """
+    from device_agent import micro
+
+    return micro.probe(model, arena_size=arena)
+
+
+def micro_arena_needed(model: bytes, arena: int | None = None) -> int:
+    """The tensor arena (bytes) TFLite Micro plans for `model` on this host: what `check` tests and shows."""
+    return int(micro_probe(model, arena).needed)
+
+
+def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Problem]:
     """What TFLite Micro says about the model: ops it lacks, and the arena it needs.
 
     The TFLM interpreters are built in a child process (``micro.probe``): a TFLM crash is a
@@ -84,7 +101,7 @@ def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
     from device_agent import micro
 
     try:
-        found = micro.probe(model, arena_size=arena)
+        found = micro_probe(model, arena)
         needed = found.needed
         for size, sig in found.crashes:
             log.warning("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
@@ -97,9 +114,18 @@ def _micro_problems(model: bytes, arena: int | None) -> list[Problem]:
     except micro.MicroError as exc:
         return [Problem("micro_rejected", f"TFLite Micro cannot load the model: {exc}")]
     if arena is not None and needed > arena:
+        shrink = "smaller or fewer layers" if integer else "smaller layers, int8"  # int8 already: no int8 hint
         return [Problem("arena_too_small", f"the model needs a {needed:,}-byte tensor arena, the board has {arena:,}; "
-                                           f"shrink the model (smaller layers, --recipe int8) or give the board more RAM")]
+                                           f"shrink the model ({shrink}) or give the board more RAM "
+                                           f"(constraints.arena_bytes)")]
     return []
+
+
+def _convert_with(manifest: Manifest, options: str) -> str:
+    """Advice to convert again with `options`; a prebuilt .tflite (`edgeship bundle`) has only its origin to convert."""
+    if manifest.source.kind == "tflite":
+        return f"this bundle is a prebuilt .tflite: convert the model it was made from with `edgeship convert` {options}"
+    return f"convert with {options}"
 
 
 def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
@@ -125,7 +151,7 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
         problems.append(Problem("op_unsupported", f"TFLite Micro has no kernel for op(s) {', '.join(no_kernel)} "
                                                   f"(unsupported on TFLM); change the model"))
     elif micro and not missing and model is not None:
-        problems += _micro_problems(model, spec.constraints.arena_bytes)
+        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     c = spec.constraints if spec is not None else None
     kept = manifest.float_fallback
     if c is not None and c.int8_only and kept is not None and kept.layers:
@@ -137,7 +163,7 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
         what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
                 if manifest.integer.float_ops else "float inputs/outputs")
         problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "
-                                            f"convert with --recipe int8 (or qat) and --io int8"))
+                                            f"{_convert_with(manifest, '--recipe int8 (or qat) and --io int8')}"))
     if c is not None and c.allowed_ops is not None:
         allowed = set(c.allowed_ops)
         missing = sorted({f"{o.name} v{o.version}" for o in manifest.operators if o.name not in allowed})
@@ -146,8 +172,10 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
                                                       f"(built with selective registration); rebuild it with this "
                                                       f"bundle's ops/registration.cc, or change the model"))
     if c is not None and c.max_model_bytes is not None and manifest.size > c.max_model_bytes:
+        smaller = ("shrink the model (smaller or fewer layers)" if manifest.integer.fully_integer else  # int8 already
+                   _convert_with(manifest, "--recipe int8 (about 4x smaller)"))
         problems.append(Problem("too_large", f"the model is {manifest.size:,} bytes, over the board's limit of "
-                                             f"{c.max_model_bytes:,}; try --recipe int8 (about 4x smaller)"))
+                                             f"{c.max_model_bytes:,}; {smaller}"))
     flex = [o.name for o in manifest.operators if o.kind == "select_tf"]
     if flex:
         problems.append(Problem("select_tf", f"Select-TF op(s) {', '.join(flex)} need the Flex delegate, which "

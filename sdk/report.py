@@ -98,6 +98,27 @@ def _fmt(value: Any, spec: str = ".3f", scale: float = 1.0, suffix: str = "") ->
     return f"{value * scale:{spec}}{suffix}"
 
 
+def memory_text(result: dict[str, Any], short: bool = False) -> str:
+    """The memory a run used, where it matters: the TFLM tensor arena against the board's, else peak RSS.
+
+    On a TFLite Micro board the arena is the memory that must fit (the process RSS is the
+    emulating host's); elsewhere the worker's peak resident memory is what the board gave.
+    """
+    arena = result.get("arena") or {}
+    rss = result.get("peak_rss_kib")
+    if arena.get("size"):
+        size, used = int(arena["size"]), arena.get("used")
+        if used is None:
+            return f"arena ? / {size / 1024:.1f} KiB" if short else f"TFLM tensor arena of {size:,} bytes (use not reported)"
+        if short:
+            return f"arena {used / 1024:.1f} / {size / 1024:.1f} KiB"
+        text = f"TFLM tensor arena {int(used):,} of {size:,} bytes used ({used / size:.1%})"
+        return text + (f"; the emulating process peaked at {rss / 1024:.1f} MiB RSS" if rss else "")
+    if rss:
+        return f"RSS {rss / 1024:.1f} MiB" if short else f"peak RSS {rss / 1024:.1f} MiB"
+    return "–" if short else "not reported"
+
+
 def table_rows(report: Report) -> list[list[str]]:
     out = []
     for row in sorted(report.rows, key=lambda r: (str(r.doc.get("board")), str(r.doc.get("recipe")), str(r.doc.get("kind")))):
@@ -109,13 +130,13 @@ def table_rows(report: Report) -> list[list[str]]:
             str(row.doc.get("board")), str(row.doc.get("recipe")), str(row.doc.get("kind")),
             _fmt(row.doc.get("model_size"), ",.0f"), _fmt(r.get("accuracy"), ".2f", 100, "%"),
             _fmt(agr, ".2f", 100, "%"), _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
-            meta["runtime"], str(meta["threads"] or "default"), meta["delegate"], str(r.get("status")),
+            memory_text(r, short=True), meta["runtime"], str(meta["threads"] or "default"), meta["delegate"], str(r.get("status")),
         ])
     return out
 
 
 HEADERS = ["board", "recipe", "kind", "size (B)", "accuracy", "agreement", "p50 ms", "p90 ms", "p99 ms",
-           "runtime", "threads", "delegate", "status"]
+           "memory", "runtime", "threads", "delegate", "status"]
 
 
 DEBUG_KIND = "debug-quant"  # converters.quantdebug.RESULT_KIND; not imported, so reports never load TensorFlow

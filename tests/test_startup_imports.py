@@ -119,3 +119,11 @@ def test_inspect_json_of_tiny_tflite(tiny_tflite: Path) -> None:
     assert [(t["name"], t["shape"], t["dtype"]) for t in info["inputs"]] == [("x", [1, 4], "float32")]
     assert [(t["shape"], t["dtype"]) for t in info["outputs"]] == [([1, 3], "float32")]
     assert [op["name"] for op in info["operators"]] == ["FULLY_CONNECTED"]
+
+
+def test_bundle_tflite_does_not_import_tensorflow(tiny_tflite: Path, tmp_path: Path) -> None:
+    report = _run_in_fresh_interpreter("bundle", str(tiny_tflite), "--out", str(tmp_path / "b"), "--quiet")
+    assert report["exit_code"] == 0
+    assert "prebuilt, float32" in report["stdout"] and (tmp_path / "b" / "manifest.json").exists()
+    assert "converters.bundle" in report["modules"]
+    assert _heavy(report["modules"]) == []
