@@ -69,10 +69,17 @@ def test_custom_op_model_bundles_with_the_op_named_and_no_board_runs_it_unregist
     assert 'AddCustom("Erfinv", ::tflite::ops::custom::Register_ERFINV()' in (bundle / "ops/registration.cc").read_text()
     shown = run_cli("bundle", str(boards / "erfinv.tflite"), "--out", str(boards / "again"))
     assert shown.returncode == 0 and "custom ops (a board must register them): Erfinv" in shown.stdout
-    # The board helper's custom_ops check makes `check` on local refuse it before upload; until that is
-    # merged, the runtime on the board is what refuses it, and the error names the op.
+    # `check` on local refuses it before any connection, naming the op; bench refuses it before upload.
+    checked = run_cli("check", str(bundle), "--board", "local", "--json")
+    assert checked.returncode == 1
+    doc = json.loads(checked.stdout)
+    assert doc["custom_ops"] == ["Erfinv"]
+    assert [p["code"] for p in doc["problems"]] == ["custom_op_missing"] and "Erfinv" in doc["problems"][0]["message"]
+    store = boards / "local"
+    before = sorted(store.rglob("*")) if store.exists() else []
     run = run_cli("bench", str(bundle), "--board", "local", "--runs", "5", "--results-dir", str(boards / "r"))
     assert run.returncode != 0 and "Erfinv" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert (sorted(store.rglob("*")) if store.exists() else []) == before  # nothing was uploaded
     mcu = run_cli("check", str(bundle), "--board", "emu-mcu")
     assert mcu.returncode == 1 and "cannot run this model" in mcu.stderr
     assert "this bundle is a prebuilt .tflite: convert the model it was made from" in mcu.stderr
@@ -140,11 +147,13 @@ def test_stateful_lstm_bundles_and_benches(boards: Path) -> None:
     assert {"VAR_HANDLE", "ASSIGN_VARIABLE", "READ_VARIABLE"} <= ops  # the LSTM's state, kept between invokes
     # STATEFUL FLAG: convcore's manifest `stateful`/`state` come in through model_facts; once merged, assert
     # manifest["stateful"] is True here.
-    # `local` runs ai_edge_litert 2.3, which today's check compares with the model's min runtime 2.6 and
-    # refuses (the board helper maps LiteRT to its TFLite level); the same agent on tensorflow.lite runs it.
-    result = _bench(bundle, "local-tf", boards / "results")
-    assert result["runtime"]["name"] == "tensorflow.lite"
-    assert result["generated_inputs"][0]["values"] == "standard normal float32"
+    # `local` runs ai_edge_litert 2.3 (TFLite 2.21): its level covers the model's min runtime 2.6, so it runs
+    # there; the same agent on tensorflow.lite runs it too.
+    assert run_cli("check", str(bundle), "--board", "local").returncode == 0
+    for board, runtime in (("local", "ai_edge_litert"), ("local-tf", "tensorflow.lite")):
+        result = _bench(bundle, board, boards / "results")
+        assert result["runtime"]["name"] == runtime
+        assert result["generated_inputs"][0]["values"] == "standard normal float32"
 
 
 def test_token_id_inputs_are_generated_in_range(boards: Path) -> None:
