@@ -61,7 +61,12 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         "operators": [{"name": u.name, "kind": u.kind, "version": u.version, "count": u.count} for u in model.op_uses],
         "fully_integer": model.fully_integer,
         "float_ops": model.float_ops(),
+        "float_op_tensors": model.float_op_tensors(),
         "io_float": model.io_is_float,
+        "activations": model.activation_type,
+        "stateful": model.stateful,
+        "variable_tensors": model.variable_tensors(),
+        "resource_variables": list(model.resource_variables),
         "signatures": [s.key for s in model.signatures],
     }
 

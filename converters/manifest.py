@@ -66,8 +66,19 @@ class SourceInfo(_Strict):
 
 class Integer(_Strict):
     fully_integer: bool
-    float_ops: list[str]
+    float_ops: list[str] = Field(description="nodes computing in float, OP#index (QUANTIZE/DEQUANTIZE not counted)")
     io_float: bool
+    float_op_tensors: list[str] = Field(default_factory=list,
+                                        description="the tensor each float op makes, in float_ops' order")
+    activations: Optional[Literal["int16", "int8", "uint8", "float"]] = Field(
+        default=None, description="what the ops compute in (int16: the 16x8 scheme); null in older manifests")
+
+
+class State(_Strict):
+    """What a stateful model carries from one invocation to the next (an evaluator must reset it per sequence)."""
+
+    variable_tensors: list[str] = Field(description="tensors marked is_variable; reset_all_variables() clears them")
+    resource_variables: list[str] = Field(description="VAR_HANDLE shared names; only a new interpreter resets them")
 
 
 class FloatFallback(_Strict):
@@ -116,6 +127,8 @@ class Manifest(_Strict):
     accuracy: Optional[Accuracy] = None
     compression: Optional[CompressionFacts] = None
     float_fallback: Optional[FloatFallback] = None
+    stateful: bool = False
+    state: Optional[State] = None
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE
@@ -174,5 +187,9 @@ def model_facts(model: TFLiteModel, data: bytes | None = None) -> dict[str, Any]
         "outputs": [tensor_entry(n, t) for n, t in model.outputs],
         "operators": [OperatorEntry(name=u.name, kind=u.kind, version=u.version, count=u.count) for u in model.op_uses],  # type: ignore[arg-type]
         "min_runtime_version": model.min_runtime_version,
-        "integer": Integer(fully_integer=model.fully_integer, float_ops=model.float_ops(), io_float=model.io_is_float),
+        "integer": Integer(fully_integer=model.fully_integer, float_ops=model.float_ops(), io_float=model.io_is_float,
+                           float_op_tensors=model.float_op_tensors(), activations=model.activation_type),  # type: ignore[arg-type]
+        "stateful": model.stateful,
+        "state": State(variable_tensors=model.variable_tensors(), resource_variables=list(model.resource_variables))
+        if model.stateful else None,
     }

@@ -130,14 +130,14 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--recipe", "-r", required=True, metavar="RECIPE",
-              help="float32 | float16 | dynamic | int8 | qat")
+              help="float32 | float16 | dynamic | int8 | int16x8 | qat")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert.")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size of the converted model.")
 @click.option("--io", "io_type", default=None, metavar="TYPE",
-              help="Model input/output type for int8/qat: int8 (default) | uint8 | float32.")
+              help="Model input/output type: int8/qat: int8 (default) | uint8 | float32; int16x8: int16 (default) | float32.")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="int8: calibration data, .npz (x or one array per input) or an image folder.")
+              help="int8, int16x8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
 @click.option("--train", type=click.Path(path_type=Path),
@@ -163,6 +163,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
               help="multiworker: give up when not every worker in TF_CONFIG has joined by then [600].")
 @click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
               help="int8: leave these layers (or the N with the worst quantization error) in float.")
+@click.option("--int8-strict", is_flag=True,
+              help="int8/int16x8/qat: refuse a model in which the converter leaves ops float (default: keep them float and name them).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
@@ -172,7 +174,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
-            eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+            int8_strict: bool, eval_data: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
@@ -186,7 +188,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
         leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
         clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, worker_timeout=worker_timeout,
-        keep_float=keep_float)
+        keep_float=keep_float, int8_strict=int8_strict)
     if not model.exists():
         from sdk.errors import ModelNotFoundError
 
@@ -205,8 +207,17 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
              _quant(t.quantization.model_dump() if t.quantization else None)]
             for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
     click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    click.echo("integer-only: " + ("yes" if m.integer.fully_integer else
-                                   "yes, with float I/O" if not m.integer.float_ops else "no"))
+    if m.integer.fully_integer:
+        integer = "yes"
+    elif not m.integer.float_ops:
+        integer = "yes, with float I/O"
+    else:
+        integer = (f"no, {_float_ops(m.integer.float_ops, m.integer.float_op_tensors, 8)} (left float by the "
+                   f"converter, as a plain TFLiteConverter does; --int8-strict refuses this)"
+                   if m.recipe["name"] in ("int8", "int16x8", "qat") and not m.float_fallback else "no")
+    click.echo("integer-only: " + integer + (" (int16 activations)" if m.integer.activations == "int16" else ""))
+    if m.stateful and m.state is not None:
+        click.echo(f"stateful: yes ({_state(m.state.variable_tensors, m.state.resource_variables)})")
     if m.accuracy:
         a = m.accuracy
         click.echo(f"host accuracy on {a.samples} samples: model {a.model * 100:.2f}%, "
@@ -248,8 +259,27 @@ def _show_tflite(info: dict[str, Any]) -> None:
     elif not info["float_ops"]:
         verdict = "integer ops, float I/O"
     else:
-        verdict = f"no ({len(info['float_ops'])} float ops: {', '.join(info['float_ops'][:6])})"
-    click.echo(f"fully integer: {verdict}")
+        verdict = f"no ({_float_ops(info['float_ops'], info['float_op_tensors'], 6)})"
+    click.echo(f"fully integer: {verdict}; activations {info['activations']}"
+               + (" (int16x8: XNNPACK, Edge TPU and int8-only boards do not run it)" if info["activations"] == "int16" else ""))
+    if info["stateful"]:
+        click.echo(f"stateful: yes ({_state(info['variable_tensors'], info['resource_variables'])})")
+
+
+def _float_ops(ops: list[str], tensors: list[str], limit: int) -> str:
+    """'1 float op: NEG#20 (ln_1/Neg)': the ops that stayed float, with the tensor (layer) each makes."""
+    named = [f"{op} ({t.split(';')[0]})" if t else op for op, t in zip(ops, tensors or [""] * len(ops))]
+    more = f" and {len(named) - limit} more" if len(named) > limit else ""
+    return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + ", ".join(named[:limit]) + more
+
+
+def _state(variables: list[str], resources: list[str]) -> str:
+    parts = []
+    if variables:
+        parts.append(f"variable tensors {', '.join(variables[:6])}" + (" ..." if len(variables) > 6 else ""))
+    if resources:
+        parts.append(f"resource variables {', '.join(resources[:6])}" + (" ..." if len(resources) > 6 else ""))
+    return "; ".join(parts) + "; a run depends on the runs before it"
 
 
 def _show_saved_model(info: dict[str, Any]) -> None:
@@ -925,20 +955,24 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
     from sdk.compat import IncompatibleError
     from sdk.compat import check as run_check
+    from sdk.compat import notes as check_notes
     from sdk.device import load_bundle
 
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
     problems = run_check(manifest, board.spec, model=model)
+    remarks = check_notes(manifest, board.spec)
     if as_json:
         _emit_json({"board": board.name, "compatible": not problems,
-                    "problems": [{"code": p.code, "message": p.message} for p in problems]})
+                    "problems": [{"code": p.code, "message": p.message} for p in problems], "notes": remarks})
         if problems:
             sys.exit(1)
         return
     if problems:
         raise IncompatibleError(board.name, problems)
     click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
+    for remark in remarks:
+        click.echo(f"note: {remark}")
 
 
 if __name__ == "__main__":  # pragma: no cover
