@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -113,7 +114,7 @@ def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> No
     dynamic = model.dynamic_tensors()
     if dynamic:
         raise ConversionError(f"{source.path}: the converted model still has dynamic tensors "
-                              f"({', '.join(dynamic[:5])}); {_dynamic_hint(model)}")
+                              f"({', '.join(dynamic[:5])}); {_dynamic_hint(model, dynamic)}")
     if recipe.integer:
         float_ops = model.float_ops()
         if float_ops and recipe.int8_strict:
@@ -125,11 +126,20 @@ def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> No
                 raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, --io asked for {recipe.io}")
 
 
-def _dynamic_hint(model: TFLiteModel) -> str:
-    """What to do about dynamic tensors: recurrent layers (a WHILE loop) need unrolling or a fixed state size."""
+def _dynamic_hint(model: TFLiteModel, dynamic: list[str]) -> str:
+    """What to do about dynamic tensors. A recurrent layer returning sequences leaves its loop's (WHILE)
+    TensorList dynamic; unrolled over the fixed number of time steps, it has none."""
     if any(u.name == "WHILE" for u in model.op_uses):
-        return ("they come from a recurrent layer's loop (WHILE); rebuild the layer with unroll=True (the sequence "
-                "length is fixed), or give its initial state a fixed batch, and convert again")
+        layers = []
+        for name in dynamic:
+            parts = name.split(";")[0].split("/")
+            if "while" in parts and parts.index("while") > 0:
+                layer = re.sub(r"_\d+$", "", parts[parts.index("while") - 1])  # Keras 3 scopes add _N
+                if layer not in layers:
+                    layers.append(layer)
+        which = f"recurrent layer(s) {', '.join(layers)}" if layers else "a recurrent layer"
+        return (f"they come from the loop (WHILE) of {which}, which returns sequences; rebuild it with "
+                f"unroll=True (the number of time steps is fixed, so the loop unrolls) and convert again")
     return "it cannot be made static; export the model with fully defined shapes"
 
 

@@ -56,6 +56,11 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fit(model)
         model.save(out / f"{name}.keras")
 
+    for name, unroll in (("gru_sequences", False), ("gru_sequences_unrolled", True)):  # untrained: shapes only
+        inp = keras.Input((STEPS, FEATURES), name="rows")
+        h = keras.layers.Flatten(name="flat")(keras.layers.GRU(6, return_sequences=True, unroll=unroll, name="gru")(inp))
+        keras.Model(inp, keras.layers.Dense(10, name="probs")(h)).save(out / f"{name}.keras")
+
     inp = keras.Input((STEPS, FEATURES), name="rows")
     h = keras.layers.Dense(16, name="embed")(inp)
     h = keras.layers.LayerNormalization(name="norm")(h + keras.layers.MultiHeadAttention(2, 8, name="mha")(h, h))
@@ -131,6 +136,16 @@ def test_recurrent_models_convert_static_and_agree_with_keras(zoo: Path, tmp_pat
     fused = name == "fused_lstm.h5"
     assert ("UNIDIRECTIONAL_SEQUENCE_LSTM" in {u.name for u in model.op_uses}) == fused
     assert result.manifest.stateful == fused
+
+
+def test_a_gru_returning_sequences_is_told_to_unroll_and_then_converts(zoo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match=r"still has dynamic tensors .*the loop \(WHILE\) of recurrent layer\(s\) "
+                                              r"gru, which returns sequences; rebuild it with unroll=True"):
+        convert(zoo / "gru_sequences.keras", Recipe.float32(), tmp_path / "rolled")
+    assert list(tmp_path.iterdir()) == []
+    model = TFLiteModel.from_path(convert(zoo / "gru_sequences_unrolled.keras", Recipe.float32(),
+                                          tmp_path / "unrolled").model_path)
+    assert model.dynamic_tensors() == [] and "WHILE" not in {u.name for u in model.op_uses}
 
 
 def test_a_fused_lstm_is_marked_stateful_because_its_runs_depend_on_each_other(zoo: Path, tmp_path: Path) -> None:
