@@ -168,11 +168,14 @@ class Converted:
 
 
 def _run_converter(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-                   model_name: str = "the model") -> Converted:
-    """Convert in a child process (converters.isolated), so a crash of TensorFlow's converter is an error here."""
+                   model_name: str = "the model", child: Any = None) -> Converted:
+    """Convert in a child process (converters.isolated; `child`: one started earlier), so a crash of
+    TensorFlow's converter is an error here."""
     from converters import isolated
 
-    return isolated.convert(saved_model, key, recipe, representative, model_name)
+    if child is not None:
+        return child.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
+    return isolated.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
 
 
 def convert_here(saved_model: Path, key: str, recipe: Recipe,
@@ -293,7 +296,8 @@ def convert(
         raise UsageError("--batch must be at least 1")
     staging = _prepare_output(Path(out), force)
     try:
-        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, say)
+        with _early_converter(recipe) as child:
+            result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, say, child)
         _install(staging, Path(out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -301,8 +305,18 @@ def convert(
     return ConversionResult(Path(out), result)
 
 
+def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
+    """The converter's child process, started now so that its TensorFlow import overlaps loading and
+    exporting the model; a fine-tuning recipe starts it when it needs it, not minutes before."""
+    if recipe.finetunes:
+        return contextlib.nullcontext(None)
+    from converters.isolated import ConverterProcess
+
+    return ConverterProcess()
+
+
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
-                  eval_data: Path | None, say: Progress) -> Manifest:
+                  eval_data: Path | None, say: Progress, child: Any = None) -> Manifest:
     strategy = None
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
         from converters import distribute
@@ -340,7 +354,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
         say("exporting a static-shape graph")
         saved, key = source.export_static(Path(tmp) / "static", batch, convert_model)
         say(f"converting with recipe {recipe.name}")
-        converted = _run_converter(saved, key, recipe, representative, str(source.path))
+        converted = _run_converter(saved, key, recipe, representative, str(source.path), child)
     flatbuffer, fallback = converted.flatbuffer, converted.fallback
     if converted.mixed_reason:
         say(f"{converted.mixed_reason}; made the plain TFLite converter's mixed model instead "

@@ -5,8 +5,8 @@ TensorFlow's converter, the raw one too. `convert` therefore runs the conversion
 (converters.convert.convert_here: from_saved_model, the recipe's flags and convert, or the
 quantization debugger for --keep-float) in a fresh Python started with subprocess, never
 forked: TensorFlow's thread pools do not survive a fork. Parent and child talk through
-files in a private temporary directory inside the parent's (which also holds the static
-SavedModel, so one cleanup removes both):
+files in a private temporary directory; the child starts early (ConverterProcess), imports
+TensorFlow while the parent loads and exports the model, and waits for "go" on its stdin:
 
     job.pickle        parent -> child: SavedModel path, signature key, Recipe, input names, batch
     calibration.npz   parent -> child: the representative samples, one array per input
@@ -51,63 +51,98 @@ RESULT_FILE = "result.json"
 LOG_FILE = "child.log"
 
 
+class ConverterProcess:
+    """A child Python that imports TensorFlow as soon as it starts, then runs one conversion when given it.
+
+    Started before the parent loads and exports the model, the child's TensorFlow import
+    (most of its cost) overlaps that work. Used as a context manager: leaving it kills a
+    child that was never given a job and removes the job directory.
+    """
+
+    def __init__(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="edgeship-convert-"))
+        self._debug = bool(os.environ.get("EDGESHIP_DEBUG"))
+        self._log = (self.work / LOG_FILE).open("wb")
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # where `converters` is importable from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        out: Any = 2 if self._debug else self._log  # with --debug the chatter goes to our stderr, never our stdout
+        self._proc = subprocess.Popen([sys.executable, "-m", "converters.isolated", str(self.work)],
+                                      stdin=subprocess.PIPE, stdout=out, stderr=None if self._debug else self._log,
+                                      env=env)
+        self._used = False
+
+    def __enter__(self) -> ConverterProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:  # never given a job, or interrupted mid-conversion: nothing to keep
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            self._proc.stdin.close()
+        self._log.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def convert(self, saved_model: Path, key: str, recipe: Recipe,
+                representative: Callable[[], Iterator[Any]] | None, model_name: str) -> Any:
+        """converters.convert.convert_here(...) in the child; returns its Converted."""
+        from converters.convert import Converted
+
+        if self._used:
+            raise RuntimeError("a ConverterProcess converts once")
+        self._used = True
+        names: list[str] = []
+        batch = 1
+        if representative is not None:  # the samples themselves cross the process boundary, in the order given
+            chunks = list(representative())
+            if chunks:
+                names = list(chunks[0])
+                batch = len(next(iter(chunks[0].values())))
+                np.savez(self.work / DATA_FILE, *[np.concatenate([np.asarray(c[n]) for c in chunks]) for n in names])
+        job = {"saved_model": str(saved_model), "key": key, "recipe": recipe, "names": names, "batch": batch,
+               "representative": representative is not None}
+        (self.work / JOB_FILE).write_bytes(pickle.dumps(job))
+        assert self._proc.stdin is not None  # Popen(stdin=PIPE)
+        try:
+            self._proc.stdin.write(b"go\n")
+            self._proc.stdin.close()
+        except BrokenPipeError:  # the child is already gone (it crashed importing TensorFlow, say)
+            pass
+        try:
+            rc = self._proc.wait()
+        except BaseException:  # Ctrl-C: the child goes too
+            self._proc.kill()
+            self._proc.wait()
+            raise
+        self._log.flush()
+        chatter = (self.work / LOG_FILE).read_bytes()
+        if rc < 0:
+            log.debug("converter child output before signal %d:\n%s", -rc, chatter.decode("utf-8", "replace"))
+            raise ConverterCrashError(crash_message(-rc, recipe, model_name), -rc)
+        result = self.work / RESULT_FILE
+        if not result.exists():
+            raise ConversionError(f"the TFLite converter process exited with status {rc} while converting "
+                                  f"{model_name} with recipe {recipe.name}, without a result; rerun with --debug "
+                                  f"to see its output")
+        doc = json.loads(result.read_text())
+        if "error" in doc:
+            if chatter:
+                os.write(2, chatter)  # what the converter printed before it refused, as it always was shown
+            raise _error(doc["error"])
+        fallback = doc.get("fallback")
+        return Converted((self.work / MODEL_FILE).read_bytes(), FloatFallback(**fallback) if fallback else None,
+                         doc.get("mixed_reason"))
+
+
 def convert(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
             model_name: str) -> Any:
-    """converters.convert.convert_here(...) run in a child process; returns its Converted."""
-    work = Path(tempfile.mkdtemp(prefix="converter-", dir=Path(saved_model).parent))
-    try:
-        return _convert_in(work, Path(saved_model), key, recipe, representative, model_name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _convert_in(work: Path, saved_model: Path, key: str, recipe: Recipe,
-                representative: Callable[[], Iterator[Any]] | None, model_name: str) -> Any:
-    from converters.convert import Converted
-
-    names: list[str] = []
-    batch = 1
-    if representative is not None:  # the samples themselves cross the process boundary, in the order given
-        chunks = list(representative())
-        if chunks:
-            names = list(chunks[0])
-            batch = len(next(iter(chunks[0].values())))
-            np.savez(work / DATA_FILE, *[np.concatenate([np.asarray(c[n]) for c in chunks]) for n in names])
-    job = {"saved_model": str(saved_model), "key": key, "recipe": recipe, "names": names, "batch": batch,
-           "representative": representative is not None}
-    (work / JOB_FILE).write_bytes(pickle.dumps(job))
-
-    debug = bool(os.environ.get("EDGESHIP_DEBUG"))
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # where `converters` is importable from
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "converters.isolated", str(work)]
-    with (work / LOG_FILE).open("wb") as child_log:
-        out: Any = 2 if debug else child_log  # with --debug the chatter goes to our stderr, never our stdout
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=None if debug else child_log,
-                                env=env)
-        try:
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C: the child goes too
-            proc.kill()
-            proc.wait()
-            raise
-    chatter = (work / LOG_FILE).read_bytes()
-    if rc < 0:
-        log.debug("converter child output before signal %d:\n%s", -rc, chatter.decode("utf-8", "replace"))
-        raise ConverterCrashError(crash_message(-rc, recipe, model_name), -rc)
-    result = work / RESULT_FILE
-    if not result.exists():
-        raise ConversionError(f"the TFLite converter process exited with status {rc} while converting {model_name} "
-                              f"with recipe {recipe.name}, without a result; rerun with --debug to see its output")
-    doc = json.loads(result.read_text())
-    if "error" in doc:
-        if chatter:
-            os.write(2, chatter)  # what the converter printed before it refused, as it always was shown
-        raise _error(doc["error"])
-    fallback = doc.get("fallback")
-    return Converted((work / MODEL_FILE).read_bytes(), FloatFallback(**fallback) if fallback else None,
-                     doc.get("mixed_reason"))
+    """converters.convert.convert_here(...) run in a new child process; returns its Converted."""
+    with ConverterProcess() as child:
+        return child.convert(saved_model, key, recipe, representative, model_name)
 
 
 def crash_message(signal: int, recipe: Recipe, model_name: str) -> str:
@@ -136,9 +171,13 @@ def _error(err: dict[str, str]) -> Exception:
 
 def main(argv: list[str]) -> int:
     """Child entry point: run the job in directory argv[0], write the model and result.json there."""
+    from converters._tf import tensorflow
     from converters.convert import _representative, convert_here
 
     work = Path(argv[0])
+    tensorflow()  # while the parent loads and exports the model
+    if not sys.stdin.readline():  # the parent closed the pipe without a job: nothing to do
+        return 0
     try:
         job = pickle.loads((work / JOB_FILE).read_bytes())  # written by our parent, in a private directory
         representative = None

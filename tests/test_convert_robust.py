@@ -163,6 +163,18 @@ def test_a_fused_lstm_is_marked_stateful_because_its_runs_depend_on_each_other(z
     assert proc.returncode == 0 and f"stateful: yes (variable tensors {', '.join(variables)}" in proc.stdout
 
 
+def test_int8_of_a_fused_lstm_is_fully_integer_and_still_stateful(zoo: Path, tmp_path: Path) -> None:
+    from converters.source import load_source
+
+    result = convert(zoo / "fused_lstm.h5", Recipe.from_name("int8", calibration=zoo / "calib.npz"), tmp_path / "b")
+    m = result.manifest
+    assert m.integer.fully_integer and m.stateful and "UNIDIRECTIONAL_SEQUENCE_LSTM" in {o.name for o in m.operators}
+    x = np.load(zoo / "test.npz")["x"][:20]
+    expected = load_source(zoo / "fused_lstm.h5").predict({"rows": x}, 1)["probs"]
+    got = _outputs(result.model_path.read_bytes(), x, reset=True)
+    assert np.max(np.abs(got - expected)) < 0.1, np.max(np.abs(got - expected))  # probabilities, in int8 steps of 1/256
+
+
 def test_a_stateful_keras_lstm_names_its_resource_variables(zoo: Path, tmp_path: Path) -> None:
     m = convert(zoo / "stateful_lstm.h5", Recipe.float32(), tmp_path / "b").manifest
     assert m.stateful and m.state is not None
