@@ -23,7 +23,16 @@ import numpy as np
 
 from converters import data as datasets
 from converters._tf import first_line, tensorflow
-from converters.manifest import MODEL_FILE, OPS_DIR, Accuracy, FloatFallback, Manifest, SourceInfo, model_facts
+from converters.manifest import (
+    MODEL_FILE,
+    OPS_DIR,
+    Accuracy,
+    FloatFallback,
+    Manifest,
+    SourceInfo,
+    model_facts,
+    named_float_ops,
+)
 from converters.opsgen import OpSet, write_ops_dir
 from converters.recipe import Recipe
 from converters.source import SourceModel, load_source
@@ -101,13 +110,6 @@ def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iter
         converter.inference_output_type = io
 
 
-def float_ops_text(model: TFLiteModel, limit: int = 10) -> str:
-    """The ops that compute in float, with the tensor each one makes: 'NEG#20 (ln_1/Neg)'."""
-    named = [f"{op} ({tensor.split(';')[0]})" if tensor else op
-             for op, tensor in zip(model.float_ops(), model.float_op_tensors())]
-    return ", ".join(named[:limit]) + (f" and {len(named) - limit} more" if len(named) > limit else "")
-
-
 def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> None:
     """The converted model must keep the recipe's promises: static shapes, the asked-for I/O, and with
     --int8-strict, integer ops only."""
@@ -118,9 +120,10 @@ def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> No
     if recipe.integer:
         float_ops = model.float_ops()
         if float_ops and recipe.int8_strict:
+            named = named_float_ops(float_ops, model.float_op_tensors())
             raise ConversionError(f"recipe {recipe.name} --int8-strict: the converter left {len(float_ops)} op(s) "
-                                  f"float: {float_ops_text(model)}; drop --int8-strict to accept a model with these "
-                                  f"ops in float, or change the layers they come from")
+                                  f"float: {named}; drop --int8-strict to accept a model with these ops in float, "
+                                  f"or change the layers they come from")
         for name, t in model.inputs + model.outputs:
             if t.dtype != recipe.io:
                 raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, --io asked for {recipe.io}")
@@ -204,7 +207,7 @@ def convert_here(saved_model: Path, key: str, recipe: Recipe,
         model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
         if not model.float_ops() or recipe.int8_strict:
             return Converted(flatbuffer)  # _check_result refuses float ops under --int8-strict, naming them
-        reason = f"the converter left op(s) float: {float_ops_text(model)}"
+        reason = f"the converter left op(s) float: {named_float_ops(model.float_ops(), model.float_op_tensors())}"
     except ConversionError as exc:
         if recipe.int8_strict:
             raise

@@ -66,6 +66,7 @@ class ConverterProcess:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)  # where `converters` is importable from
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env.pop("TF_CONFIG", None)  # the converter is no worker of a --strategy multiworker cluster
         out: Any = 2 if self._debug else self._log  # with --debug the chatter goes to our stderr, never our stdout
         self._proc = subprocess.Popen([sys.executable, "-m", "converters.isolated", str(self.work)],
                                       stdin=subprocess.PIPE, stdout=out, stderr=None if self._debug else self._log,

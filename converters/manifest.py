@@ -156,6 +156,12 @@ class Manifest(_Strict):
             raise BundleError(f"{path}: field {field}: {err['msg']}") from exc
 
 
+def named_float_ops(ops: list[str], tensors: list[str], limit: int = 10) -> str:
+    """Float ops with the tensor (hence the layer) each computes: 'NEG#20 (functional_1/norm_1/Neg), ...'."""
+    named = [f"{op} ({t.split(';')[0]})" if t else op for op, t in zip(ops, tensors or [""] * len(ops))]
+    return ", ".join(named[:limit]) + (f" and {len(named) - limit} more" if len(named) > limit else "")
+
+
 def tensor_entry(name: str, t: Tensor) -> TensorEntry:
     q = t.quantization
     return TensorEntry(

@@ -268,9 +268,9 @@ def _show_tflite(info: dict[str, Any]) -> None:
 
 def _float_ops(ops: list[str], tensors: list[str], limit: int) -> str:
     """'1 float op: NEG#20 (ln_1/Neg)': the ops that stayed float, with the tensor (layer) each makes."""
-    named = [f"{op} ({t.split(';')[0]})" if t else op for op, t in zip(ops, tensors or [""] * len(ops))]
-    more = f" and {len(named) - limit} more" if len(named) > limit else ""
-    return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + ", ".join(named[:limit]) + more
+    from converters.manifest import named_float_ops
+
+    return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + named_float_ops(ops, tensors, limit)
 
 
 def _state(variables: list[str], resources: list[str]) -> str:

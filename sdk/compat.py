@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from converters.manifest import Manifest
+from converters.manifest import Manifest, named_float_ops
 from sdk.errors import EdgeshipError
 
 
@@ -69,8 +69,9 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
         problems.append(Problem("not_int8", "the board is int8-only and the model computes in int16 (--recipe "
                                             "int16x8); convert with --recipe int8 (or qat) and --io int8 for this board"))
     elif c is not None and c.int8_only and not manifest.integer.fully_integer:
-        what = (f"{len(manifest.integer.float_ops)} float op(s) ({_named_float_ops(manifest)})"
-                if manifest.integer.float_ops else "float inputs/outputs")
+        ops = manifest.integer.float_ops
+        what = (f"{len(ops)} float op(s) ({named_float_ops(ops, manifest.integer.float_op_tensors, 4)})"
+                if ops else "float inputs/outputs")
         problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "
                                             f"convert with --recipe int8 --io int8 --int8-strict (or qat) to see "
                                             f"which layers stop a fully integer model, and change them"))
@@ -111,12 +112,6 @@ def check(manifest: Manifest, spec: Any, runtime_version: str | None = None, mod
 def _int16(manifest: Manifest) -> bool:
     """int16 activations (the 16x8 scheme); manifests older than the `activations` field say it by recipe."""
     return manifest.integer.activations == "int16" or manifest.recipe.get("name") == "int16x8"
-
-
-def _named_float_ops(manifest: Manifest, limit: int = 4) -> str:
-    ops, tensors = manifest.integer.float_ops, manifest.integer.float_op_tensors
-    named = [f"{op} {t.split(';')[0]}" if t else op for op, t in zip(ops, tensors or [""] * len(ops))]
-    return ", ".join(named[:limit]) + (" ..." if len(named) > limit else "")
 
 
 def notes(manifest: Manifest, spec: Any) -> list[str]:
