@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -22,12 +23,20 @@ import numpy as np
 
 from converters import data as datasets
 from converters._tf import first_line, tensorflow
-from converters.manifest import MODEL_FILE, OPS_DIR, Accuracy, FloatFallback, Manifest, SourceInfo, model_facts
+from converters.manifest import (
+    MODEL_FILE,
+    OPS_DIR,
+    Accuracy,
+    FloatFallback,
+    Manifest,
+    SourceInfo,
+    model_facts,
+    named_float_ops,
+)
 from converters.opsgen import OpSet, write_ops_dir
 from converters.recipe import Recipe
 from converters.source import SourceModel, load_source
 from converters.tflite_model import TFLiteModel
-from device_agent.runtime import quiet_native_stderr
 from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UsageError
 
 log = logging.getLogger(__name__)
@@ -72,8 +81,15 @@ def _representative(features: dict[str, np.ndarray], names: list[str],
     return gen
 
 
-def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None) -> None:
-    """Apply a recipe to a TFLiteConverter: the only place converter flags are set."""
+def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
+               strict: bool = True) -> None:
+    """Apply a recipe to a TFLiteConverter: the only place converter flags are set.
+
+    For the integer recipes, `strict` restricts the converter to integer kernels
+    (TFLITE_BUILTINS_INT8, or the 16x8 set); without it the converter is told only what a
+    plain TFLiteConverter is (optimizations, representative data, I/O types), so it keeps
+    float the ops it cannot quantize, as the raw converter does.
+    """
     tf = tensorflow()
     if recipe.name == "float32":
         return
@@ -84,25 +100,51 @@ def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iter
         if representative is None:
             raise ConversionError(f"recipe {recipe.name} needs representative data")  # guarded by Recipe; kept explicit
         converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[recipe.io]
+        if recipe.name == "int16x8":
+            int16x8 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            # TFLite's own way to let 16x8 keep unsupported ops float: add the float builtins.
+            converter.target_spec.supported_ops = [int16x8] if strict else [int16x8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        elif strict:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[recipe.io]
         converter.inference_input_type = io
         converter.inference_output_type = io
 
 
 def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> None:
-    """The converted model must keep the recipe's promises: static shapes, integer ops, asked-for I/O."""
+    """The converted model must keep the recipe's promises: static shapes, the asked-for I/O, and with
+    --int8-strict, integer ops only."""
     dynamic = model.dynamic_tensors()
     if dynamic:
         raise ConversionError(f"{source.path}: the converted model still has dynamic tensors "
-                              f"({', '.join(dynamic[:5])}); it cannot be made static")
+                              f"({', '.join(dynamic[:5])}); {_dynamic_hint(model, dynamic)}")
     if recipe.integer:
         float_ops = model.float_ops()
-        if float_ops and not recipe.keeps_float:
-            raise ConversionError(f"recipe {recipe.name}: these ops stayed float: {', '.join(float_ops[:10])}")
+        if float_ops and recipe.int8_strict:
+            named = named_float_ops(float_ops, model.float_op_tensors())
+            raise ConversionError(f"recipe {recipe.name} --int8-strict: the converter left {len(float_ops)} op(s) "
+                                  f"float: {named}; drop --int8-strict to accept a model with these ops in float, "
+                                  f"or change the layers they come from")
         for name, t in model.inputs + model.outputs:
             if t.dtype != recipe.io:
                 raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, --io asked for {recipe.io}")
+
+
+def _dynamic_hint(model: TFLiteModel, dynamic: list[str]) -> str:
+    """What to do about dynamic tensors. A recurrent layer returning sequences leaves its loop's (WHILE)
+    TensorList dynamic; unrolled over the fixed number of time steps, it has none."""
+    if any(u.name == "WHILE" for u in model.op_uses):
+        layers = []
+        for name in dynamic:
+            parts = name.split(";")[0].split("/")
+            if "while" in parts and parts.index("while") > 0:
+                layer = re.sub(r"_\d+$", "", parts[parts.index("while") - 1])  # Keras 3 scopes add _N
+                if layer not in layers:
+                    layers.append(layer)
+        which = f"recurrent layer(s) {', '.join(layers)}" if layers else "a recurrent layer"
+        return (f"they come from the loop (WHILE) of {which}, which returns sequences; rebuild it with "
+                f"unroll=True (the number of time steps is fixed, so the loop unrolls) and convert again")
+    return "it cannot be made static; export the model with fully defined shapes"
 
 
 @contextlib.contextmanager
@@ -119,33 +161,103 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _run_converter(saved_model: Path, key: str, recipe: Recipe,
-                   representative: Callable[[], Iterator[Any]] | None) -> tuple[bytes, FloatFallback | None]:
-    """The flatbuffer, and what stayed float when the recipe keeps layers in float."""
+@dataclass(frozen=True)
+class Converted:
+    """What the TFLite converter made: the flatbuffer, what --keep-float left in float, and for an
+    integer recipe that could not stay all-integer, why (the model is then the raw converter's mixed one)."""
+
+    flatbuffer: bytes
+    fallback: FloatFallback | None = None
+    mixed_reason: str | None = None
+
+
+def _run_converter(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
+                   model_name: str = "the model", child: Any = None) -> Converted:
+    """Convert in a child process (converters.isolated; `child`: one started earlier), so a crash of
+    TensorFlow's converter is an error here."""
+    from converters import isolated
+
+    if child is not None:
+        return child.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
+    return isolated.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
+
+
+def convert_here(saved_model: Path, key: str, recipe: Recipe,
+                 representative: Callable[[], Iterator[Any]] | None) -> Converted:
+    """Run TFLiteConverter on a static SavedModel, in this process: the child of converters.isolated calls it.
+
+    An integer recipe is converted strictly first (integer kernels only). When that fails or
+    leaves ops in float, and --int8-strict is not set, the model is converted again as a plain
+    TFLiteConverter would (optimizations and representative data only), which keeps float what it
+    cannot quantize: edgeship never does worse than the raw converter.
+    """
+    if recipe.keeps_float:
+        from converters import quantdebug
+
+        assert representative is not None  # int8 recipes always have one
+        converter = _converter(saved_model, key, recipe, representative, strict=True)
+        with _translated(recipe):
+            kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float, recipe.keep_float_auto)
+        fallback = FloatFallback(layers=list(kept.layers), requested=recipe.keep_float_text,
+                                 int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
+        return Converted(kept.flatbuffer, fallback)
+    if not recipe.integer:
+        return Converted(_convert_once(saved_model, key, recipe, representative, strict=False))
+    try:
+        flatbuffer = _convert_once(saved_model, key, recipe, representative, strict=True)
+        model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
+        if not model.float_ops() or recipe.int8_strict:
+            return Converted(flatbuffer)  # _check_result refuses float ops under --int8-strict, naming them
+        reason = f"the converter left op(s) float: {named_float_ops(model.float_ops(), model.float_op_tensors())}"
+    except ConversionError as exc:
+        if recipe.int8_strict:
+            raise
+        reason = f"the strict integer conversion failed ({exc})"
+    log.info("recipe %s: %s; converting as the plain TFLite converter does", recipe.name, reason)
+    return Converted(_convert_once(saved_model, key, recipe, representative, strict=False), mixed_reason=reason)
+
+
+def _converter(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
+               strict: bool) -> Any:
     tf = tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[key])
-    _configure(converter, recipe, representative)
-    try:
-        with quiet_native_stderr(), _stdout_to_stderr():  # the converter's C++ chatter, kept unless it fails
-            if recipe.keeps_float:
-                from converters import quantdebug
+    _configure(converter, recipe, representative, strict)
+    return converter
 
-                assert representative is not None  # int8 recipes always have one
-                kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float,
-                                                       recipe.keep_float_auto)
-                fallback = FloatFallback(layers=list(kept.layers), requested=recipe.keep_float_text,
-                                         int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
-                return kept.flatbuffer, fallback
-            return bytes(converter.convert()), None
+
+def _convert_once(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
+                  strict: bool) -> bytes:
+    converter = _converter(saved_model, key, recipe, representative, strict)
+    with _translated(recipe):
+        return bytes(converter.convert())
+
+
+@contextlib.contextmanager
+def _translated(recipe: Recipe) -> Iterator[None]:
+    """The converter's exceptions as one ConversionError line; edgeship's own errors pass through."""
+    try:
+        yield
     except EdgeshipError:  # ours already names the problem (an unknown --keep-float layer, say)
         raise
     except Exception as exc:  # ConverterError, ValueError, RuntimeError: all are "the converter refused"
         msg = first_line(exc)
         for line in str(exc).splitlines():  # the MLIR error worth showing is usually an 'error:' line
             if "error:" in line:
-                msg = line.split("error:", 1)[1].strip()
+                msg = _without_location(line.split("error:", 1)[1].strip())
                 break
         raise ConversionError(f"TFLite converter failed for recipe {recipe.name}: {msg}") from exc
+
+
+def _without_location(message: str) -> str:
+    """An MLIR diagnostic without its leading loc(...) (pages of call sites): "'tf.Erf' op is neither ..."."""
+    if not message.startswith("loc("):
+        return message
+    depth = 0
+    for i in range(3, len(message)):  # from the "(" of "loc("
+        depth += {"(": 1, ")": -1}.get(message[i], 0)
+        if depth == 0:
+            return message[i + 1 :].lstrip(": ").strip() or message
+    return message
 
 
 def _prepare_output(out: Path, force: bool) -> Path:
@@ -194,8 +306,9 @@ def convert(
         raise UsageError("--batch must be at least 1")
     staging = _prepare_output(Path(out), force)
     try:
-        result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, output, say,
-                               tuple(custom_objects))
+        with _early_converter(recipe) as child:
+            result = _convert_into(Path(model_path), recipe, staging, signature, batch, eval_data, output, say,
+                                   tuple(custom_objects), child)
         _install(staging, Path(out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -203,9 +316,19 @@ def convert(
     return ConversionResult(Path(out), result)
 
 
+def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
+    """The converter's child process, started now so that its TensorFlow import overlaps loading and
+    exporting the model; a fine-tuning recipe starts it when it needs it, not minutes before."""
+    if recipe.finetunes:
+        return contextlib.nullcontext(None)
+    from converters.isolated import ConverterProcess
+
+    return ConverterProcess()
+
+
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
                   eval_data: Path | None, output: str | None, say: Progress,
-                  custom_objects: tuple[str, ...] = ()) -> Manifest:
+                  custom_objects: tuple[str, ...] = (), child: Any = None) -> Manifest:
     strategy = None
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
         from converters import distribute
@@ -227,7 +350,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
 
     representative = None
     convert_model = None
-    if recipe.name == "int8":
+    if recipe.calibrates:
         assert recipe.calibration is not None  # Recipe guarantees it
         features = datasets.features_for(recipe.calibration, source.inputs, "calibration", recipe.image_range)
         picked = datasets.pick_calibration(features, recipe.calib_samples, recipe.calib_samples_explicit,
@@ -244,7 +367,11 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
         say("exporting a static-shape graph")
         saved, key = source.export_static(Path(tmp) / "static", batch, convert_model)
         say(f"converting with recipe {recipe.name}")
-        flatbuffer, fallback = _run_converter(saved, key, recipe, representative)
+        converted = _run_converter(saved, key, recipe, representative, str(source.path), child)
+    flatbuffer, fallback = converted.flatbuffer, converted.fallback
+    if converted.mixed_reason:
+        say(f"{converted.mixed_reason}; made the plain TFLite converter's mixed model instead "
+            f"(--int8-strict refuses it)")
 
     model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
     _check_result(model, recipe, source)

@@ -60,6 +60,9 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         "outputs": [tensor_entry(n, t).model_dump(exclude={"source_order"}) for n, t in model.outputs],
         "operators": [{"name": u.name, "kind": u.kind, "version": u.version, "count": u.count} for u in model.op_uses],
         **model.integer_facts(),
+        "stateful": model.stateful,
+        "variable_tensors": model.variable_tensors(),
+        "resource_variables": list(model.resource_variables),
         "signatures": [s.key for s in model.signatures],
     }
 

@@ -71,8 +71,19 @@ class SourceInfo(_Strict):
 
 class Integer(_Strict):
     fully_integer: bool
-    float_ops: list[str]
+    float_ops: list[str] = Field(description="nodes computing in float, OP#index (QUANTIZE/DEQUANTIZE not counted)")
     io_float: bool
+    float_op_tensors: list[str] = Field(default_factory=list,
+                                        description="the tensor each float op makes, in float_ops' order")
+    activations: Optional[Literal["int16", "int8", "uint8", "float"]] = Field(
+        default=None, description="what the ops compute in (int16: the 16x8 scheme); null in older manifests")
+
+
+class State(_Strict):
+    """What a stateful model carries from one invocation to the next (an evaluator must reset it per sequence)."""
+
+    variable_tensors: list[str] = Field(description="tensors marked is_variable; reset_all_variables() clears them")
+    resource_variables: list[str] = Field(description="VAR_HANDLE shared names; only a new interpreter resets them")
 
 
 class FloatFallback(_Strict):
@@ -121,6 +132,8 @@ class Manifest(_Strict):
     accuracy: Optional[Accuracy] = None
     compression: Optional[CompressionFacts] = None
     float_fallback: Optional[FloatFallback] = None
+    stateful: bool = False
+    state: Optional[State] = None
 
     def first_output(self) -> str:
         """The source model's first output (what labels score by default), by name."""
@@ -153,6 +166,12 @@ class Manifest(_Strict):
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             raise BundleError(f"{path}: field {field}: {err['msg']}") from exc
+
+
+def named_float_ops(ops: list[str], tensors: list[str], limit: int = 10) -> str:
+    """Float ops with the tensor (hence the layer) each computes: 'NEG#20 (functional_1/norm_1/Neg), ...'."""
+    named = [f"{op} ({t.split(';')[0]})" if t else op for op, t in zip(ops, tensors or [""] * len(ops))]
+    return ", ".join(named[:limit]) + (f" and {len(named) - limit} more" if len(named) > limit else "")
 
 
 def tensor_entry(name: str, t: Tensor, source_names: list[str] | None = None) -> TensorEntry:
@@ -195,4 +214,7 @@ def model_facts(model: TFLiteModel, data: bytes | None = None, source_inputs: li
         "operators": [OperatorEntry(name=u.name, kind=u.kind, version=u.version, count=u.count) for u in model.op_uses],  # type: ignore[arg-type]
         "min_runtime_version": model.min_runtime_version,
         "integer": Integer(**model.integer_facts()),
+        "stateful": model.stateful,
+        "state": State(variable_tensors=model.variable_tensors(), resource_variables=list(model.resource_variables))
+        if model.stateful else None,
     }

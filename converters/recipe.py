@@ -1,8 +1,9 @@
 """Conversion recipes: frozen value objects with named constructors.
 
 A Recipe says what the converter must produce (float32, float16, dynamic-range,
-full-integer int8, quantization-aware-trained int8) and with which data; it is applied
-to TFLiteConverter in exactly one place (converters.convert._configure).
+full-integer int8, int16 activations with int8 weights, quantization-aware-trained int8)
+and with which data; it is applied to TFLiteConverter in exactly one place
+(converters.convert._configure).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Any
 
 from sdk.errors import UsageError
 
-RECIPES = ("float32", "float16", "dynamic", "int8", "qat")
-IO_TYPES = ("int8", "uint8", "float32")
-INTEGER_RECIPES = frozenset({"int8", "qat"})
+RECIPES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat")
+IO_TYPES = ("int8", "uint8", "int16", "float32")
+INTEGER_RECIPES = frozenset({"int8", "int16x8", "qat"})  # integer arithmetic, calibrated activation ranges
+CALIBRATED_RECIPES = frozenset({"int8", "int16x8"})  # calibrated on --calib (qat learns its ranges in training)
+# The I/O types each integer recipe can give; the first is the default.
+RECIPE_IO = {"int8": ("int8", "uint8", "float32"), "qat": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32")}
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -77,6 +81,7 @@ class Recipe:
     distribution: Distribution = field(default_factory=Distribution)
     keep_float: tuple[str, ...] = ()  # int8: layers left in float (the quantization debugger's denylist)
     keep_float_auto: int | None = None  # int8: leave the N layers with the worst quantization error in float
+    int8_strict: bool = False  # integer recipes: refuse a model in which the converter leaves any op float
 
     def __post_init__(self) -> None:
         if self.name not in RECIPES:
@@ -84,9 +89,17 @@ class Recipe:
         if self.io not in IO_TYPES:
             raise UsageError(f"unknown --io {self.io!r}; choose one of {', '.join(IO_TYPES)}")
         if self.io != "float32" and self.name not in INTEGER_RECIPES:
-            raise UsageError(f"--io {self.io} needs an integer recipe (int8 or qat); {self.name} models take float32 I/O")
-        if self.name == "int8" and self.calibration is None:
-            raise UsageError("recipe int8 needs calibration data: --calib DATA.npz (or an image folder)")
+            raise UsageError(f"--io {self.io} needs an integer recipe (int8, int16x8 or qat); {self.name} models take "
+                             f"float32 I/O")
+        if self.name in RECIPE_IO and self.io not in RECIPE_IO[self.name]:
+            raise UsageError(f"--io {self.io} does not go with recipe {self.name}; choose "
+                             f"{' or '.join(RECIPE_IO[self.name])}")
+        if self.name in CALIBRATED_RECIPES and self.calibration is None:
+            raise UsageError(f"recipe {self.name} needs calibration data: --calib DATA.npz (or an image folder)")
+        if self.int8_strict and self.name not in INTEGER_RECIPES:
+            raise UsageError(f"--int8-strict goes with an integer recipe (int8, int16x8 or qat), not {self.name}")
+        if self.int8_strict and self.keeps_float:
+            raise UsageError("--int8-strict refuses float ops and --keep-float asks for some; choose one")
         if self.name == "qat" and self.qat is None:
             raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
         if self.qat is not None and self.qat.epochs < 1:
@@ -138,17 +151,25 @@ class Recipe:
                    calib_samples_explicit=samples is not None, image_range=image_range)
 
     @classmethod
+    def int16x8(cls, calibration: Path, io: str = "int16", samples: int | None = None,
+                image_range: tuple[float, float] = (0.0, 1.0)) -> Recipe:
+        """int16 activations and int8 weights (TFLite's 16x8 scheme), calibrated like int8."""
+        return cls("int16x8", io=io, calibration=Path(calibration), calib_samples=samples or 200,
+                   calib_samples_explicit=samples is not None, image_range=image_range)
+
+    @classmethod
     def quantization_aware(cls, train: Path, io: str = "int8", **options: Any) -> Recipe:
         return cls("qat", io=io, qat=QATOptions(train=Path(train), **options))
 
     @classmethod
     def from_name(cls, name: str, **options: Any) -> Recipe:
         """The recipe for a CLI name and CLI options; options that do not apply to it are ignored."""
-        if name == "int8":
+        if name in CALIBRATED_RECIPES:
             if options.get("calibration") is None:
-                raise UsageError("recipe int8 needs calibration data: --calib DATA.npz (or an image folder)")
-            base = cls.int8(options["calibration"], options.get("io") or "int8", options.get("samples"),
-                            options.get("image_range") or (0.0, 1.0))
+                raise UsageError(f"recipe {name} needs calibration data: --calib DATA.npz (or an image folder)")
+            make = cls.int8 if name == "int8" else cls.int16x8
+            base = make(options["calibration"], options.get("io") or RECIPE_IO[name][0], options.get("samples"),
+                        options.get("image_range") or (0.0, 1.0))
         elif name == "qat":
             if options.get("train") is None:
                 raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
@@ -175,11 +196,18 @@ class Recipe:
         keep = options.get("keep_float")
         if keep:
             changes.update(parse_keep_float(keep))
+        if options.get("int8_strict"):
+            changes["int8_strict"] = True
         return base.with_options(**changes) if changes else base
 
     @property
     def integer(self) -> bool:
         return self.name in INTEGER_RECIPES
+
+    @property
+    def calibrates(self) -> bool:
+        """Does this recipe calibrate activation ranges on --calib data (int8, int16x8)?"""
+        return self.name in CALIBRATED_RECIPES
 
     @property
     def finetunes(self) -> bool:
@@ -209,9 +237,11 @@ class Recipe:
     def describe(self) -> dict[str, Any]:
         """The recipe and its options as plain JSON values, for the manifest."""
         out: dict[str, Any] = {"name": self.name, "io": self.io}
-        if self.name == "int8":
+        if self.calibrates:
             out.update(calibration=str(self.calibration), calib_samples=self.calib_samples,
                        image_range=list(self.image_range))
+        if self.int8_strict:
+            out["int8_strict"] = True
         if self.qat is not None:
             q = asdict(self.qat)
             q["train"] = str(q["train"])

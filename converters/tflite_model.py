@@ -143,6 +143,7 @@ class Tensor:
     buffer: int
     quantization: Quantization | None
     is_constant: bool
+    is_variable: bool = False  # state the runtime keeps between invocations (a fused LSTM's h and c)
 
     @property
     def is_float(self) -> bool:
@@ -216,6 +217,8 @@ class WeightStat:
         return self.zeros / self.elements if self.elements else 0.0
 
 
+_CONVERSION_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
 _NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int8": "i1", "uint8": "u1", "int16": "<i2",
                  "int32": "<i4", "int64": "<i8"}
 
@@ -234,6 +237,7 @@ class TFLiteModel:
     buffer_offsets: tuple[int, ...]  # where each buffer's data starts in the file (-1: none, or outside it)
     metadata: dict[str, bytes] = field(repr=False)
     signatures: tuple[Signature, ...]
+    resource_variables: tuple[str, ...] = ()  # shared names of VAR_HANDLE ops: tf.Variable state kept across runs
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -289,6 +293,7 @@ class TFLiteModel:
                 opcodes.append(OpCode(BUILTIN_OPERATORS.get(code, f"BUILTIN_{code}"), "builtin", version, code))
 
         subgraphs = []
+        resource_variables: list[str] = []
         for sg in root.tables(2):
             tensors = []
             for i, t in enumerate(sg.tables(0)):
@@ -312,6 +317,7 @@ class TFLiteModel:
                         buffer=buf_index,
                         quantization=quant,
                         is_constant=0 < buf_index < len(buffer_sizes) and buffer_sizes[buf_index] > 0,
+                        is_variable=bool(t.scalar(5, "B", 0)),
                     )
                 )
             operators = tuple(
@@ -329,6 +335,12 @@ class TFLiteModel:
                     if not -1 <= i < len(tensors):  # -1 marks an omitted optional input
                         raise _OutOfBounds(i)
             subgraphs.append(Subgraph(sg.string(4) or "", tuple(tensors), sg_inputs, sg_outputs, operators))
+            for op_table in sg.tables(3):  # VarHandleOptions: container (0), shared_name (1)
+                if opcodes[int(op_table.scalar(0, "I", 0))].name == "VAR_HANDLE":
+                    options = op_table.table(4)
+                    name = (options.string(1) if options is not None else None) or ""
+                    if name and name not in resource_variables:
+                        resource_variables.append(name)
 
         metadata: dict[str, bytes] = {}
         for m in root.tables(6):
@@ -359,6 +371,7 @@ class TFLiteModel:
             buffer_offsets=tuple(buffer_offsets),
             metadata=metadata,
             signatures=signatures,
+            resource_variables=tuple(resource_variables),
         )
 
     # -- derived facts ---------------------------------------------------------------
@@ -409,25 +422,57 @@ class TFLiteModel:
         raw = self.metadata.get("min_runtime_version")
         return raw.rstrip(b"\0").decode("ascii", "replace") if raw else None
 
-    def float_ops(self) -> list[str]:
-        """Nodes that compute in float, except QUANTIZE at a model input and DEQUANTIZE at an output.
-
-        An empty list means the model's arithmetic is integer-only (it may still have float I/O).
-        """
+    def _float_nodes(self) -> list[tuple[str, str]]:
+        """(OP#node, its first output tensor's name) for every node that computes in float."""
         found = []
         for sg in self.subgraphs:
-            sg_in, sg_out = set(sg.inputs), set(sg.outputs)
             for n, op in enumerate(sg.operators):
                 name = self.opcodes[op.opcode_index].name
-                ins = [sg.tensors[i] for i in op.inputs if i >= 0]
-                outs = [sg.tensors[i] for i in op.outputs if i >= 0]
-                if name == "QUANTIZE" and all(t.index in sg_in for t in ins if t.is_float):
-                    ins = [t for t in ins if not t.is_float]
-                if name == "DEQUANTIZE" and all(t.index in sg_out for t in outs if t.is_float):
-                    outs = [t for t in outs if not t.is_float]
-                if any(t.is_float for t in ins + outs):
-                    found.append(f"{name}#{n}" if sg is self.main else f"{sg.name or 'subgraph'}:{name}#{n}")
+                if name in _CONVERSION_OPS:
+                    continue
+                tensors = [sg.tensors[i] for i in op.inputs + op.outputs if i >= 0]
+                if any(t.is_float for t in tensors):
+                    node = f"{name}#{n}" if sg is self.main else f"{sg.name or 'subgraph'}:{name}#{n}"
+                    out = next((sg.tensors[i].name for i in op.outputs if i >= 0), "")
+                    found.append((node, out))
         return found
+
+    def float_ops(self) -> list[str]:
+        """Nodes that compute in float (OP#index; OP#index prefixed by the subgraph's name outside the main one).
+
+        QUANTIZE and DEQUANTIZE are not listed: they only convert between float and integer,
+        at float inputs/outputs or around the float ops that are. An empty list means the
+        model's arithmetic is integer-only (it may still have float I/O: see io_is_float).
+        """
+        return [node for node, _ in self._float_nodes()]
+
+    def float_op_tensors(self) -> list[str]:
+        """The tensor each of float_ops() makes (its first output), in the same order: names the layer."""
+        return [tensor for _, tensor in self._float_nodes()]
+
+    @property
+    def activation_type(self) -> str:
+        """What the ops compute in: int16 (TFLite's 16x8 scheme), int8, uint8, or float.
+
+        Read from the op outputs (state tensors aside): an int8 LSTM keeps its cell state in
+        int16 but its outputs are int8; a 16x8 model's ops output int16.
+        """
+        kinds = {sg.tensors[i].dtype for sg in self.subgraphs for op in sg.operators for i in op.outputs
+                 if i >= 0 and not sg.tensors[i].is_variable}
+        for kind in ("int16", "int8", "uint8"):
+            if kind in kinds:
+                return kind
+        return "float"
+
+    def variable_tensors(self) -> list[str]:
+        """Tensors marked is_variable: state the runtime carries from one invocation to the next
+        (reset_all_variables() clears it)."""
+        return [t.name for sg in self.subgraphs for t in sg.tensors if t.is_variable]
+
+    @property
+    def stateful(self) -> bool:
+        """Does one invocation depend on the ones before it (variable tensors or resource variables)?"""
+        return bool(self.resource_variables) or any(t.is_variable for sg in self.subgraphs for t in sg.tensors)
 
     @property
     def io_is_float(self) -> bool:
@@ -440,7 +485,8 @@ class TFLiteModel:
 
     def integer_facts(self) -> dict[str, Any]:
         """Whether the model is integer, in the one form the manifest, inspect and debug-quant all report."""
-        return {"fully_integer": self.fully_integer, "float_ops": self.float_ops(), "io_float": self.io_is_float}
+        return {"fully_integer": self.fully_integer, "float_ops": self.float_ops(), "io_float": self.io_is_float,
+                "float_op_tensors": self.float_op_tensors(), "activations": self.activation_type}
 
     def weight_stats(self, data: bytes) -> list[WeightStat]:
         """Sparsity and distinct values of each constant weight tensor (ops' inputs with 2+ dimensions).

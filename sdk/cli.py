@@ -97,14 +97,33 @@ def _quant(q: dict[str, Any] | None) -> str:
 
 
 def _integer_verdict(facts: dict[str, Any]) -> str:
-    """One line from TFLiteModel.integer_facts(): what convert, inspect and debug-quant all print."""
+    """One line from TFLiteModel.integer_facts(): what convert, bundle, inspect and debug-quant all print."""
     if facts["fully_integer"]:
         verdict = "yes"
     elif not facts["float_ops"]:
         verdict = "integer ops, float I/O"
     else:
-        verdict = f"no ({len(facts['float_ops'])} float ops: {', '.join(facts['float_ops'][:6])})"
+        verdict = f"no ({_float_ops(facts['float_ops'], facts.get('float_op_tensors') or [], 6)})"
+    if facts.get("activations") == "int16":
+        verdict += "; int16 activations (int16x8: XNNPACK, the Edge TPU and int8-only boards do not run it)"
     return f"fully integer: {verdict}"
+
+
+def _float_ops(ops: list[str], tensors: list[str], limit: int) -> str:
+    """'1 float op: NEG#20 (ln_1/Neg)': the ops that stayed float, with the tensor (layer) each makes."""
+    from converters.manifest import named_float_ops
+
+    return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + named_float_ops(ops, tensors, limit)
+
+
+def _state(variables: list[str], resources: list[str]) -> str:
+    """A stateful model's state, in words: what an evaluator resets between samples."""
+    parts = []
+    if variables:
+        parts.append(f"variable tensors {', '.join(variables[:6])}" + (" ..." if len(variables) > 6 else ""))
+    if resources:
+        parts.append(f"resource variables {', '.join(resources[:6])}" + (" ..." if len(resources) > 6 else ""))
+    return "; ".join(parts) + "; a run depends on the runs before it"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
@@ -141,14 +160,14 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--recipe", "-r", required=True, metavar="RECIPE",
-              help="float32 | float16 | dynamic | int8 | qat")
+              help="float32 | float16 | dynamic | int8 | int16x8 | qat")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert.")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size of the converted model.")
 @click.option("--io", "io_type", default=None, metavar="TYPE",
-              help="Model input/output type for int8/qat: int8 (default) | uint8 | float32.")
+              help="Model input/output type: int8/qat: int8 (default) | uint8 | float32; int16x8: int16 (default) | float32.")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="int8: calibration data, .npz (x or one array per input) or an image folder.")
+              help="int8, int16x8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
 @click.option("--train", type=click.Path(path_type=Path),
@@ -174,6 +193,8 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
               help="multiworker: give up when not every worker in TF_CONFIG has joined by then [600].")
 @click.option("--keep-float", default=None, metavar="LAYER,...|auto:N",
               help="int8: leave these layers (or the N with the worst quantization error) in float.")
+@click.option("--int8-strict", is_flag=True,
+              help="int8/int16x8/qat: refuse a model in which the converter leaves ops float (default: keep them float and name them).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Measure host accuracy on this .npz (x, y).")
 @click.option("--output", default=None, metavar="NAME",
               help="--eval: the output that y scores, by name [the source model's first output].")
@@ -187,8 +208,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
-            eval_data: Path | None, output: str | None, custom_objects: tuple[str, ...], force: bool, quiet: bool,
-            as_json: bool) -> None:
+            int8_strict: bool, eval_data: Path | None, output: str | None, custom_objects: tuple[str, ...],
+            force: bool, quiet: bool, as_json: bool) -> None:
     """Convert a .keras/.h5 model or SavedModel directory into a TFLite bundle.
 
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
@@ -204,7 +225,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
         leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
         clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, worker_timeout=worker_timeout,
-        keep_float=keep_float)
+        keep_float=keep_float, int8_strict=int8_strict)
     if not model.exists():
         from sdk.errors import ModelNotFoundError
 
@@ -266,6 +287,10 @@ def _show_bundle(path: Path, m: Any) -> None:
         click.echo(f"custom ops (a board must register them): {', '.join(custom)}")
     click.echo(f"min runtime: {m.min_runtime_version or 'not recorded in the file'}")
     click.echo(_integer_verdict(m.integer.model_dump()))
+    if m.integer.float_ops and m.recipe["name"] in ("int8", "int16x8", "qat") and not m.float_fallback:
+        click.echo("  (left float by the converter, as a plain TFLiteConverter does; --int8-strict refuses such a model)")
+    if m.stateful and m.state is not None:
+        click.echo(f"stateful: yes ({_state(m.state.variable_tensors, m.state.resource_variables)})")
 
 
 # --- inspect ---------------------------------------------------------------------------
@@ -299,6 +324,8 @@ def _show_tflite(info: dict[str, Any]) -> None:
                [[w["tensor"].split(";")[0], w["op"], f"{w['elements']:,}", f"{w['sparsity']:.1%}", w["distinct_values"]]
                 for w in info["weights"]])
     click.echo(_integer_verdict(info))
+    if info["stateful"]:
+        click.echo(f"stateful: yes ({_state(info['variable_tensors'], info['resource_variables'])})")
 
 
 def _show_saved_model(info: dict[str, Any]) -> None:
@@ -1007,12 +1034,14 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
     from sdk.compat import IncompatibleError, custom_ops
     from sdk.compat import check as run_check
+    from sdk.compat import notes as check_notes
     from sdk.device import load_bundle
 
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
     problems = run_check(manifest, board.spec, model=model)
     customs = custom_ops(manifest)
+    remarks = check_notes(manifest, board.spec)
     arena = None
     if board.spec is not None and board.spec.runtime == "tflite_micro" and not problems:
         from sdk.compat import micro_arena_needed
@@ -1021,7 +1050,7 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
         arena = {"needed": micro_arena_needed(model, arena_size), "size": arena_size}
     if as_json:
         _emit_json({"board": board.name, "compatible": not problems, "custom_ops": customs, "arena": arena,
-                    "problems": [{"code": p.code, "message": p.message} for p in problems]})
+                    "problems": [{"code": p.code, "message": p.message} for p in problems], "notes": remarks})
         if problems:
             sys.exit(1)
         return
@@ -1035,6 +1064,8 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
               else " (the board sets no arena limit)")
         click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
                    f"host: an estimate, a 32-bit build with optimized kernels differs)")
+    for remark in remarks:
+        click.echo(f"note: {remark}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from converters.manifest import Manifest
+from converters.manifest import Manifest, named_float_ops
 from sdk.errors import EdgeshipError
 
 log = logging.getLogger(__name__)
+STRICT_ADVICE = "--recipe int8 --io int8 --int8-strict (or qat) to see which layers stop a fully integer model, and change them"
 
 
 @dataclass(frozen=True)
@@ -159,11 +160,15 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
         problems.append(Problem("not_int8", f"the board is int8-only and the model keeps {len(kept.layers)} layer(s) "
                                             f"in float (--keep-float {kept.requested}: {layers}); convert without "
                                             f"--keep-float, with --recipe int8 --io int8, for this board"))
+    elif c is not None and c.int8_only and _int16(manifest):
+        problems.append(Problem("not_int8", "the board is int8-only and the model computes in int16 (--recipe "
+                                            "int16x8); convert with --recipe int8 (or qat) and --io int8 for this board"))
     elif c is not None and c.int8_only and not manifest.integer.fully_integer:
-        what = (f"{len(manifest.integer.float_ops)} float op(s) ({', '.join(manifest.integer.float_ops[:4])})"
-                if manifest.integer.float_ops else "float inputs/outputs")
+        ops = manifest.integer.float_ops
+        what = (f"{len(ops)} float op(s) ({named_float_ops(ops, manifest.integer.float_op_tensors, 4)})"
+                if ops else "float inputs/outputs")
         problems.append(Problem("not_int8", f"the board is int8-only and the model has {what}; "
-                                            f"{_convert_with(manifest, '--recipe int8 (or qat) and --io int8')}"))
+                                            f"{_convert_with(manifest, STRICT_ADVICE)}"))
     if c is not None and c.allowed_ops is not None:
         allowed = set(c.allowed_ops)
         missing = sorted({f"{o.name} v{o.version}" for o in manifest.operators if o.name not in allowed})
@@ -190,6 +195,9 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
                                                    + "; upgrade the board's runtime or convert with an older "
                                                      "TensorFlow"))
     for d in (spec.delegates if spec is not None else []):
+        if d.required and _int16(manifest) and d.input_types is not None and "int16" not in d.input_types:
+            problems.append(Problem("delegate_int16", f"delegate {d.name} runs {'/'.join(d.input_types)} models, "
+                                                      f"not int16x8 ones; convert with --recipe int8 for this board"))
         if d.input_types:
             bad = [f"{t.name} ({t.dtype})" for t in manifest.inputs if t.dtype not in d.input_types]
             if bad:
@@ -197,6 +205,28 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
                                                           f"the model has {', '.join(bad)}; convert with --io "
                                                           f"{d.input_types[0]}"))
     return problems
+
+
+def _int16(manifest: Manifest) -> bool:
+    """int16 activations (the 16x8 scheme); manifests older than the `activations` field say it by recipe."""
+    return manifest.integer.activations == "int16" or manifest.recipe.get("name") == "int16x8"
+
+
+def notes(manifest: Manifest, spec: Any) -> list[str]:
+    """What will run, but not as well as it could: said by `check`, never a reason to refuse."""
+    out: list[str] = []
+    if not _int16(manifest):
+        return out
+    if spec is not None and spec.runtime == "tflite_micro":
+        out.append("int16x8 on TFLite Micro: only part of its kernels have int16 versions; loading the model in "
+                   "TFLite Micro (as this check does when it has the model) is what decides")
+    else:
+        out.append("int16x8: XNNPACK (the default CPU delegate) does not take int16 activations, so the model runs "
+                   "on TFLite's built-in kernels (docs/BENCHMARKS.md compares its latency with int8)")
+    for d in (spec.delegates if spec is not None else []):
+        if not d.required and d.input_types is not None and "int16" not in d.input_types:
+            out.append(f"delegate {d.name} takes {'/'.join(d.input_types)} models: int16x8 runs on the CPU instead")
+    return out
 
 
 def ensure_compatible(manifest: Manifest, board: Any, runtime: dict[str, Any] | None = None,

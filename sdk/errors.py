@@ -15,6 +15,7 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   └── UnsupportedLayerError   a layer stops the Keras 3 -> tf_keras rebuild or QAT
     ├── DatasetError              calibration / training / eval data: missing, wrong shape or dtype, too small
     ├── ConversionError           the TFLite converter failed or its result breaks the recipe's promise
+    │   └── ConverterCrashError   the converter's process died of a signal (``signal``); edgeship did not
     ├── BundleError               writing or reading a bundle (output dir, manifest schema)
     ├── CatalogueError            boards.yaml: names the file, the board and the key
     ├── TransportError            reaching a board
@@ -77,6 +78,14 @@ class DatasetError(EdgeshipError):
 
 class ConversionError(EdgeshipError):
     """The TFLite converter failed, or its output does not keep the recipe's promise."""
+
+
+class ConverterCrashError(ConversionError):
+    """TensorFlow's converter crashed (in its own process, so edgeship lives on); ``signal`` is what killed it."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 class BundleError(EdgeshipError):
