@@ -326,9 +326,11 @@ def test_debug_quant_and_convert_agree_on_fully_integer(made: Callable[[str], Pa
         facts = TFLiteModel.from_path(result.model_path).integer_facts()
         assert result.manifest.integer.model_dump() == facts
         if recipe.io == "int8":
-            assert facts == report.integer == {"fully_integer": True, "float_ops": [], "io_float": False}
+            assert facts == report.integer == {"fully_integer": True, "float_ops": [], "io_float": False,
+                                               "float_op_tensors": [], "activations": "int8"}
         else:
-            assert facts == {"fully_integer": False, "float_ops": [], "io_float": True}
+            assert facts == {"fully_integer": False, "float_ops": [], "io_float": True, "float_op_tensors": [],
+                             "activations": "int8"}
     assert report.result_document()["result"]["integer"] == report.integer
 
 
