@@ -104,9 +104,9 @@ def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Prob
     try:
         found = micro_probe(model, arena)
         needed = found.needed
-        for size, sig in found.crashes:
-            log.warning("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
-                        "that size was counted as too small", sig, size)
+        for size, sig in found.crashes:  # TFLM segfaults on some too-small arenas: part of the search, not news
+            log.info("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
+                     "that size was counted as too small", sig, size)
     except micro.ArenaProbeCrashed as exc:
         return [Problem("micro_crashed", str(exc))]
     except micro.UnsupportedOpError as exc:
@@ -151,9 +151,10 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
     if micro and no_kernel:
         problems.append(Problem("op_unsupported", f"TFLite Micro has no kernel for op(s) {', '.join(no_kernel)} "
                                                   f"(unsupported on TFLM); change the model"))
-    elif micro and not missing and model is not None:
-        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     c = spec.constraints if spec is not None else None
+    refused_float = c is not None and c.int8_only and not manifest.integer.fully_integer  # not_int8, below
+    if micro and not no_kernel and not missing and not refused_float and model is not None:
+        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     kept = manifest.float_fallback
     if c is not None and c.int8_only and kept is not None and kept.layers:
         layers = ", ".join(name.split(";")[0] for name in kept.layers[:4]) + (" ..." if len(kept.layers) > 4 else "")
