@@ -15,7 +15,7 @@ the zoo's test split:
 TFLM's reference kernels and tflite-runtime's builtin int8 kernels round differently from
 LiteRT's XNNPACK on the host, so a board's int8 accuracy equals the host's exactly on
 every model here but the deep MobileNetV2, which stays within CROSS_KERNEL (measured and
-explained in docs/results.md, "Agreement across runtimes"). Float models agree to ~1e-6.
+explained in docs/results.md, "Agreement with the host across runtimes"). Float models agree to ~1e-6.
 """
 
 from __future__ import annotations
