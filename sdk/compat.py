@@ -93,6 +93,19 @@ def micro_arena_needed(model: bytes, arena: int | None = None) -> int:
     return int(micro_probe(model, arena).needed)
 
 
+def _need_after_crash(model: bytes, crash: Any, arena: int | None) -> str:
+    """When TFLM crashed at the board's own arena: the arena the model needs (a search with no board size), as advice."""
+    from device_agent import micro
+
+    if arena is None or crash.arena_size != arena:
+        return ""
+    try:
+        needed = micro.probe(model).needed  # a crash at a size it passes through counts as "too small"
+    except micro.MicroError:
+        return ""
+    return f"; the model needs a {needed:,}-byte arena (TFLite Micro on this host)" if needed > arena else ""
+
+
 def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Problem]:
     """What TFLite Micro says about the model: ops it lacks, and the arena it needs.
 
@@ -108,7 +121,7 @@ def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Prob
             log.info("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
                      "that size was counted as too small", sig, size)
     except micro.ArenaProbeCrashed as exc:
-        return [Problem("micro_crashed", str(exc))]
+        return [Problem("micro_crashed", str(exc) + _need_after_crash(model, exc, arena))]
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
