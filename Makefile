@@ -11,6 +11,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DIGITS := examples/digits/build
 DEMO := build/demo
 DEMO_BOARDS := emu-pi,emu-mcu
+# Gates a real board keeps. local runs the host's own LiteRT kernels: its outputs are the host
+# reference's bit for bit, so 100 % agreement. Another runtime (tflite-runtime on a Pi, TFLite
+# Micro) rounds int8 differently on some samples: at least 98 % agreement and an accuracy a few
+# points under the host's (about 98 %) hold there (docs/results.md, "Agreement with the host").
+LOCAL_GATE := --min-agreement 100
+BOARD_GATE := --min-agreement 98 --min-accuracy 95
 
 .PHONY: demo test lint install clean apt-tools apt-demo
 
@@ -62,11 +68,13 @@ demo: $(STAMP) apt-demo $(DIGITS)/digits.keras
 	$(EDGESHIP) convert $(DIGITS)/digits.keras --recipe float32 --eval $(DIGITS)/test.npz \
 		--out $(DEMO)/digits-float32 --force -q
 	$(EDGESHIP) push $(DEMO)/digits-int8 --board local
-	$(EDGESHIP) eval $(DEMO)/digits-int8 --board local --data $(DIGITS)/test.npz --min-agreement 100 \
+	$(EDGESHIP) eval $(DEMO)/digits-int8 --board local --data $(DIGITS)/test.npz $(LOCAL_GATE) \
 		--results-dir $(DEMO)/results
 	$(EDGESHIP) bench $(DEMO)/digits-int8 --board local --runs 500 --results-dir $(DEMO)/results
-	$(EDGESHIP) eval $(DEMO)/digits-int8 --board $(DEMO_BOARDS) --data $(DIGITS)/test.npz --results-dir $(DEMO)/results
-	$(EDGESHIP) eval $(DEMO)/digits-float32 --board local,emu-pi --data $(DIGITS)/test.npz --results-dir $(DEMO)/results
+	$(EDGESHIP) eval $(DEMO)/digits-int8 --board $(DEMO_BOARDS) --data $(DIGITS)/test.npz $(BOARD_GATE) \
+		--results-dir $(DEMO)/results
+	$(EDGESHIP) eval $(DEMO)/digits-float32 --board local,emu-pi --data $(DIGITS)/test.npz $(BOARD_GATE) \
+		--results-dir $(DEMO)/results
 	$(EDGESHIP) bench $(DEMO)/digits-float32 --board local --runs 500 --results-dir $(DEMO)/results
 	$(EDGESHIP) report $(DEMO)/results --html $(DEMO)/report.html --markdown $(DEMO)/report.md
 	@echo "report: $(CURDIR)/$(DEMO)/report.html"

@@ -300,8 +300,8 @@ def probe(model: bytes, arena_size: Optional[int] = None, upper: int = DEFAULT_A
                                  f"run with EDGESHIP_DEBUG=1 to see TFLM's output")
             crashes.append((planning, sig))
             if planning == arena_size:
-                raise ArenaProbeCrashed(planning, sig, "the board's arena: a board with this arena would crash the same "
-                                                       "way; give it a larger arena (constraints.arena_bytes in "
+                raise ArenaProbeCrashed(planning, sig, "that is the board's own arena, so the board would crash the "
+                                                       "same way; give it a larger arena (constraints.arena_bytes in "
                                                        "boards.yaml) or change the model")
             if planning == upper or len(crashes) >= MAX_CRASHES:
                 raise ArenaProbeCrashed(planning, sig, "the arena this model needs cannot be found on this host; try "

@@ -738,17 +738,22 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
         _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate, "result": o.doc,
                      "results_file": str(o.results_file) if o.results_file else None} for o in outcomes])
     else:
+        def pct(value: float | None) -> str:
+            return "" if value is None else f"{value * 100:.2f}%"
+
         rows = []
         for o in outcomes:
             r = (o.doc or {}).get("result") or {}
             lat = r.get("latency_ms") or {}
-            acc = r.get("accuracy")
-            rows.append([o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"),
-                         "" if acc is None else f"{acc * 100:.2f}%", f"{lat['p50']:.3f}" if lat else "",
-                         f"{lat['p90']:.3f}" if lat else "", memory_text(r, short=True) if r else "",
-                         o.error or o.gate or ""])
+            row = [o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"), pct(r.get("accuracy"))]
+            if kind == "eval":  # next to the host's number, and how often the board's top-1 is the host's
+                row += [pct(((o.doc or {}).get("host") or {}).get("accuracy")),
+                        pct((r.get("agreement") or {}).get("argmax_agreement"))]
+            rows.append([*row, f"{lat['p50']:.3f}" if lat else "", f"{lat['p90']:.3f}" if lat else "",
+                         memory_text(r, short=True) if r else "", o.error or o.gate or ""])
         _table(f"{kind} on {len(outcomes)} boards",
-               ["board", "status", "accuracy", "p50 ms", "p90 ms", "memory", "problem"], rows)
+               ["board", "status", "accuracy", *(["host", "agreement"] if kind == "eval" else []), "p50 ms", "p90 ms",
+                "memory", "problem"], rows)
     failed = [o.board for o in outcomes if o.error]
     missed = [o.board for o in outcomes if o.gate]
     if failed:

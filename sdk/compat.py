@@ -93,6 +93,19 @@ def micro_arena_needed(model: bytes, arena: int | None = None) -> int:
     return int(micro_probe(model, arena).needed)
 
 
+def _need_after_crash(model: bytes, crash: Any, arena: int | None) -> str:
+    """When TFLM crashed at the board's own arena: the arena the model needs (a search with no board size), as advice."""
+    from device_agent import micro
+
+    if arena is None or crash.arena_size != arena:
+        return ""
+    try:
+        needed = micro.probe(model).needed  # a crash at a size it passes through counts as "too small"
+    except micro.MicroError:
+        return ""
+    return f"; the model needs a {needed:,}-byte arena (TFLite Micro on this host)" if needed > arena else ""
+
+
 def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Problem]:
     """What TFLite Micro says about the model: ops it lacks, and the arena it needs.
 
@@ -104,11 +117,11 @@ def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Prob
     try:
         found = micro_probe(model, arena)
         needed = found.needed
-        for size, sig in found.crashes:
-            log.warning("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
-                        "that size was counted as too small", sig, size)
+        for size, sig in found.crashes:  # TFLM segfaults on some too-small arenas: part of the search, not news
+            log.info("TFLite Micro crashed (%s) while planning the arena at %d bytes, in a probe child; "
+                     "that size was counted as too small", sig, size)
     except micro.ArenaProbeCrashed as exc:
-        return [Problem("micro_crashed", str(exc))]
+        return [Problem("micro_crashed", str(exc) + _need_after_crash(model, exc, arena))]
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
@@ -151,9 +164,10 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
     if micro and no_kernel:
         problems.append(Problem("op_unsupported", f"TFLite Micro has no kernel for op(s) {', '.join(no_kernel)} "
                                                   f"(unsupported on TFLM); change the model"))
-    elif micro and not missing and model is not None:
-        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     c = spec.constraints if spec is not None else None
+    refused_float = c is not None and c.int8_only and not manifest.integer.fully_integer  # not_int8, below
+    if micro and not no_kernel and not missing and not refused_float and model is not None:
+        problems += _micro_problems(model, spec.constraints.arena_bytes, manifest.integer.fully_integer)
     kept = manifest.float_fallback
     if c is not None and c.int8_only and kept is not None and kept.layers:
         layers = ", ".join(name.split(";")[0] for name in kept.layers[:4]) + (" ..." if len(kept.layers) > 4 else "")

@@ -23,7 +23,7 @@ import pytest
 
 from converters.manifest import Manifest
 from converters.tflite_model import TFLiteModel
-from tests.conftest import run_cli
+from tests.conftest import QAT_GOAL, Converted, run_cli
 from tests.zoo import FAMILIES, TWO_IO_OUTPUTS, ZooModel, accuracy, raw_convert
 
 # The recipes each family is converted with here: what the family is in the zoo for, and every recipe on
@@ -44,13 +44,8 @@ TESTED = {
     "savedmodel_export": ("float32", "dynamic", "int8"),
 }
 CELLS = [(family, recipe) for family, recipes in TESTED.items() for recipe in recipes]
-# Cells converted with the `edgeship` command instead of the library function.
-CLI_CELLS = {("dscnn", "qat"), ("mobilenetv2", "int8"), ("lstm_h5", "float32"), ("savedmodel_tf", "int8"),
-             ("two_io", "int8")}
 # How far below the float model (in accuracy, as a fraction) each recipe may land.
 BOUNDS = {"float32": 0.005, "float16": 0.005, "dynamic": 0.01, "int16x8": 0.01}
-QAT_GOAL = ("mobilenetv2", "dscnn")  # the issue's QAT goal: within 0.5 point of float
-QAT_QUICK_EPOCHS = 1  # QAT on the other families checks that it works, not the goal: one epoch keeps the suite short
 
 
 def _bound(z: ZooModel, recipe: str) -> float:
@@ -69,56 +64,6 @@ def test_the_tested_cells_are_a_spread_of_the_applicable_ones() -> None:
         assert set(FAMILIES[family].fully_integer) <= set(recipes), family  # every integer claim is checked
     for recipe in ("float32", "float16", "dynamic", "int8", "qat", "int16x8"):
         assert sum(recipe in r for r in TESTED.values()) >= 3, recipe
-
-
-class Converted:
-    """One cell's bundle: the manifest as edgeship wrote it and the flatbuffer's own account."""
-
-    def __init__(self, z: ZooModel, bundle: Path) -> None:
-        self.zoo = z
-        self.bundle = bundle
-        self.manifest = Manifest.load(bundle)
-        self.raw_manifest = json.loads((bundle / "manifest.json").read_text())
-        self.flatbuffer = (bundle / "model.tflite").read_bytes()
-        self.model = TFLiteModel.from_bytes(self.flatbuffer)
-
-
-@pytest.fixture(scope="module")
-def converted(zoo: Callable[[str], Any], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Converted]:
-    """(family, recipe) -> its bundle, converted once; a failed conversion fails every test that asks for it."""
-    from converters.convert import convert
-    from converters.recipe import Recipe
-
-    root = tmp_path_factory.mktemp("zoo-bundles")
-    cache: dict[tuple[str, str], Converted | BaseException] = {}
-
-    def get(family: str, recipe: str) -> Converted:
-        key = (family, recipe)
-        if key not in cache:
-            z = zoo(family)
-            out = root / f"{family}-{recipe}"
-            try:
-                if key in CLI_CELLS:
-                    data = (["--calib", str(z.calib)] if recipe in ("int8", "int16x8") else
-                            ["--train", str(z.train)] if recipe == "qat" else [])
-                    done = run_cli("convert", str(z.path), "-r", recipe, "-o", str(out), *data, "--eval", str(z.test), "-q")
-                    if done.returncode != 0:
-                        raise AssertionError(f"edgeship convert {family} -r {recipe} exited {done.returncode}: "
-                                             f"{done.stderr.strip()[-600:]}")
-                    assert done.stderr.count("Traceback") == 0
-                else:
-                    epochs = QAT_QUICK_EPOCHS if recipe == "qat" and family not in QAT_GOAL else None
-                    convert(z.path, Recipe.from_name(recipe, calibration=z.calib, train=z.train, epochs=epochs), out,
-                            eval_data=z.test)
-                cache[key] = Converted(z, out)
-            except Exception as exc:  # kept, so the other tests of this cell fail with the same error, fast
-                cache[key] = exc
-        found = cache[key]
-        if isinstance(found, BaseException):
-            raise found
-        return found
-
-    return get
 
 
 @pytest.mark.slow
