@@ -321,9 +321,9 @@ def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
     exporting the model; a fine-tuning recipe starts it when it needs it, not minutes before."""
     if recipe.finetunes:
         return contextlib.nullcontext(None)
-    from converters.isolated import ConverterProcess
+    from converters.isolated import converter
 
-    return ConverterProcess()
+    return converter()
 
 
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,

@@ -6,7 +6,8 @@ TensorFlow's converter, the raw one too. `convert` therefore runs the conversion
 quantization debugger for --keep-float) in a fresh Python started with subprocess, never
 forked: TensorFlow's thread pools do not survive a fork. Parent and child talk through
 files in a private temporary directory; the child starts early (ConverterProcess), imports
-TensorFlow while the parent loads and exports the model, and waits for "go" on its stdin:
+TensorFlow while the parent loads and exports the model, and waits for a job directory on
+its stdin; it answers "done" on a pipe of its own when the job's files are written:
 
     job.pickle        parent -> child: SavedModel path, signature key, Recipe, input names, batch
     calibration.npz   parent -> child: the representative samples, one array per input
@@ -18,10 +19,18 @@ TensorFlow while the parent loads and exports the model, and waits for "go" on i
 The child's output never reaches edgeship's stdout, so `--json` stays one document; it is
 replayed on stderr when the converter reports an error (as the in-process converter's was),
 shown live with EDGESHIP_DEBUG=1, and dropped when the child crashes: the crash is one line.
+
+A child that finished a job cleanly is kept (one idle child per process, `acquire` and
+`release`) and takes the next conversion of the same process, so a notebook, a test
+session or bench/zoo.py pays TensorFlow's import once rather than per model. A child that
+crashed, or was interrupted, is never reused; one is retired after MAX_JOBS jobs, and the
+idle one is ended when the process exits (or, if the parent dies, when its stdin closes).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -49,42 +58,51 @@ DATA_FILE = "calibration.npz"
 MODEL_FILE = "model.tflite"
 RESULT_FILE = "result.json"
 LOG_FILE = "child.log"
+MAX_JOBS = 25  # a child's memory grows with each converted graph: retire it after this many
 
 
 class ConverterProcess:
-    """A child Python that imports TensorFlow as soon as it starts, then runs one conversion when given it.
+    """A child Python that imports TensorFlow as soon as it starts, then runs conversions when given them.
 
     Started before the parent loads and exports the model, the child's TensorFlow import
-    (most of its cost) overlaps that work. Used as a context manager: leaving it kills a
-    child that was never given a job and removes the job directory.
+    (most of its cost) overlaps that work. Used through `converter()`: leaving it hands a
+    healthy child back to the pool, and ends one that crashed or was interrupted.
     """
 
     def __init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="edgeship-convert-"))
-        self._debug = bool(os.environ.get("EDGESHIP_DEBUG"))
+        self.debug = bool(os.environ.get("EDGESHIP_DEBUG"))
+        self.jobs = 0
+        self.healthy = True
         self._log = (self.work / LOG_FILE).open("wb")
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)  # where `converters` is importable from
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env.pop("TF_CONFIG", None)  # the converter is no worker of a --strategy multiworker cluster
-        out: Any = 2 if self._debug else self._log  # with --debug the chatter goes to our stderr, never our stdout
-        self._proc = subprocess.Popen([sys.executable, "-m", "converters.isolated", str(self.work)],
-                                      stdin=subprocess.PIPE, stdout=out, stderr=None if self._debug else self._log,
-                                      env=env)
-        self._used = False
+        out: Any = 2 if self.debug else self._log  # with --debug the chatter goes to our stderr, never our stdout
+        done_read, done_write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "converters.isolated", str(self.work), str(done_write)],
+                stdin=subprocess.PIPE, stdout=out, stderr=None if self.debug else self._log, env=env,
+                pass_fds=(done_write,))
+        finally:
+            os.close(done_write)
+        self._done = os.fdopen(done_read, "rb")
 
-    def __enter__(self) -> ConverterProcess:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+    @property
+    def alive(self) -> bool:
+        """Can this child take another job (it finished its last one cleanly and is still running)?"""
+        return self.healthy and self._proc.poll() is None
 
     def close(self) -> None:
-        if self._proc.poll() is None:  # never given a job, or interrupted mid-conversion: nothing to keep
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdin is not None and not self._proc.stdin.closed:
-            self._proc.stdin.close()
+        """End the child and remove its directory: idle, it holds nothing; mid-job, it was interrupted."""
+        self._proc.kill()  # not stdin's EOF: a child still importing TensorFlow would keep us waiting
+        self._proc.wait()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+        self._done.close()
         self._log.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -93,9 +111,11 @@ class ConverterProcess:
         """converters.convert.convert_here(...) in the child; returns its Converted."""
         from converters.convert import Converted
 
-        if self._used:
-            raise RuntimeError("a ConverterProcess converts once")
-        self._used = True
+        if not self.alive:
+            raise RuntimeError("this converter process cannot take another job")
+        self.jobs += 1
+        job_dir = self.work / f"job{self.jobs}"
+        job_dir.mkdir()
         names: list[str] = []
         batch = 1
         if representative is not None:  # the samples themselves cross the process boundary, in the order given
@@ -103,46 +123,86 @@ class ConverterProcess:
             if chunks:
                 names = list(chunks[0])
                 batch = len(next(iter(chunks[0].values())))
-                np.savez(self.work / DATA_FILE, *[np.concatenate([np.asarray(c[n]) for c in chunks]) for n in names])
+                np.savez(job_dir / DATA_FILE, *[np.concatenate([np.asarray(c[n]) for c in chunks]) for n in names])
         job = {"saved_model": str(saved_model), "key": key, "recipe": recipe, "names": names, "batch": batch,
                "representative": representative is not None}
-        (self.work / JOB_FILE).write_bytes(pickle.dumps(job))
-        assert self._proc.stdin is not None  # Popen(stdin=PIPE)
-        try:
-            self._proc.stdin.write(b"go\n")
-            self._proc.stdin.close()
-        except BrokenPipeError:  # the child is already gone (it crashed importing TensorFlow, say)
-            pass
-        try:
-            rc = self._proc.wait()
-        except BaseException:  # Ctrl-C: the child goes too
-            self._proc.kill()
-            self._proc.wait()
-            raise
+        (job_dir / JOB_FILE).write_bytes(pickle.dumps(job))
         self._log.flush()
-        chatter = (self.work / LOG_FILE).read_bytes()
-        if rc < 0:
+        log_start = (self.work / LOG_FILE).stat().st_size
+        self.healthy = False  # until the child says this job is done
+        assert self._proc.stdin is not None  # Popen(stdin=PIPE)
+        with contextlib.suppress(BrokenPipeError):  # the child is already gone (it crashed importing TensorFlow, say)
+            self._proc.stdin.write(f"{job_dir}\n".encode())
+            self._proc.stdin.flush()
+        done = self._done.readline()  # b"done\n", or b"" when the child died (Ctrl-C: close() kills it)
+        rc = None if done else self._proc.wait()
+        with (self.work / LOG_FILE).open("rb") as f:
+            f.seek(log_start)
+            chatter = f.read()
+        if rc is not None and rc < 0:
             log.debug("converter child output before signal %d:\n%s", -rc, chatter.decode("utf-8", "replace"))
             raise ConverterCrashError(crash_message(-rc, recipe, model_name), -rc)
-        result = self.work / RESULT_FILE
-        if not result.exists():
+        result = job_dir / RESULT_FILE
+        if rc is not None or not result.exists():
             raise ConversionError(f"the TFLite converter process exited with status {rc} while converting "
                                   f"{model_name} with recipe {recipe.name}, without a result; rerun with --debug "
                                   f"to see its output")
+        self.healthy = self.jobs < MAX_JOBS
         doc = json.loads(result.read_text())
-        if "error" in doc:
-            if chatter:
-                os.write(2, chatter)  # what the converter printed before it refused, as it always was shown
-            raise _error(doc["error"])
-        fallback = doc.get("fallback")
-        return Converted((self.work / MODEL_FILE).read_bytes(), FloatFallback(**fallback) if fallback else None,
-                         doc.get("mixed_reason"))
+        try:
+            if "error" in doc:
+                if chatter:
+                    os.write(2, chatter)  # what the converter printed before it refused, as it always was shown
+                raise _error(doc["error"])
+            fallback = doc.get("fallback")
+            return Converted((job_dir / MODEL_FILE).read_bytes(), FloatFallback(**fallback) if fallback else None,
+                             doc.get("mixed_reason"))
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+
+_idle: list[ConverterProcess] = []  # at most one healthy child waiting for this process's next conversion
+
+
+def acquire() -> ConverterProcess:
+    """The idle child of this process when there is a healthy one (with the same --debug routing), else a new one."""
+    debug = bool(os.environ.get("EDGESHIP_DEBUG"))
+    while _idle:
+        child = _idle.pop()
+        if child.alive and child.debug == debug:
+            return child
+        child.close()
+    return ConverterProcess()
+
+
+def release(child: ConverterProcess) -> None:
+    """Keep a healthy child for the next conversion; end any other."""
+    if child.alive and not _idle:
+        _idle.append(child)
+    else:
+        child.close()
+
+
+@atexit.register
+def _close_idle() -> None:
+    while _idle:
+        _idle.pop().close()
+
+
+@contextlib.contextmanager
+def converter() -> Iterator[ConverterProcess]:
+    """A converter child for the duration of the block, handed back to the pool after it."""
+    child = acquire()
+    try:
+        yield child
+    finally:
+        release(child)
 
 
 def convert(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
             model_name: str) -> Any:
-    """converters.convert.convert_here(...) run in a new child process; returns its Converted."""
-    with ConverterProcess() as child:
+    """converters.convert.convert_here(...) run in a child process; returns its Converted."""
+    with converter() as child:
         return child.convert(saved_model, key, recipe, representative, model_name)
 
 
@@ -171,14 +231,21 @@ def _error(err: dict[str, str]) -> Exception:
 # --- the child -------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> int:
-    """Child entry point: run the job in directory argv[0], write the model and result.json there."""
+    """Child entry point: run each job directory read from stdin, answering "done" on the fd argv[1]."""
     from converters._tf import tensorflow
+
+    done = os.fdopen(int(argv[1]), "wb", buffering=0)
+    tensorflow()  # while the parent loads and exports the model
+    for line in sys.stdin:  # until the parent closes the pipe
+        _run_job(Path(line.strip()))
+        done.write(b"done\n")
+    return 0
+
+
+def _run_job(work: Path) -> None:
+    """One conversion: the job's files in, the model and result.json out."""
     from converters.convert import _representative, convert_here
 
-    work = Path(argv[0])
-    tensorflow()  # while the parent loads and exports the model
-    if not sys.stdin.readline():  # the parent closed the pipe without a job: nothing to do
-        return 0
     try:
         job = pickle.loads((work / JOB_FILE).read_bytes())  # written by our parent, in a private directory
         representative = None
@@ -195,10 +262,11 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a bug: the parent reports it as an internal error
         traceback.print_exc()
         doc = {"error": {"type": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+    sys.stdout.flush()
+    sys.stderr.flush()
     partial = work / (RESULT_FILE + ".tmp")
     partial.write_text(json.dumps(doc))
     partial.rename(work / RESULT_FILE)
-    return 0
 
 
 if __name__ == "__main__":

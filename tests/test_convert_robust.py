@@ -115,6 +115,30 @@ def test_a_converter_crash_is_one_line_and_leaves_nothing_behind(zoo: Path, tmp_
     assert list(tmpdir.iterdir()) == []  # no static SavedModel, no converter job
 
 
+def test_one_converter_child_serves_the_process_and_a_crashed_one_is_replaced(zoo: Path, tmp_path: Path) -> None:
+    """Conversions in one process share a converter child (TensorFlow imported once); a crash is not reused."""
+    from converters import isolated
+    from sdk.errors import ConverterCrashError
+
+    def idle_pid() -> int | None:
+        return isolated._idle[0]._proc.pid if isolated._idle else None
+
+    convert(zoo / "gru.keras", Recipe.from_name("float32"), tmp_path / "a")
+    first = idle_pid()
+    assert first is not None
+    convert(zoo / "gru.keras", Recipe.from_name("dynamic"), tmp_path / "b")
+    assert idle_pid() == first  # the same child took the second job
+    work = isolated._idle[0].work
+    assert [p.name for p in work.iterdir()] == ["child.log"]  # each job's files go with the job
+    with pytest.raises(ConverterCrashError):
+        convert(zoo / "lstm.keras", Recipe.from_name("int8", calibration=zoo / "calib.npz"), tmp_path / "c")
+    assert idle_pid() is None and not work.exists()  # the crashed child is gone, with its directory
+    assert not (tmp_path / "c").exists()
+    result = convert(zoo / "gru.keras", Recipe.from_name("float32"), tmp_path / "d")  # a new child
+    assert idle_pid() not in (None, first)
+    assert result.manifest.sha256 == TFLiteModel.from_path(tmp_path / "a" / "model.tflite").sha256
+
+
 @pytest.mark.parametrize("name", ["lstm.keras", "gru.keras", "fused_lstm.h5"])
 @pytest.mark.parametrize("recipe", ["float32", "float16", "dynamic"])
 def test_recurrent_models_convert_static_and_agree_with_keras(zoo: Path, tmp_path: Path, name: str,
