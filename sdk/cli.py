@@ -102,6 +102,8 @@ def _integer_verdict(facts: dict[str, Any]) -> str:
         verdict = "yes"
     elif not facts["float_ops"]:
         verdict = "integer ops, float I/O"
+    elif facts.get("activations") == "float":  # every op computes in float: nothing to name
+        verdict = f"no (a float model, {len(facts['float_ops'])} float ops)"
     else:
         verdict = f"no ({_float_ops(facts['float_ops'], facts.get('float_op_tensors') or [], 6)})"
     if facts.get("activations") == "int16":

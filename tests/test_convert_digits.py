@@ -105,6 +105,10 @@ def test_convert_command_end_to_end(digits: Path, tmp_path: Path) -> None:
     again = run_cli("convert", str(digits / "digits.keras"), "--recipe", "float32", "--out", str(out))
     assert again.returncode != 0 and "--force" in again.stderr
     assert Manifest.load(out).recipe["name"] == "int8"  # the refused run left the bundle alone
+    assert "fully integer: yes" in run_cli("inspect", str(out / "model.tflite")).stdout
+    f32 = run_cli("convert", str(digits / "digits.keras"), "--recipe", "float32", "--out", str(tmp_path / "f32"), "-q")
+    assert f32.returncode == 0, f32.stderr
+    assert "fully integer: no (a float model, 7 float ops)" in f32.stdout  # a float model's ops are not listed
 
     report = run_cli("eval-host", str(out), "--data", str(digits / "test.npz"), "--json")
     assert report.returncode == 0, report.stderr
