@@ -5,6 +5,7 @@ here, once, into :mod:`sdk.errors` (``raise ... from exc`` keeps the cause for `
 
     unknown host key (not accepted)     HostKeyError  names the fingerprint, says --accept-new-host
     changed host key                    HostKeyError  always refused; says how to remove the stale entry
+    key listed @revoked in known_hosts  HostKeyError  always refused; names the file and line
     credentials refused                 AuthError     names user, host and the key file tried
     refused / timed out / handshake     LinkError     names host:port
     exec stream ended or broke          LinkError     carries the exit status and the stderr tail
@@ -12,16 +13,23 @@ here, once, into :mod:`sdk.errors` (``raise ... from exc`` keeps the cause for `
 Host keys follow OpenSSH's ``StrictHostKeyChecking``: the default is ``yes`` (an unknown
 host is refused, paramiko's RejectPolicy semantics); ``accept_new_host`` is ``accept-new``
 (an unknown host's key is appended to known_hosts). A *changed* key is refused in both
-modes. Entries for a port other than 22 are looked up and written as ``[host]:port``.
+modes, and so is a key that known_hosts lists as ``@revoked``. Entries for a port other than
+22 are looked up and written as ``[host]:port``. known_hosts is parsed here, not by paramiko
+(see :class:`_KnownHosts`): hashed names, wildcards and negations match as in OpenSSH;
+``@cert-authority`` lines and malformed lines are skipped (a malformed one with a warning
+naming ``file:line``) instead of breaking every connection.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import errno
 import getpass
 import hashlib
+import hmac
+import logging
 import os
 import posixpath
 import re
@@ -33,20 +41,25 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import paramiko
+from paramiko.hostkeys import InvalidHostKey
+from paramiko.pkey import UnknownKeyType
 
 from sdk.errors import AuthError, HostKeyError, LinkError, TransportError
 
 __all__ = [
+    "RemoteFile",
     "SSHStream",
     "SSHTarget",
     "connect",
     "fingerprint",
     "known_hosts_name",
     "open_exec",
+    "private_dir",
     "put_file",
+    "remote_file",
     "remote_sha256",
 ]
 
@@ -54,6 +67,7 @@ STDERR_TAIL_BYTES = 64 * 1024  # how much of a remote command's stderr is kept (
 STDOUT_BUFFER_BYTES = 1024 * 1024  # stdout read ahead of the caller before back-pressure applies
 STDERR_TAIL_LINES = 10  # stderr lines quoted in an error message
 _SEND_CHUNK = 32 * 1024
+_log = logging.getLogger(__name__)
 _SETTLE_S = 2.0  # after EOF: how long to wait for the exit status and the last stderr bytes
 
 
@@ -103,15 +117,128 @@ def _describe(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {fingerprint(key)}"
 
 
-def _read_known_hosts(path: Path) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if path.is_file():
+@dataclass(frozen=True)
+class _HostLine:
+    """One usable known_hosts line: its host patterns, key type, key (None: a type paramiko cannot read)."""
+
+    patterns: tuple[str, ...]
+    key_type: str
+    key: Optional[paramiko.PKey]
+    where: str  # "file:line", for messages
+
+
+@dataclass
+class _KnownHosts:
+    """A known_hosts file read the way OpenSSH reads it, tolerant of what OpenSSH tolerates.
+
+    paramiko's own loader raises on one bad base64 field (``InvalidHostKey``, which broke every
+    SSH board) and treats ``@cert-authority`` / ``@revoked`` lines as host names. Here: comments
+    and blank lines are skipped; ``@cert-authority`` lines are skipped (edgeship does not verify
+    host certificates) with a debug log; a malformed line is skipped with a warning naming
+    ``file:line``; ``@revoked`` keys are collected and refused for every host (stricter than
+    OpenSSH, which applies them to the hosts the line's patterns match).
+    """
+
+    lines: list[_HostLine] = field(default_factory=list)
+    revoked: list[_HostLine] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> _KnownHosts:
+        known = cls()
+        if not path.is_file():
+            return known
         try:
-            keys.load(str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HostKeyError(f"Cannot read the known_hosts file {path}: {exc}. Fix its permissions or point "
-                               f"edgeship at another known_hosts file.") from exc
-    return keys
+            text = path.read_bytes().decode("utf-8", "replace")
+        except OSError as exc:
+            raise HostKeyError(f"Cannot read the known_hosts file {path}: {exc.strerror or exc}. Fix its permissions "
+                               f"or point edgeship at another known_hosts file.") from exc
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            where = f"{path}:{lineno}"
+            fields = raw.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            marker = ""
+            if fields[0].startswith("@"):
+                marker, fields = fields[0], fields[1:]
+                if marker == "@cert-authority":
+                    _log.debug("%s: skipping an @cert-authority line (edgeship does not check host certificates)",
+                               where)
+                    continue
+                if marker != "@revoked":
+                    _log.warning("%s: skipping a line with the unknown marker %s", where, _printable(marker))
+                    continue
+            if len(fields) < 3:
+                _log.warning("%s: skipping a malformed known_hosts line (expected: hosts keytype base64-key)", where)
+                continue
+            patterns, key_type, b64 = fields[:3]
+            try:
+                blob = base64.b64decode(b64.encode("ascii"), validate=True)
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                _log.warning("%s: skipping a malformed known_hosts line (the key is not base64)", where)
+                continue
+            key: Optional[paramiko.PKey]
+            try:
+                key = paramiko.PKey.from_type_string(key_type, blob)
+            except UnknownKeyType:
+                _log.debug("%s: key type %s is not one paramiko reads", where, _printable(key_type))
+                key = None
+            except (paramiko.SSHException, ValueError, TypeError, IndexError):
+                _log.warning("%s: skipping a malformed known_hosts line (not a valid %s key)", where,
+                             _printable(key_type))
+                continue
+            entry = _HostLine(tuple(patterns.split(",")), key_type, key, where)
+            (known.revoked if marker == "@revoked" else known.lines).append(entry)
+        return known
+
+    def revoked_entry(self, key: paramiko.PKey) -> Optional[_HostLine]:
+        """The @revoked line that lists ``key``, if any."""
+        for entry in self.revoked:
+            if entry.key is not None and entry.key == key:
+                return entry
+        return None
+
+    def for_host(self, name: str) -> list[_HostLine]:
+        """The lines whose host patterns match ``name`` (``host`` or ``[host]:port``)."""
+        return [e for e in self.lines if _host_matches(e.patterns, name)]
+
+
+def _printable(text: str, limit: int = 60) -> str:
+    """A value from a file, safe to log: repr-escaped and cut."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def _host_matches(patterns: tuple[str, ...], name: str) -> bool:
+    """OpenSSH's host pattern list: ``*`` and ``?`` wildcards, ``!`` negation, ``|1|salt|hash`` hashed names."""
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if negated:
+            pattern = pattern[1:]
+        if pattern.startswith("|1|"):
+            hit = _hashed_match(pattern, name)
+        else:
+            hit = _glob_re(pattern.lower()).fullmatch(name.lower()) is not None
+        if hit and negated:
+            return False
+        matched = matched or hit
+    return matched
+
+
+def _hashed_match(pattern: str, name: str) -> bool:
+    parts = pattern.split("|")  # "", "1", salt, hash
+    if len(parts) != 4:
+        return False
+    try:
+        salt = base64.b64decode(parts[2], validate=True)
+        want = base64.b64decode(parts[3], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest(), want)
+
+
+def _glob_re(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
 
 
 def _unknown_host_message(target: SSHTarget, key: paramiko.PKey) -> str:
@@ -121,14 +248,26 @@ def _unknown_host_message(target: SSHTarget, key: paramiko.PKey) -> str:
             f"then pass --accept-new-host to trust it; it will be added to {target.known_hosts}.")
 
 
-def _changed_host_message(target: SSHTarget, offered: paramiko.PKey, known: Optional[paramiko.PKey]) -> str:
+def _changed_host_message(target: SSHTarget, offered: paramiko.PKey, known: Optional[_HostLine]) -> str:
     name = known_hosts_name(target.host, target.port)
-    was = _describe(known) if known is not None else "a different key"
+    if known is None:
+        was = "a different key"
+    elif known.key is None:
+        was = f"a {known.key_type} key (line {known.where.rsplit(':', 1)[1]})"
+    else:
+        was = f"{_describe(known.key)} (line {known.where.rsplit(':', 1)[1]})"
     return (f"The SSH host key of {target.address} has CHANGED: {target.known_hosts} has {was} for {name}, "
             f"but the board now presents {_describe(offered)}. Someone could be intercepting the connection, "
             f"or the board was reinstalled. edgeship refuses a changed key even with --accept-new-host. If you "
             f"know why it changed, remove the stale entry with: ssh-keygen -R {shlex.quote(name)} -f "
             f"{shlex.quote(str(target.known_hosts))} and connect again with --accept-new-host.")
+
+
+def _revoked_host_message(target: SSHTarget, offered: paramiko.PKey, line: _HostLine) -> str:
+    return (f"The SSH host key of {target.address} is REVOKED: the board presents {_describe(offered)}, which "
+            f"{line.where} marks @revoked. edgeship never accepts a revoked key, not even with --accept-new-host. "
+            f"Give the board a new host key (and check how the old one was exposed), or delete that line if it "
+            f"is there by mistake.")
 
 
 def _key_file_stem(key: paramiko.PKey) -> str:
@@ -157,25 +296,31 @@ def _append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
 
 
 class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Decides about a host paramiko found no entry for: refuse, or accept-new and record it.
+    """Every host-key decision: paramiko is given no keys of its own, so it asks here each time.
 
-    paramiko calls this only when known_hosts has no key for the name; the file is read again
-    here so that an entry written meanwhile (another edgeship, an ssh) still counts, and any
-    key on file for the host makes this a *changed* key, which is always refused.
+    A key listed ``@revoked`` is refused first, in every mode; then a key on file for the host
+    must match one of its lines, any other key is *changed* and always refused; an unknown
+    host is refused, or recorded under ``accept_new_host``.
     """
 
-    def __init__(self, target: SSHTarget, known_hosts: Path) -> None:
+    def __init__(self, target: SSHTarget, known_hosts: Path, known: _KnownHosts) -> None:
         self.target = target
         self.known_hosts = known_hosts
+        self.known = known
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        on_file = _read_known_hosts(self.known_hosts).lookup(hostname)
+        known = self.known
+        revoked = known.revoked_entry(key)
+        if revoked is not None:
+            raise HostKeyError(_revoked_host_message(self.target, key, revoked))
+        on_file = known.for_host(hostname)
         if on_file:
-            same = on_file.get(key.get_name())
-            if same is not None and same == key:
-                return  # written by someone else since we loaded the file
-            known = same if same is not None else next(iter(on_file.values()))
-            raise HostKeyError(_changed_host_message(self.target, key, known))
+            offered = key.asbytes()
+            if any(e.key is not None and e.key.asbytes() == offered for e in on_file):
+                return
+            readable = [e for e in on_file if e.key is not None]
+            same_type = [e for e in readable if e.key_type == key.get_name()]
+            raise HostKeyError(_changed_host_message(self.target, key, (same_type or readable or on_file)[0]))
         if not self.target.accept_new_host:
             raise HostKeyError(_unknown_host_message(self.target, key))
         try:
@@ -183,10 +328,33 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         except OSError as exc:
             raise HostKeyError(f"Cannot record the host key of {self.target.address} in {self.known_hosts}: "
                                f"{exc.strerror or exc}. Fix the permissions of that file or its directory.") from exc
-        client.get_host_keys().add(hostname, key.get_name(), key)
 
 
 # -- connecting ----------------------------------------------------------------------------
+
+
+def _transport_preferring(key_types: list[str]) -> Callable[..., paramiko.Transport]:
+    """A paramiko Transport factory that asks the server first for the host-key types on file.
+
+    Like OpenSSH: a board with ed25519, ECDSA and RSA host keys, known here by its ECDSA key,
+    must be asked for that key, not for paramiko's first choice (which would look *changed*).
+    """
+    wanted: list[str] = []
+    for key_type in key_types:
+        for algorithm in (["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if key_type == "ssh-rsa" else [key_type]):
+            if algorithm not in wanted:
+                wanted.append(algorithm)
+
+    def make(sock: Any, **kwargs: Any) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, **kwargs)
+        if wanted:
+            options = transport.get_security_options()
+            offered = list(options.key_types)
+            first = [k for k in wanted if k in offered]
+            options.key_types = first + [k for k in offered if k not in first]
+        return transport
+
+    return make
 
 
 def _past_key_exchange(client: paramiko.SSHClient) -> bool:
@@ -209,7 +377,7 @@ def _auth_message(target: SSHTarget, key_file: Optional[Path], exc: BaseExceptio
     else:
         pub = f"{key_file}.pub" if key_file else "~/.ssh/id_ed25519.pub"
         hint = (f"Install the matching public key on the board (ssh-copy-id -i {shlex.quote(pub)} -p {target.port} "
-                f"{target.login}@{target.host}) or pass the right key file.")
+                f"{shlex.quote(f'{target.login}@{target.host}')}) or pass the right key file.")
     detail = str(exc).strip() or type(exc).__name__
     return (f"SSH login as {target.login!r} on {target.address} was refused ({detail}); tried {tried}. {hint}")
 
@@ -241,14 +409,13 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     if key_file is not None and not key_file.is_file():
         raise AuthError(f"SSH key file {key_file} for {target.login}@{target.address} does not exist.")
 
-    client = paramiko.SSHClient()
-    host_keys = client.get_host_keys()
-    for name, keys in _read_known_hosts(known_hosts).items():
-        for key_type, key in keys.items():
-            host_keys.add(name, key_type, key)
-    client.set_missing_host_key_policy(_KnownHostsPolicy(target, known_hosts))
+    known = _KnownHosts.read(known_hosts)
+    client = paramiko.SSHClient()  # no host keys loaded into paramiko: every decision is the policy's
+    client.set_missing_host_key_policy(_KnownHostsPolicy(target, known_hosts, known))
+    on_file = [e.key_type for e in known.for_host(known_hosts_name(target.host, target.port)) if e.key is not None]
     try:
         client.connect(
+            transport_factory=_transport_preferring(on_file),
             hostname=target.host,
             port=target.port,
             username=target.login,
@@ -263,9 +430,13 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     except HostKeyError:
         client.close()
         raise
-    except paramiko.BadHostKeyException as exc:
+    except paramiko.BadHostKeyException as exc:  # not raised with no keys loaded; mapped in case it is
         client.close()
-        raise HostKeyError(_changed_host_message(target, exc.key, exc.expected_key)) from exc
+        raise HostKeyError(f"The SSH host key of {target.address} was refused: {exc}. Check {known_hosts}.") from exc
+    except InvalidHostKey as exc:
+        client.close()
+        raise HostKeyError(f"A line of {known_hosts} could not be read as a host key ({exc.exc}); fix or delete "
+                           f"that line.") from exc
     except paramiko.AuthenticationException as exc:
         client.close()
         raise AuthError(_auth_message(target, key_file, exc)) from exc
@@ -319,9 +490,12 @@ class SSHStream:
     one consumer thread; ``write`` may run concurrently in another.
     """
 
-    def __init__(self, channel: paramiko.Channel, command: str, peer: str) -> None:
+    def __init__(self, channel: paramiko.Channel, command: str, peer: str,
+                 owner: Optional[paramiko.SSHClient] = None, label: Optional[str] = None) -> None:
         self._chan = channel
+        self._owner = owner  # closed with the stream: the connection was opened for it alone
         self.command = command
+        self._label = label or command  # how messages name the command
         self.peer = peer
         self._cond = threading.Condition()
         self._stdout = bytearray()
@@ -336,16 +510,21 @@ class SSHStream:
         self._stderr_thread.start()
 
     @classmethod
-    def open(cls, client: paramiko.SSHClient, command: str, timeout: float = 30.0) -> SSHStream:
-        """Run ``command`` (through the remote login shell) on a new session channel."""
+    def open(cls, client: paramiko.SSHClient, command: str, timeout: float = 30.0, owns_client: bool = False,
+             label: Optional[str] = None) -> SSHStream:
+        """Run ``command`` (through the remote login shell) on a new session channel.
+
+        ``owns_client``: :meth:`close` also closes ``client`` (its transport thread and socket).
+        ``label``: how error messages name the command (default: the command itself).
+        """
         transport = _require_transport(client)
         peer = _peer(client)
         try:
             channel = transport.open_session(timeout=timeout)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise LinkError(f"Cannot start `{_short(command)}` on {peer}: {exc or type(exc).__name__}.") from exc
-        return cls(channel, command, peer)
+            raise LinkError(f"Cannot start `{_short(label or command)}` on {peer}: {exc or type(exc).__name__}.") from exc
+        return cls(channel, command, peer, client if owns_client else None, label)
 
     # -- background readers --
 
@@ -392,7 +571,7 @@ class SSHStream:
     def write(self, data: bytes) -> None:
         """Send all of ``data`` to the command's stdin (blocks while the SSH window is full)."""
         if self._closed:
-            raise LinkError(f"The stream to `{_short(self.command)}` on {self.peer} was closed by this side.")
+            raise LinkError(f"The stream to `{_short(self._label)}` on {self.peer} was closed by this side.")
         view = memoryview(data).cast("B")
         try:
             # One position slides over all of data: each send() fills a whole SSH packet (paramiko
@@ -416,7 +595,7 @@ class SSHStream:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         if self._closed:
-            raise LinkError(f"The stream to `{_short(self.command)}` on {self.peer} was closed by this side.")
+            raise LinkError(f"The stream to `{_short(self._label)}` on {self.peer} was closed by this side.")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._stdout and not self._stdout_eof and not self._closed:
@@ -433,7 +612,7 @@ class SSHStream:
                 self._cond.notify_all()
                 return out
         if self._closed:
-            raise LinkError(f"The stream to `{_short(self.command)}` on {self.peer} was closed by this side.")
+            raise LinkError(f"The stream to `{_short(self._label)}` on {self.peer} was closed by this side.")
         raise self._ended_error()
 
     def stderr_tail(self) -> bytes:
@@ -459,6 +638,9 @@ class SSHStream:
             self._chan.close()
         self._stdout_thread.join(timeout=_SETTLE_S)
         self._stderr_thread.join(timeout=_SETTLE_S)
+        if self._owner is not None:
+            with contextlib.suppress(Exception):
+                self._owner.close()
 
     def __enter__(self) -> SSHStream:
         return self
@@ -480,16 +662,17 @@ class SSHStream:
             how = f"lost its connection ({self._stdout_error or type(self._stdout_error).__name__})"
         else:
             how = "ended without an exit status (killed by a signal, or the connection dropped)"
-        message = f"`{_short(self.command)}` on {self.peer} {how}" + (f" {when}" if when else "") + "."
+        message = f"`{_short(self._label)}` on {self.peer} {how}" + (f" {when}" if when else "") + "."
         lines = self.stderr_tail().decode("utf-8", "replace").strip().splitlines()[-STDERR_TAIL_LINES:]
         if lines:
             message += " Its last stderr lines:\n" + "\n".join(f"  {line}" for line in lines)
         return LinkError(message)
 
 
-def open_exec(client: paramiko.SSHClient, command: str) -> SSHStream:
-    """Run ``command`` on the board and return a byte stream to its stdin/stdout."""
-    return SSHStream.open(client, command)
+def open_exec(client: paramiko.SSHClient, command: str, owns_client: bool = False,
+              label: Optional[str] = None) -> SSHStream:
+    """Run ``command`` on the board and return a byte stream to its stdin/stdout (see :meth:`SSHStream.open`)."""
+    return SSHStream.open(client, command, owns_client=owns_client, label=label)
 
 
 def _short(command: str, limit: int = 80) -> str:
@@ -528,17 +711,18 @@ def _sftp_makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            sftp.mkdir(prefix, 0o755)
+            sftp.mkdir(prefix, 0o700)
             continue
         if mode is not None and not stat.S_ISDIR(mode):
             raise OSError(errno.ENOTDIR, f"{prefix} exists and is not a directory")
 
 
-def put_file(client: paramiko.SSHClient, local: Path, remote: str) -> None:
-    """Upload ``local`` to ``remote`` atomically: write ``remote + ".tmp"``, then posix-rename over it.
+def put_file(client: paramiko.SSHClient, local: Path, remote: str, mode: int = 0o600) -> None:
+    """Upload ``local`` to ``remote`` atomically: write ``remote + ".tmp"``, chmod it, then posix-rename over it.
 
     A relative ``remote`` is relative to the login directory; missing parent directories are
-    created. A reader on the board sees either the old file or the complete new one.
+    created 0700. The file gets ``mode`` before it appears under its name (not the server's
+    umask default). A reader on the board sees either the old file or the complete new one.
     """
     local = Path(local)
     if not local.is_file():
@@ -549,6 +733,7 @@ def put_file(client: paramiko.SSHClient, local: Path, remote: str) -> None:
     try:
         _sftp_makedirs(sftp, posixpath.dirname(remote))
         sftp.put(str(local), tmp, confirm=True)
+        sftp.chmod(tmp, mode)
         sftp.posix_rename(tmp, remote)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         if _link_down(client):
@@ -585,8 +770,45 @@ def _run(client: paramiko.SSHClient, command: str, timeout: float = 60.0) -> tup
         channel.close()
 
 
+@dataclass(frozen=True)
+class RemoteFile:
+    """A regular file on the board: its SHA-256 (hex) and permission bits."""
+
+    sha256: str
+    mode: int
+
+
+def private_dir(client: paramiko.SSHClient, path: str) -> None:
+    """Make sure directory ``path`` exists on the board and no one but its owner can write to it.
+
+    Created 0700 if missing (parents too); an existing one that is group- or world-writable
+    loses those bits. Files placed in it are then safe from other users of the board.
+    """
+    peer = _peer(client)
+    sftp = _open_sftp(client)
+    try:
+        _sftp_makedirs(sftp, path)
+        mode = sftp.stat(path).st_mode
+        if mode is not None and mode & 0o022:
+            sftp.chmod(path, stat.S_IMODE(mode) & ~0o022)
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        if _link_down(client):
+            raise LinkError(f"The SSH connection to {peer} broke while preparing {path}.") from exc
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise TransportError(f"Cannot prepare the directory {path} on {peer}: {reason}. Check its owner and "
+                             f"permissions on the board.") from exc
+    finally:
+        sftp.close()
+
+
 def remote_sha256(client: paramiko.SSHClient, path: str) -> Optional[str]:
-    """The hex SHA-256 of a file on the board, or None if it does not exist.
+    """The hex SHA-256 of a file on the board, or None if it does not exist (see :func:`remote_file`)."""
+    found = remote_file(client, path)
+    return found.sha256 if found is not None else None
+
+
+def remote_file(client: paramiko.SSHClient, path: str) -> Optional[RemoteFile]:
+    """The SHA-256 and mode of a regular file on the board, or None if it does not exist.
 
     Hashes on the board with ``sha256sum`` (no file transfer); if the board lacks it, the file
     is read back over SFTP and hashed here.
@@ -607,8 +829,9 @@ def remote_sha256(client: paramiko.SSHClient, path: str) -> Optional[str]:
         except (OSError, paramiko.SSHException, EOFError):
             status, out = -1, b""
         match = _SHA256_RE.search(out)
+        bits = stat.S_IMODE(mode) if mode is not None else 0
         if status == 0 and match:
-            return match.group(1).decode("ascii").lower()
+            return RemoteFile(match.group(1).decode("ascii").lower(), bits)
         digest = hashlib.sha256()
         with sftp.open(path, "rb") as f:
             f.prefetch()
@@ -617,7 +840,7 @@ def remote_sha256(client: paramiko.SSHClient, path: str) -> Optional[str]:
                 if not block:
                     break
                 digest.update(block)
-        return digest.hexdigest()
+        return RemoteFile(digest.hexdigest(), bits)
     except TransportError:
         raise
     except (OSError, paramiko.SSHException, EOFError) as exc:

@@ -1,0 +1,245 @@
+"""Red team, SSH: hostile known_hosts lines, a tampered agent zipapp, shell metacharacters, file modes.
+
+Every test talks to its own real OpenSSH sshd on 127.0.0.1 (sdk/emulate/sshd.py) and the real
+agent zipapp. Tests that tamper with the board's agent file point sdk.boards.AGENT_DIR at this
+test's own directory (an absolute path on the "board", which is this machine), so the login
+user's real ~/.edgeship, which other test runs share, is never touched. Each blocking step runs
+in a thread joined with a timeout, so a hang fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import paramiko
+import pytest
+
+from sdk.emulate.sshd import Sshd
+from sdk.errors import HostKeyError
+from sdk.transport.ssh import SSHTarget, connect
+from tests.conftest import run_cli
+
+PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
+STEP_TIMEOUT = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _no_ssh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    with Sshd(tmp_path / "sshd") as server:
+        yield server
+
+
+def bounded(fn: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> Any:
+    """Run fn in a daemon thread; fail (not hang) if it is still running after timeout; re-raise its error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still blocked after {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def target(server: Sshd, known_hosts: Path, **changes: Any) -> SSHTarget:
+    return SSHTarget("127.0.0.1", server.port, user=server.user, key_filename=server.user_key_path,
+                     known_hosts=known_hosts, connect_timeout=5.0, **changes)
+
+
+def board_url(server: Sshd, known_hosts: Path, store: str, python: str = PYTHON) -> str:
+    return (f"ssh://{server.user}@127.0.0.1:{server.port}?python={quote(python, safe='/')}"
+            f"&key={server.user_key_path}&known_hosts={known_hosts}&store={quote(store, safe='/')}")
+
+
+def host_key_fields(server: Sshd) -> str:
+    """``ssh-ed25519 AAAA...`` of the server's current host key."""
+    return " ".join(server.host_key_path.read_text().split()[:2])
+
+
+def other_key_fields(tmp_path: Path, name: str) -> str:
+    private = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private)], check=True,
+                   capture_output=True)
+    return " ".join(Path(str(private) + ".pub").read_text().split()[:2])
+
+
+def one_error_line(stderr: str) -> str:
+    """The CLI's stderr holds exactly one `edgeship: error:` line, no traceback; other lines are warnings."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("edgeship: error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
+    return errors[0]
+
+
+# -- known_hosts the way OpenSSH reads it -----------------------------------------------------
+
+
+def test_cert_authority_unknown_marker_and_malformed_lines_are_skipped(sshd: Sshd, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """paramiko's loader raised InvalidHostKey on one bad line (every SSH board broke): now only that line is skipped."""
+    known = tmp_path / "known_hosts"
+    ca = other_key_fields(tmp_path, "ca")
+    lines = [
+        "# a comment",
+        f"@cert-authority *.example.com {ca}",
+        "pi.example.com ssh-ed25519 AAAA!!not-base64!!",
+        "short-line ssh-ed25519",
+        f"@frobnicate 10.1.2.3 {ca}",
+        "\t",
+        f"10.9.9.9 ssh-ed25519 {'QUFBQQ=='}",  # base64, but not an ed25519 key blob
+    ]
+    known.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.DEBUG, logger="sdk.transport.ssh"), \
+            pytest.raises(HostKeyError, match="is not known"):  # no entry for this host: unknown, not a crash
+        bounded(lambda: connect(target(sshd, known)))
+    warned = {r.getMessage().split(": ")[0] for r in caplog.records if r.levelno == logging.WARNING}
+    assert warned == {f"{known}:3", f"{known}:4", f"{known}:5", f"{known}:7"}
+    assert any(f"{known}:2" in r.getMessage() and "@cert-authority" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.DEBUG)
+
+    # The same file plus a real (hashed) entry for the server: the connection is made.
+    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{sshd.port}")
+    known.write_text(known.read_text() + f"{hashed} {host_key_fields(sshd)}\n")
+    client = bounded(lambda: connect(target(sshd, known)))
+    client.close()
+
+    # ... and with --accept-new-host the malformed lines stay as they were: one new line appended, nothing lost.
+    before = known.read_text().splitlines()
+    sshd.rotate_host_key()
+    with pytest.raises(HostKeyError, match="CHANGED"):
+        bounded(lambda: connect(target(sshd, known, accept_new_host=True)))
+    assert known.read_text().splitlines() == before
+
+
+def test_wildcard_and_negated_patterns_match_like_openssh(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    name = f"[127.0.0.1]:{sshd.port}"
+    known.write_text(f"[127.0.0.?]:*,!{name} {host_key_fields(sshd)}\n")  # negated: no entry for this host
+    with pytest.raises(HostKeyError, match="is not known"):
+        bounded(lambda: connect(target(sshd, known)))
+    known.write_text(f"10.0.0.1,[127.0.0.?]:* {host_key_fields(sshd)}\n")
+    bounded(lambda: connect(target(sshd, known))).close()
+
+
+class TwoKeySshd(Sshd):
+    """An sshd with an ECDSA host key besides the ed25519 one, as a Raspberry Pi OS board has."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        ecdsa = self.workdir / "host_ecdsa"
+        if not ecdsa.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(ecdsa)], check=True,
+                           capture_output=True)
+        with open(self.config_path, "a") as f:
+            f.write(f"HostKey {ecdsa}\n")
+
+
+def test_the_key_type_on_file_is_the_one_asked_for(tmp_path: Path) -> None:
+    """known_hosts holds only the board's ECDSA key: that key is negotiated and accepted, not seen as changed."""
+    with TwoKeySshd(tmp_path / "sshd") as server:
+        ecdsa = " ".join((server.workdir / "host_ecdsa.pub").read_text().split()[:2])
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{server.port} {ecdsa}\n")
+        client = bounded(lambda: connect(target(server, known)))
+        try:
+            assert client.get_transport().get_remote_server_key().get_name().startswith("ecdsa-")
+        finally:
+            client.close()
+        known.write_text(server.known_hosts_line() + "\n")  # the ed25519 one: also fine
+        bounded(lambda: connect(target(server, known))).close()
+
+
+def test_revoked_key_is_refused_even_when_also_trusted_and_with_accept_new_host(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    text = f"{sshd.known_hosts_line()}\n@revoked * {host_key_fields(sshd)}\n"
+    known.write_text(text)
+    for accept in (False, True):
+        with pytest.raises(HostKeyError) as info:
+            bounded(lambda: connect(target(sshd, known, accept_new_host=accept)))  # noqa: B023 (called at once)
+        message = str(info.value)
+        assert "REVOKED" in message and f"{known}:2" in message and sshd.host_key_fingerprint() in message
+    assert known.read_text() == text
+
+    # Revoked and otherwise unknown: --accept-new-host must not record it.
+    known.write_text(f"@revoked [127.0.0.1]:{sshd.port} {host_key_fields(sshd)}\n")
+    with pytest.raises(HostKeyError, match="REVOKED"):
+        bounded(lambda: connect(target(sshd, known, accept_new_host=True)))
+    assert known.read_text().count("\n") == 1
+
+    # A revoked line for another key does not refuse this one.
+    known.write_text(f"@revoked * {other_key_fields(tmp_path, 'old')}\n{sshd.known_hosts_line()}\n")
+    bounded(lambda: connect(target(sshd, known))).close()
+
+
+def test_accept_new_host_writes_known_hosts_0600_in_a_0700_directory(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "fresh" / "dotssh" / "known_hosts"
+    bounded(lambda: connect(target(sshd, known, accept_new_host=True))).close()
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
+    assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+
+
+def test_cli_host_key_refusals_are_one_line_exit_1(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    board = board_url(sshd, known, str(tmp_path / "store"))
+    known.write_text(f"@revoked * {host_key_fields(sshd)}\n{sshd.known_hosts_line()}\n")
+    revoked = run_cli("boards", "ping", board, "--accept-new-host")
+    assert revoked.returncode == 1
+    assert "REVOKED" in one_error_line(revoked.stderr) and f"{known}:1" in revoked.stderr
+
+    ca = other_key_fields(tmp_path, "ca")
+    known.write_text(f"@cert-authority * {ca}\nbroken line\n")
+    unknown = run_cli("boards", "ping", board)
+    assert unknown.returncode == 1
+    assert "is not known" in one_error_line(unknown.stderr)
+    assert f"{known}:2" in unknown.stderr  # the malformed line is named in its warning
+
+    known.write_text(f"@cert-authority * {ca}\nbroken line\n{sshd.known_hosts_line()}\n")
+    ok = run_cli("boards", "ping", board)
+    assert ok.returncode == 0, ok.stderr
+    assert "Traceback" not in ok.stderr
+
+
+def test_cli_non_ssh_server_is_one_line(tmp_path: Path) -> None:
+    """paramiko's transport thread logs the banner error with a traceback; the CLI must print one line."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            for _ in range(4):
+                try:
+                    conn, _addr = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        proc = run_cli("boards", "ping", f"ssh://u@127.0.0.1:{port}?known_hosts={tmp_path / 'kh'}")
+    assert proc.returncode == 1
+    assert "SSH handshake" in one_error_line(proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
