@@ -7,6 +7,7 @@ the agent on it; for SSH the agent zipapp is placed first when the board's copy 
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from sdk.errors import UsageError
 
 AGENT_DIR = ".edgeship"
 
+# The board's interpreter: an absolute path or a bare command name, of characters no shell treats specially.
+_SAFE_PYTHON = re.compile(r"(?:/[A-Za-z0-9._+-]+)+|[A-Za-z0-9_][A-Za-z0-9._+-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class Board:
@@ -42,8 +46,9 @@ class Board:
         """A named board from its catalogue entry."""
         if spec.transport == "ssh":
             p = spec.ssh
+            _check_store(name, str(spec.store.dir))
             return cls(name, "ssh", host=p.host, port=p.port, user=p.user,
-                       key=Path(p.key).expanduser() if p.key else None, python=spec.python,
+                       key=Path(p.key).expanduser() if p.key else None, python=_check_python(name, spec.python),
                        known_hosts=Path(p.known_hosts).expanduser() if p.known_hosts else None, spec=spec,
                        store=Path(spec.store.dir))
         if spec.transport == "serial":
@@ -78,8 +83,11 @@ class Board:
                 port = parts.port or 22
             except ValueError as exc:
                 raise UsageError(f"board {spec!r}: bad port") from exc
+            python = _check_python(spec, q.get("python", "python3"))
+            if "store" in q:
+                _check_store(spec, q["store"])
             return cls(spec, "ssh", host=parts.hostname, port=port, user=unquote(parts.username) if parts.username else None,
-                       key=Path(q["key"]).expanduser() if "key" in q else None, python=q.get("python", "python3"),
+                       key=Path(q["key"]).expanduser() if "key" in q else None, python=python,
                        known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None,
                        store=Path(q["store"]) if "store" in q else None)
         if spec.startswith("serial://"):
@@ -100,6 +108,20 @@ class Board:
     @property
     def bytes_per_second(self) -> float | None:
         return self.baud / 10 if self.transport == "serial" else None
+
+
+def _check_python(board: str, python: str) -> str:
+    """The board's interpreter as given, if it is an absolute path or a plain command name; else UsageError."""
+    if not _SAFE_PYTHON.fullmatch(python):
+        raise UsageError(f"board {board!r}: python={python!r} is neither an absolute path nor a plain command name "
+                         f"(letters, digits, . _ + -); give e.g. python=/usr/bin/python3 or python=python3")
+    return python
+
+
+def _check_store(board: str, store: str) -> None:
+    """A store directory may hold any printable characters (it is quoted); control characters are refused."""
+    if _CONTROL.search(store):
+        raise UsageError(f"board {board!r}: store={store!r} contains a control character; give a plain directory path")
 
 
 def open_session(board: Board, *, accept_new_host: bool = False) -> Session:

@@ -9,12 +9,14 @@ in a thread joined with a timeout, so a hang fails the test instead of stalling 
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -23,8 +25,10 @@ from urllib.parse import quote
 import paramiko
 import pytest
 
+from sdk import boards
+from sdk.boards import Board, open_session
 from sdk.emulate.sshd import Sshd
-from sdk.errors import HostKeyError
+from sdk.errors import HostKeyError, UsageError
 from sdk.transport.ssh import SSHTarget, connect
 from tests.conftest import run_cli
 
@@ -92,6 +96,42 @@ def one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
     return errors[0]
+
+
+def hostile_zipapp(marker: Path) -> bytes:
+    """A zipapp that, if it ever ran, would create ``marker`` and then pretend to be nothing."""
+    buf = io.BytesIO()
+    buf.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("__main__.py", f"open({str(marker)!r}, 'w').write('ran')\n")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def agent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own agent directory on the board (never the login user's shared ~/.edgeship)."""
+    d = tmp_path / "board-home" / ".edgeship"
+    monkeypatch.setattr(boards, "AGENT_DIR", str(d))
+    return d
+
+
+def ssh_board(sshd: Sshd, tmp_path: Path) -> Board:
+    known = tmp_path / "known_hosts"
+    if not known.exists():
+        known.write_text(sshd.known_hosts_line() + "\n")
+    return Board.parse(board_url(sshd, known, str(tmp_path / "store")))
+
+
+def ping(board: Board) -> dict[str, Any]:
+    def go() -> dict[str, Any]:
+        session = open_session(board)
+        try:
+            return dict(session.info)
+        finally:
+            session.close()
+            session.stream.close()
+
+    return dict(bounded(go))
 
 
 # -- known_hosts the way OpenSSH reads it -----------------------------------------------------
@@ -243,3 +283,47 @@ def test_cli_non_ssh_server_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "SSH handshake" in one_error_line(proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# -- shell metacharacters in what reaches the remote command line --------------------------------
+
+
+def test_store_metacharacters_are_quoted_not_run(sshd: Sshd, tmp_path: Path, agent_dir: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line() + "\n")
+    marker = tmp_path / "PWNED"
+    payloads = [f"s;touch {marker}", f"s$(touch {marker})", f"s`touch {marker}`", f"s with 'spaces' && touch {marker}",
+                f's"|touch {marker}|"', f"s\\';touch {marker};'"]
+    for payload in payloads:
+        store = tmp_path / "stores" / payload
+        board = Board.parse(board_url(sshd, known, str(store)))
+        assert ping(board)["agent_version"], payload
+        assert store.is_dir(), payload  # the agent got the literal path
+        assert not marker.exists(), payload
+    print(f"store metacharacters: {len(payloads)} payloads, 0 ran")
+
+    for bad in ("s\ntouch " + str(marker), "s\x00x"):
+        with pytest.raises(UsageError, match="control character"):
+            Board.parse(board_url(sshd, known, str(tmp_path / bad)))
+
+    # Once through the CLI, with a payload in the store and one in python=.
+    cli = run_cli("boards", "ping", board_url(sshd, known, f"{tmp_path}/cli;touch {marker}"))
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / f"cli;touch {marker}").is_dir() and not marker.exists()
+    refused = run_cli("boards", "ping", board_url(sshd, known, str(tmp_path / "s"), python=f"python3;touch {marker}"))
+    assert refused.returncode == 2 and "python='python3;touch" in one_error_line(refused.stderr)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("python", ["python3;id", "$(id)", "`id`", "python3 -c 1", "-c", "./python3", "py\nthon",
+                                    "/usr/bin/python3 ", "~/venv/bin/python"])
+def test_python_must_be_an_absolute_path_or_a_plain_command(python: str) -> None:
+    with pytest.raises(UsageError) as info:
+        Board.parse(f"ssh://pi@host?python={quote(python, safe='/')}")
+    assert repr(python) in str(info.value)
+
+
+@pytest.mark.parametrize("python", ["python3", "python3.11", "/usr/bin/python3", "/home/pi/.venv/bin/python",
+                                    "/opt/py-3.9+x/bin/python_x"])
+def test_plain_interpreters_are_accepted(python: str) -> None:
+    assert Board.parse(f"ssh://pi@host?python={quote(python, safe='/')}").python == python
