@@ -23,6 +23,20 @@ AGENT_DIR = ".edgeship"
 _SAFE_PYTHON = re.compile(r"(?:/[A-Za-z0-9._+-]+)+|[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# What runs on the board: the interpreter checks the zipapp's sha256 itself, in the process that
+# then runs it, so a file changed after the host's check (or one the host never checked) does not
+# run. argv: the zipapp, its sha256, then the agent's own flags. Single line, no single quotes, so
+# shlex.quote makes it one word for any POSIX login shell; Python 3.9 syntax.
+_VERIFY_AND_RUN = (
+    "import hashlib,runpy,sys;p,h=sys.argv[1:3];"
+    "ok=hashlib.sha256(open(p,\"rb\").read()).hexdigest()==h;"
+    "ok or sys.exit(\"edgeship: the agent file \"+p+\" on the board does not match its sha256 \"+h[:16]+\"; "
+    "it changed after the host checked it. Connect again to place a fresh copy.\");"
+    "sys.path[:1]=[x for x in sys.path[:1] if x];"  # drop the -c cwd entry: `python file.pyz` does not search it
+    "sys.argv=[p]+sys.argv[3:];runpy.run_path(p,run_name=\"__main__\")"
+)
+
+
 @dataclass(frozen=True)
 class Board:
     """Where a board is and how to reach it."""
@@ -151,24 +165,35 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
 
 def _open_ssh(board: Board, accept_new_host: bool) -> Any:
     from sdk.agentbuild import build_zipapp
-    from sdk.transport.ssh import SSHTarget, connect, open_exec, put_file, remote_sha256
+    from sdk.transport.ssh import SSHTarget, connect, open_exec, private_dir, put_file, remote_file
 
     kwargs: dict[str, Any] = {"host": board.host, "port": board.port, "user": board.user, "key_filename": board.key,
                               "python": board.python, "accept_new_host": accept_new_host}
     if board.known_hosts is not None:
         kwargs["known_hosts"] = board.known_hosts
     client = connect(SSHTarget(**kwargs))
-    agent = build_zipapp()
-    sha = hashlib.sha256(agent).hexdigest()
-    remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
-    if remote_sha256(client, remote) != sha:
-        import tempfile
+    try:
+        agent = build_zipapp()
+        sha = hashlib.sha256(agent).hexdigest()
+        remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
+        private_dir(client, AGENT_DIR)
+        on_board = remote_file(client, remote)
+        # Re-placed when missing, different, or writable by others (a new file: ours, 0600).
+        if on_board is None or on_board.sha256 != sha or on_board.mode & 0o022:
+            import tempfile
 
-        with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
-            f.write(agent)
-            f.flush()
-            put_file(client, Path(f.name), remote)
-    return open_exec(client, f"{shlex.quote(board.python)} {remote} --stdio --store {_remote_path(board.store)}")
+            with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
+                f.write(agent)
+                f.flush()
+                put_file(client, Path(f.name), remote, mode=0o600)
+        store = _remote_path(board.store)
+        command = " ".join([shlex.quote(board.python), "-c", shlex.quote(_VERIFY_AND_RUN), shlex.quote(remote), sha,
+                            "--stdio", "--store", store])
+        label = f"{shlex.quote(board.python)} {shlex.quote(remote)} --stdio --store {store}"  # what messages show
+        return open_exec(client, command, owns_client=True, label=label)
+    except BaseException:
+        client.close()
+        raise
 
 
 def _remote_path(store: Path | None) -> str:

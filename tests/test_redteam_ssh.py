@@ -9,6 +9,7 @@ in a thread joined with a timeout, so a hang fails the test instead of stalling 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import socket
@@ -26,9 +27,11 @@ import paramiko
 import pytest
 
 from sdk import boards
+from sdk.agentbuild import build_zipapp
 from sdk.boards import Board, open_session
 from sdk.emulate.sshd import Sshd
-from sdk.errors import HostKeyError, UsageError
+from sdk.errors import HostKeyError, LinkError, UsageError
+from sdk.transport import ssh as ssh_transport
 from sdk.transport.ssh import SSHTarget, connect
 from tests.conftest import run_cli
 
@@ -96,6 +99,9 @@ def one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
     return errors[0]
+
+
+# -- boards over the real sshd, with this test's own agent directory --------------------------------
 
 
 def hostile_zipapp(marker: Path) -> bytes:
@@ -327,3 +333,82 @@ def test_python_must_be_an_absolute_path_or_a_plain_command(python: str) -> None
                                     "/opt/py-3.9+x/bin/python_x"])
 def test_plain_interpreters_are_accepted(python: str) -> None:
     assert Board.parse(f"ssh://pi@host?python={quote(python, safe='/')}").python == python
+
+
+# -- the agent zipapp on the board --------------------------------------------------------------
+
+
+def test_tampered_zipapp_is_replaced_and_never_runs(sshd: Sshd, tmp_path: Path, agent_dir: Path) -> None:
+    agent = build_zipapp()
+    sha = hashlib.sha256(agent).hexdigest()
+    pyz = agent_dir / f"agent-{sha[:16]}.pyz"
+    marker = tmp_path / "PWNED"
+    board = ssh_board(sshd, tmp_path)
+
+    assert ping(board)["agent_version"]
+    assert pyz.read_bytes() == agent
+    assert stat.S_IMODE(pyz.stat().st_mode) == 0o600
+    assert stat.S_IMODE(agent_dir.stat().st_mode) == 0o700
+
+    trials = 0
+    for tamper in ("hostile", "truncated", "world-writable"):
+        if tamper == "hostile":
+            pyz.write_bytes(hostile_zipapp(marker))
+        elif tamper == "truncated":
+            pyz.write_bytes(agent[: len(agent) // 2])
+        else:
+            pyz.chmod(0o666)
+            agent_dir.chmod(0o777)
+        info = ping(board)
+        trials += 1
+        assert info["agent_version"] and info["protocol"]  # the real agent answered
+        assert pyz.read_bytes() == agent, tamper
+        assert stat.S_IMODE(pyz.stat().st_mode) == 0o600, tamper
+        assert not stat.S_IMODE(agent_dir.stat().st_mode) & 0o022, tamper
+        assert not marker.exists(), tamper
+    assert sorted(p.name for p in agent_dir.iterdir()) == [pyz.name]  # no .tmp left behind
+
+    # A model runs on the re-placed agent (its worker child is started from the verified zipapp).
+    from tests.helpers_models import float_model
+
+    pyz.write_bytes(hostile_zipapp(marker))
+
+    def bench() -> dict[str, Any]:
+        session = open_session(board)
+        try:
+            sha_model = session.upload(float_model()).sha256
+            return session.run("bench", sha_model, None, {"runs": 3, "warmup": 1}, timeout=60)
+        finally:
+            session.close()
+            session.stream.close()
+
+    result = bounded(bench)
+    trials += 1
+    assert result["status"] == "ok" and result["runtime"]["name"] == "ai_edge_litert"
+    assert pyz.read_bytes() == agent and not marker.exists()
+    print(f"tampered zipapp: {trials} trials, 0 ran, {trials} re-placed")
+
+
+def test_zipapp_changed_after_the_check_is_refused_by_the_board_itself(sshd: Sshd, tmp_path: Path, agent_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the host's sha256 check and the exec, the file is swapped: the remote command re-checks and refuses."""
+    agent = build_zipapp()
+    sha = hashlib.sha256(agent).hexdigest()
+    pyz = agent_dir / f"agent-{sha[:16]}.pyz"
+    marker = tmp_path / "PWNED"
+    board = ssh_board(sshd, tmp_path)
+    ping(board)  # placed
+
+    real_remote_file = ssh_transport.remote_file
+
+    def check_then_swap(client: Any, path: str) -> Any:
+        found = real_remote_file(client, path)  # the genuine check passes ...
+        pyz.write_bytes(hostile_zipapp(marker))  # ... then the file changes before the exec
+        return found
+
+    monkeypatch.setattr(ssh_transport, "remote_file", check_then_swap)
+    with pytest.raises(LinkError) as info:
+        ping(board)
+    message = str(info.value)
+    assert "does not match its sha256" in message and "Connect again" in message
+    assert not marker.exists()
