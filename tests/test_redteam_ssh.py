@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import socket
 import stat
 import subprocess
@@ -241,10 +242,16 @@ def test_revoked_key_is_refused_even_when_also_trusted_and_with_accept_new_host(
 
 
 def test_accept_new_host_writes_known_hosts_0600_in_a_0700_directory(sshd: Sshd, tmp_path: Path) -> None:
+    """Even under umask 000: the modes are given explicitly, not left to the umask."""
     known = tmp_path / "fresh" / "dotssh" / "known_hosts"
-    bounded(lambda: connect(target(sshd, known, accept_new_host=True))).close()
+    old_umask = os.umask(0)
+    try:
+        bounded(lambda: connect(target(sshd, known, accept_new_host=True))).close()
+    finally:
+        os.umask(old_umask)
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
     assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(known.parent.parent.stat().st_mode) == 0o700  # every directory it created
 
 
 def test_cli_host_key_refusals_are_one_line_exit_1(sshd: Sshd, tmp_path: Path) -> None:

@@ -280,10 +280,10 @@ def _key_file_stem(key: paramiko.PKey) -> str:
 
 
 def _append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Append ``name keytype base64`` to known_hosts, creating it (and a 0700 parent) if needed."""
-    parent = path.parent
-    if not parent.exists():
-        parent.mkdir(mode=0o700, parents=True)
+    """Append ``name keytype base64`` to known_hosts, creating it 0600 (and missing directories 0700) if needed."""
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for directory in reversed(missing):  # each one 0700, not only the last (Path.mkdir(parents=True) would)
+        directory.mkdir(mode=0o700, exist_ok=True)
     needs_newline = False
     if path.is_file() and path.stat().st_size > 0:
         with open(path, "rb") as f:
