@@ -157,6 +157,7 @@ def test_cert_authority_unknown_marker_and_malformed_lines_are_skipped(sshd: Ssh
         f"@frobnicate 10.1.2.3 {ca}",
         "\t",
         f"10.9.9.9 ssh-ed25519 {'QUFBQQ=='}",  # base64, but not an ed25519 key blob
+        "10.8.8.8 sk-ssh-future@example.com QUFBQQ==",  # a key type paramiko does not read: kept as unreadable
     ]
     known.write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.DEBUG, logger="sdk.transport.ssh"), \
@@ -164,8 +165,9 @@ def test_cert_authority_unknown_marker_and_malformed_lines_are_skipped(sshd: Ssh
         bounded(lambda: connect(target(sshd, known)))
     warned = {r.getMessage().split(": ")[0] for r in caplog.records if r.levelno == logging.WARNING}
     assert warned == {f"{known}:3", f"{known}:4", f"{known}:5", f"{known}:7"}
-    assert any(f"{known}:2" in r.getMessage() and "@cert-authority" in r.getMessage()
-               for r in caplog.records if r.levelno == logging.DEBUG)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(f"{known}:2" in m and "@cert-authority" in m for m in debug)
+    assert any(f"{known}:8" in m and "sk-ssh-future" in m for m in debug)
 
     # The same file plus a real (hashed) entry for the server: the connection is made.
     hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{sshd.port}")
@@ -189,6 +191,13 @@ def test_wildcard_and_negated_patterns_match_like_openssh(sshd: Sshd, tmp_path: 
         bounded(lambda: connect(target(sshd, known)))
     known.write_text(f"10.0.0.1,[127.0.0.?]:* {host_key_fields(sshd)}\n")
     bounded(lambda: connect(target(sshd, known))).close()
+
+    # The host is on file only with a key type paramiko cannot read: not "unknown", so never appended to.
+    text = f"{name} sk-ssh-future@example.com QUFBQQ==\n"
+    known.write_text(text)
+    with pytest.raises(HostKeyError, match=r"CHANGED.*sk-ssh-future"):
+        bounded(lambda: connect(target(sshd, known, accept_new_host=True)))
+    assert known.read_text() == text
 
 
 class TwoKeySshd(Sshd):
