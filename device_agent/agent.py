@@ -189,6 +189,7 @@ class Agent:
             "model_path": str(self.store.blobs / model),
             "model_sha256": model,
             "dataset_path": str(self.store.blobs / dataset) if dataset else None,
+            "dataset_sha256": dataset,
             "runtime": opts.get("runtime") or self.config.runtime,
             "threads": opts.get("threads"),
             "xnnpack": opts.get("xnnpack", True),
