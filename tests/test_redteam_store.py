@@ -563,8 +563,10 @@ def test_a_raw_link_gets_error_frames_for_hostile_store_requests(lab: Lab, tmp_p
         assert link.recv(20.0).header["agent_version"]
     finally:
         stream.close()
+        if stream.proc.returncode != 0:
+            lab.tally.count("deaths", f"agent exited {stream.proc.returncode}")
         if "Traceback" in stream.stderr_text():
-            lab.tally.tracebacks += 1
+            lab.tally.count("tracebacks", stream.stderr_text()[-800:])
 
 
 def test_the_worker_refuses_a_dataset_that_changed_after_the_store_checked_it(tmp_path: Path) -> None:
