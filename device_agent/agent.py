@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 from device_agent import __version__
 from device_agent.evaluate import MAX_OUTPUT_NAME, STATES
 from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
-from device_agent.store import Store, StoreError, check_name
+from device_agent.store import Store, StoreError, check_name, os_error
 from device_agent.streams import StreamClosed
 from device_agent.worker import run_in_worker
 
@@ -119,8 +119,9 @@ class Agent:
             return error_message(exc.code, str(exc))
         except (KeyError, TypeError, ValueError) as exc:
             return error_message("bad_request", f"malformed {msg.op} request: {type(exc).__name__}: {exc}")
-        except OSError as exc:
-            return error_message("io_error", f"{msg.op} failed on the board: {exc}")
+        except OSError as exc:  # errno and request only: the board's paths stay on the board
+            err = os_error(exc, f"the {str(msg.op)[:40]} request's files")
+            return error_message(err.code, str(err))
         return reply if isinstance(reply, Message) else Message(reply)
 
     # -- requests ---------------------------------------------------------------------------
@@ -146,19 +147,20 @@ class Agent:
                 "pid": os.getpid(), "time_ns": time.time_ns()}
 
     def _op_has(self, msg: Message, send: Any) -> Dict[str, Any]:
+        """Installed means present *and* hash-verified (a tampered blob is removed and reported absent)."""
         installed, offset = self.store.has(msg.header["sha256"], msg.header.get("encoding", "raw"))
         return {"op": "ok", "installed": installed, "offset": offset}
 
     def _op_put_begin(self, msg: Message, send: Any) -> Dict[str, Any]:
         h = msg.header
-        if self.store.has(h["sha256"])[0]:
+        if self.store.verified(check_name(h["sha256"])):
             return {"op": "ok", "installed": True, "offset": 0}
-        offset = self.store.begin(h["sha256"], h["size"], h.get("encoding", "raw"), h["wire_size"])
-        return {"op": "ok", "installed": False, "offset": offset}
+        installed, offset = self.store.begin(h["sha256"], h["size"], h.get("encoding", "raw"), h["wire_size"])
+        return {"op": "ok", "installed": installed, "offset": offset}
 
     def _op_put(self, msg: Message, send: Any) -> Dict[str, Any]:
         h = msg.header
-        return {"op": "ok", "offset": self.store.write(h["sha256"], h.get("encoding", "raw"), int(h["offset"]), msg.body)}
+        return {"op": "ok", "offset": self.store.write(h["sha256"], h.get("encoding", "raw"), h["offset"], msg.body)}
 
     def _op_put_end(self, msg: Message, send: Any) -> Dict[str, Any]:
         h = msg.header
@@ -187,6 +189,7 @@ class Agent:
             "model_path": str(self.store.blobs / model),
             "model_sha256": model,
             "dataset_path": str(self.store.blobs / dataset) if dataset else None,
+            "dataset_sha256": dataset,
             "runtime": opts.get("runtime") or self.config.runtime,
             "threads": opts.get("threads"),
             "xnnpack": opts.get("xnnpack", True),

@@ -3,14 +3,16 @@
 The parent (``run_in_worker``) starts ``python -c ...`` with a memory limit, sends the
 request as JSON on stdin, relays progress lines and classifies the ending: ok, invalid
 (the runtime rejected the model), bad_dataset, crashed (killed by a signal),
-timeout, out_of_memory. The child hash-checks the model bytes it is given and loads
-them with ``model_content=`` so TFLite's flatbuffer verifier runs.
+timeout, out_of_memory. The child hash-checks the model and dataset bytes it is given
+(the store checked them too, but a file can change in between) and loads the model
+with ``model_content=`` so TFLite's flatbuffer verifier runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -214,6 +216,12 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     if hashlib.sha256(model).hexdigest() != req["model_sha256"]:
         return {"status": "invalid", "message": "model bytes do not match their sha256; refusing to load"}
     try:
+        dataset = Path(req["dataset_path"]).read_bytes() if req.get("dataset_path") else None
+    except OSError as exc:
+        return {"status": "bad_dataset", "message": f"the dataset could not be read ({type(exc).__name__}); push it again"}
+    if dataset is not None and hashlib.sha256(dataset).hexdigest() != req.get("dataset_sha256"):
+        return {"status": "bad_dataset", "message": "dataset bytes do not match their sha256; refusing to load"}
+    try:
         rt = load_runtime(req.get("runtime"))
     except RuntimeNotFound as exc:
         return {"status": "no_runtime", "message": str(exc)}
@@ -234,9 +242,9 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         base["arena"] = {"size": interpreter.arena_size, "used": interpreter.arena_used}
 
     features = labels = reference = None
-    if req.get("dataset_path"):
+    if dataset is not None:
         try:
-            with np.load(req["dataset_path"], allow_pickle=False) as npz:
+            with np.load(io.BytesIO(dataset), allow_pickle=False) as npz:  # the bytes that were hash-checked
                 data = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError) as exc:
             return {**base, "status": "bad_dataset", "message": f"the dataset is not a readable .npz ({exc})"}
