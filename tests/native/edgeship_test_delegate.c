@@ -17,6 +17,10 @@
  *   fail=create                         refuse to be created (the load fails, with a message)
  *   fail=prepare                        fail in Prepare (the interpreter cannot be built with it)
  * Any other key, or a bad value, makes creation fail with a message naming it.
+ *
+ * For the refusal tests, loading the library has a side effect: when EDGESHIP_TEST_DELEGATE_MARKER
+ * names a file, its constructor appends a line there (so a test sees whether anything ever
+ * dlopen()ed it), and when EDGESHIP_TEST_DELEGATE_ABORT is set it aborts the process that loads it.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -124,6 +128,19 @@ typedef struct TfLiteDelegate {
   int64_t flags;
   void* opaque_delegate_builder; /* struct TfLiteOpaqueDelegateBuilder*: NULL, so Prepare above is used */
 } TfLiteDelegate;
+
+/* ---- what loading it does ---- */
+__attribute__((constructor)) static void on_load(void) {
+  const char* marker = getenv("EDGESHIP_TEST_DELEGATE_MARKER");
+  if (marker != NULL && *marker != '\0') {
+    FILE* f = fopen(marker, "a");
+    if (f != NULL) {
+      fputs("loaded\n", f);
+      fclose(f);
+    }
+  }
+  if (getenv("EDGESHIP_TEST_DELEGATE_ABORT") != NULL) abort();
+}
 
 /* ---- the delegate ---- */
 enum { kBuiltinReshape = 22, kBuiltinSqueeze = 43, kBuiltinExpandDims = 70 };
