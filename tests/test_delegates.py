@@ -19,7 +19,7 @@ import pytest
 
 from sdk.client import Session
 from sdk.errors import AgentError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.test_agent import open_agent
 
 LIBRARY = ROOT / "build/test-delegate/libedgeship_test_delegate.so"
@@ -214,3 +214,31 @@ def test_a_delegate_that_crashes_its_loader_costs_a_child_not_the_agent(
         assert agent.hello()["agent_version"]
     finally:
         agent.close()
+
+
+def test_the_cli_names_a_local_boards_delegate_and_refuses_paths_and_unknown_names(
+        tmp_path: Path, library: Path, convert_digits: Any, digits: Path) -> None:
+    bundle = convert_digits("int8").bundle
+    boards = tmp_path / "boards.yaml"
+    boards.write_text(f"""schema_version: 1
+boards:
+  dlg:
+    description: local agent allowing the test delegate
+    transport: local
+    store: {{dir: {tmp_path / 'store'}, quota_mb: 64}}
+    delegates:
+      - {{name: test, library: {library}}}
+""")
+    env = {"EDGESHIP_BOARDS": str(boards)}
+    done = run_cli("eval", str(bundle), "--board", "dlg", "--data", str(digits / "test.npz"), "--no-xnnpack",
+                   "--delegate", "test:claim=RESHAPE", "--require-delegate", "--min-agreement", "100", "--json",
+                   "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["result"]
+    assert result["delegate"]["applied"] == ["test"] and result["delegate"]["taken_ops"] == {"RESHAPE": 1}
+    assert result["delegate"]["external"][0]["options"] == {"claim": "RESHAPE"}
+    by_path = run_cli("bench", str(bundle), "--board", "dlg", "--delegate", str(library), env=env)
+    assert by_path.returncode == 2 and "not a library path" in by_path.stderr and "Traceback" not in by_path.stderr
+    unknown = run_cli("check", str(bundle), "--board", "dlg", "--delegate", "edgetpu", env=env)
+    assert unknown.returncode != 0 and "delegate edgetpu is not one the board offers" in unknown.stderr
+    assert "test" in unknown.stderr and "Traceback" not in unknown.stderr
