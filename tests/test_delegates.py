@@ -228,6 +228,7 @@ boards:
     store: {{dir: {tmp_path / 'store'}, quota_mb: 64}}
     delegates:
       - {{name: test, library: {library}}}
+      - {{name: gone, library: /nonexistent/libgone.so}}
 """)
     env = {"EDGESHIP_BOARDS": str(boards)}
     done = run_cli("eval", str(bundle), "--board", "dlg", "--data", str(digits / "test.npz"), "--no-xnnpack",
@@ -239,6 +240,9 @@ boards:
     assert result["delegate"]["external"][0]["options"] == {"claim": "RESHAPE"}
     by_path = run_cli("bench", str(bundle), "--board", "dlg", "--delegate", str(library), env=env)
     assert by_path.returncode == 2 and "not a library path" in by_path.stderr and "Traceback" not in by_path.stderr
+    gone = run_cli("bench", str(bundle), "--board", "dlg", "--delegate", "gone", "--require-delegate", env=env)
+    assert gone.returncode == 1 and "delegate gone does not load on the board" in gone.stderr, gone.stderr
+    assert "/nonexistent" not in gone.stderr and "Traceback" not in gone.stderr
     unknown = run_cli("check", str(bundle), "--board", "dlg", "--delegate", "edgetpu", env=env)
     assert unknown.returncode != 0 and "delegate edgetpu is not one the board offers" in unknown.stderr
     assert "test" in unknown.stderr and "Traceback" not in unknown.stderr
