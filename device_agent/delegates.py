@@ -248,6 +248,7 @@ def partition(ops: List[Dict[str, Any]]) -> Dict[str, Any]:
     outputs are the partition's boundary tensors. A node is in a partition when walking back from
     the partition's outputs, through producers, reaches it before reaching a partition input.
     """
+    ops = [{**o, "index": o.get("index", i)} for i, o in enumerate(ops)]  # every runtime lists them in order
     original = [o for o in ops if o.get("op_name") != "DELEGATE"]
     producer = {int(t): o for o in original for t in o.get("outputs", [])}
     taken: Dict[int, str] = {}
