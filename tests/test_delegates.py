@@ -79,6 +79,13 @@ def test_an_allowed_delegate_loads_takes_the_claimed_nodes_and_keeps_results_exa
         assert d["cpu_ops"] == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "SOFTMAX"]
         assert run["accuracy"] == cpu["accuracy"] and run["confusion"] == cpu["confusion"]
 
+        # With XNNPACK on as well, the partition report adds its partitions (walked back from their outputs).
+        both = agent.run("bench", up.sha256, None, {**QUICK, "delegates": [{"name": "test", "options": {"claim": "RESHAPE"}}]})
+        b = both["delegate"]
+        assert b["applied"] == ["test", "xnnpack"] and b["delegate_kernels"] >= 2 and b["taken_ops"]["RESHAPE"] == 1
+        assert sum(b["taken_ops"].values()) == b["nodes_taken"] > 1 and "CONV_2D" in b["taken_ops"]
+        assert "CONV_2D" not in b["cpu_ops"] and "RESHAPE" not in b["cpu_ops"]
+
         # The options reach the delegate: another op to claim takes nothing here, a bad one fails its creation.
         squeeze = agent.run("bench", up.sha256, None, {**QUICK, "xnnpack": False, "delegates": [
             {"name": "test", "options": {"claim": "SQUEEZE", "max_nodes": "1"}}]})
