@@ -79,11 +79,19 @@ demo: $(STAMP) apt-demo $(DIGITS)/digits.keras
 	$(EDGESHIP) report $(DEMO)/results --html $(DEMO)/report.html --markdown $(DEMO)/report.md
 	@echo "report: $(CURDIR)/$(DEMO)/report.html"
 
+# A real external TFLite delegate for the delegate tests (tests/test_delegates.py): built with the
+# system C compiler from one C file that declares the TFLite C delegate ABI itself.
+CC ?= cc
+TEST_DELEGATE := build/test-delegate/libedgeship_test_delegate.so
+$(TEST_DELEGATE): tests/native/edgeship_test_delegate.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools
 	$(VENV)/bin/mypy
 
-test: $(STAMP) apt-tools $(AGENT_VENV)/.installed lint
+test: $(STAMP) apt-tools $(AGENT_VENV)/.installed $(TEST_DELEGATE) lint
 	$(VENV)/bin/pytest -q
 
 clean:

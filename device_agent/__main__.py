@@ -24,15 +24,25 @@ def main(argv: "list[str] | None" = None) -> int:
     parser.add_argument("--memory-limit", type=int, default=2 << 30, help="per-run worker memory limit in bytes (0: none)")
     parser.add_argument("--runtime", choices=["ai_edge_litert", "tflite_runtime", "tensorflow", "tflite_micro"])
     parser.add_argument("--arena-size", type=int, default=None, help="tflite_micro: the tensor arena in bytes")
+    parser.add_argument("--allow-delegate", action="append", default=[], metavar="NAME=PATH",
+                        help="let run requests use the external delegate NAME, loaded from PATH (repeatable)")
+    parser.add_argument("--delegate-config", type=Path, default=None, metavar="FILE",
+                        help='allowed delegates, {"delegates": {"NAME": "PATH"}} [~/.edgeship/agent-delegates.json if it exists]')
     args = parser.parse_args(argv)
     if args.version:
         print(__version__)
         return 0
     from device_agent.agent import Agent, AgentConfig, main_stdio
+    from device_agent.delegates import AllowListError, load_allow_list
 
+    try:
+        allowed = load_allow_list(args.allow_delegate, args.delegate_config, args.store)
+    except AllowListError as exc:
+        print(f"edgeship-agent: error: {exc}", file=sys.stderr)
+        return 2
     config = AgentConfig(store_dir=args.store, quota=args.quota, max_frame=args.max_frame,
                          run_timeout=args.run_timeout, memory_limit=args.memory_limit, runtime=args.runtime,
-                         arena_size=args.arena_size)
+                         arena_size=args.arena_size, delegates=allowed)
     if args.stdio:
         main_stdio(config)
         return 0

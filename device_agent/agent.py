@@ -11,19 +11,18 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from device_agent import __version__
+from device_agent.delegates import AllowList, DelegateRefused
 from device_agent.evaluate import MAX_OUTPUT_NAME, STATES
 from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
 from device_agent.store import Store, StoreError, check_name, os_error
 from device_agent.streams import StreamClosed
 from device_agent.worker import run_in_worker
 
-KNOWN_DELEGATES = ("libedgetpu.so.1", "libvx_delegate.so", "libarmnnDelegate.so", "libQnnTFLiteDelegate.so",
-                   "libethosu_op_delegate.so", "libtensorflowlite_gpu_delegate.so")
 RUN_KINDS = ("bench", "eval")
 
 
@@ -36,6 +35,7 @@ class AgentConfig:
     memory_limit: int = 2 << 30  # per worker; 0 disables
     runtime: Optional[str] = None
     arena_size: Optional[int] = None  # tflite_micro: the board's tensor arena
+    delegates: Dict[str, str] = field(default_factory=dict)  # the board's allow-list: NAME -> library
 
 
 def _meminfo() -> Dict[str, int]:
@@ -62,21 +62,11 @@ def _cpu() -> Dict[str, Any]:
     return {"arch": platform.machine(), "cores": os.cpu_count(), "model": model}
 
 
-def _delegates_found() -> list:  # type: ignore[type-arg]
-    import ctypes.util
-
-    found = ["xnnpack"]
-    search = ["/usr/lib", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf"]
-    for lib in KNOWN_DELEGATES:
-        if any(Path(d, lib).exists() for d in search) or ctypes.util.find_library(lib.split(".so")[0][3:]):
-            found.append(lib)
-    return found
-
-
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.store = Store(config.store_dir, config.quota)
+        self.delegates = AllowList(config.delegates, config.store_dir)
         self._runtime_info: Optional[Dict[str, Any]] = None
 
     # -- serving ---------------------------------------------------------------------------
@@ -138,9 +128,12 @@ class Agent:
         return self._runtime_info
 
     def _op_hello(self, msg: Message, send: Any) -> Dict[str, Any]:
+        external = self.delegates.hello(self.config.runtime, self.config.memory_limit)
         return {"op": "hello", "agent_version": __version__, "protocol": VERSION, "python": platform.python_version(),
                 "runtime": self._runtime(),
-                "delegates": [] if self.config.runtime == "tflite_micro" else _delegates_found(),
+                "delegates": [] if self.config.runtime == "tflite_micro" else
+                ["xnnpack"] + [d["name"] for d in external if d["loaded"]],
+                "external_delegates": external,
                 "cpu": _cpu(), "memory": _meminfo(), "arena_size": self.config.arena_size,
                 "store": {"quota": self.store.quota, "used": self.store.usage()},
                 "limits": {"max_frame": self.config.max_frame, "max_blob": self.store.quota},
@@ -184,6 +177,10 @@ class Agent:
         if dataset:
             self.store.get(dataset)
         opts = h.get("options") or {}
+        try:
+            delegates = self.delegates.resolve(opts.get("delegates"))
+        except DelegateRefused as exc:
+            return {"op": "error", "code": "bad_request", "message": str(exc)}
         request = {
             "kind": kind,
             "model_path": str(self.store.blobs / model),
@@ -193,7 +190,7 @@ class Agent:
             "runtime": opts.get("runtime") or self.config.runtime,
             "threads": opts.get("threads"),
             "xnnpack": opts.get("xnnpack", True),
-            "delegates": opts.get("delegates") or [],
+            "delegates": delegates,
             "warmup": int(opts.get("warmup", 5)),
             "runs": int(opts.get("runs", 50)),
             "min_seconds": float(opts.get("min_seconds", 1.0)),

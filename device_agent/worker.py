@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from device_agent.delegates import DelegateRequired
+
 RESULT_SCHEMA_VERSION = 1
 
 
@@ -57,54 +59,50 @@ def _peak_rss_kib() -> int:
 
 
 def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, Any]:
-    """Interpreter with the requested threads and delegates; says what was applied and what fell back."""
-    from device_agent.runtime import quiet_native_stderr
+    """Interpreter with the requested threads and delegates; says what was applied, what it took, what fell back."""
+    from device_agent import delegates as external
 
-    delegates = []
-    loaded: List[str] = []
-    notes: List[str] = []
-    for spec in req.get("delegates") or []:
-        try:
-            with quiet_native_stderr():
-                delegates.append(rt.load_delegate(spec["library"], spec.get("options") or {}))
-            loaded.append(spec["library"])
-        except (ValueError, OSError, RuntimeError) as exc:
-            if spec.get("required"):
-                raise DelegateRequired(f"delegate {spec['library']} failed to load ({exc}) and the request requires it") from exc
-            notes.append(f"delegate {spec['library']} failed to load ({exc}); running without it")
+    specs = req.get("delegates") or []
+    delegates, report, notes = external.load(rt, specs)
     kwargs: Dict[str, Any] = {}
     if rt.name == "tflite_micro" and req.get("arena_size"):
         kwargs["arena_size"] = int(req["arena_size"])
-    if delegates:
-        kwargs["experimental_delegates"] = delegates
     if req.get("xnnpack") is False:
         resolver = getattr(rt.interpreter_cls, "OpResolverType", None) or getattr(
             sys.modules.get(rt.interpreter_cls.__module__), "OpResolverType", None)
         if resolver is not None:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     t0 = time.perf_counter_ns()
-    interpreter = rt.interpreter(model, num_threads=req.get("threads"), **kwargs)
+    try:
+        interpreter = rt.interpreter(model, num_threads=req.get("threads"), experimental_delegates=delegates or None,
+                                     **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        if not delegates:
+            raise
+        # A delegate that loads but fails to apply to this model: required -> delegate_failed, else the CPU.
+        # (If the model itself is bad, the build without delegates raises again: the usual refusal.)
+        names = ", ".join(r["name"] for r in report if r["loaded"])
+        why = str(exc)
+        for spec in specs:
+            why = external.scrub(why, spec["name"], spec["library"])
+        if any(s.get("required") for s in specs):
+            raise DelegateRequired(f"delegate {names} failed to apply to this model ({why}) and the request requires it") from exc
+        notes.append(f"delegate {names} failed to apply to this model ({why}); running without it")
+        for r in report:
+            r["applied"] = False
+        delegates = []
+        t0 = time.perf_counter_ns()
+        interpreter = rt.interpreter(model, num_threads=req.get("threads"), **kwargs)
     load_ns = time.perf_counter_ns() - t0
     ops = interpreter._get_ops_details() if hasattr(interpreter, "_get_ops_details") else []
-    kernels = [o.get("op_name", "") for o in ops]
-    delegate_nodes = sum(1 for k in kernels if k == "DELEGATE")
-    original = [k for k in kernels if k != "DELEGATE"]
-    if delegates:
-        applied = loaded
-    elif delegate_nodes:
-        applied = ["xnnpack"]
-    else:
-        applied = []
+    parts = external.partition(ops)
+    applied = [r["name"] for r in report if r["applied"]]
+    if parts["delegate_kernels"] and req.get("xnnpack") is not False and rt.name != "tflite_micro":
+        applied.append("xnnpack")
     return {
         "interpreter": interpreter,
         "load_ms": load_ns / 1e6,
-        "delegate": {
-            "applied": applied,
-            "delegate_kernels": delegate_nodes,
-            "nodes": len(original),
-            "cpu_ops": sorted(set(original)) if not delegate_nodes else [],
-            "notes": notes,
-        },
+        "delegate": {"applied": applied, **parts, "external": report, "notes": notes},
     }
 
 
@@ -139,10 +137,6 @@ def _arena_of(rt: Any, req: Dict[str, Any]) -> Optional[int]:
     from device_agent.micro import DEFAULT_ARENA_UPPER
 
     return int(req.get("arena_size") or DEFAULT_ARENA_UPPER)
-
-
-class DelegateRequired(Exception):
-    pass
 
 
 #: Generated integer inputs that are not quantized (token ids, indices, lengths) are drawn from

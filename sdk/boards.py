@@ -53,7 +53,7 @@ class Board:
     baud: int = 115200
     store: Path | None = None
     spec: Any = None  # the catalogue entry (sdk.catalogue.BoardSpec) for a named board
-    agent_args: tuple[str, ...] = ()  # extra agent flags (local boards: --runtime, --arena-size, --quota)
+    agent_args: tuple[str, ...] = ()  # extra agent flags (local boards: --runtime, --arena-size, --quota, --allow-delegate)
 
     @classmethod
     def from_spec(cls, name: str, spec: Any) -> Board:
@@ -73,6 +73,8 @@ class Board:
                 args += ["--runtime", spec.runtime]
             if spec.constraints.arena_bytes:
                 args += ["--arena-size", str(spec.constraints.arena_bytes)]
+            for d in spec.delegates:  # the local agent's allow-list is the board's catalogue entry
+                args += ["--allow-delegate", f"{d.name}={d.library}"]
             return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec,
                        agent_args=tuple(args))
         if spec.transport == "emulated":

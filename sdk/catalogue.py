@@ -47,8 +47,9 @@ class SerialParams(_Strict):
 
 
 class DelegateSpec(_Strict):
-    name: str
-    library: str
+    # What runs ask for (--delegate NAME); the board's agent maps the name to a library on its allow-list.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+    library: Optional[str] = None  # that library: a local board's agent is started allowing it (--allow-delegate)
     options: dict[str, str] = Field(default_factory=dict)
     input_types: Optional[list[Literal["int8", "uint8", "int16", "float32", "float16"]]] = None
     required: bool = False
@@ -130,6 +131,10 @@ def load_file(path: Path) -> dict[str, BoardSpec]:
         if spec.transport in needed and needed[spec.transport] is None:
             key = "emulator" if spec.transport == "emulated" else spec.transport
             raise CatalogueError(f"{path}: board '{name}': missing key '{key}' (transport is {spec.transport})")
+        for i, d in enumerate(spec.delegates):
+            if spec.transport == "local" and not d.library:
+                raise CatalogueError(f"{path}: board '{name}': missing key 'delegates.{i}.library' (a local board's "
+                                     f"agent is started allowing that library under the name {d.name!r})")
     return dict(parsed.boards)
 
 

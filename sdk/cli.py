@@ -573,6 +573,27 @@ def push(bundle: Path, board_spec: str, accept_new_host: bool, quiet: bool, as_j
     click.echo(f"{doc['board']}: model {doc['model_sha256'][:12]} ({_kib(up['size'])}): {how}")
 
 
+def named_delegates(specs: tuple[str, ...], required: bool) -> list[dict[str, Any]]:
+    """--delegate NAME[:k=v,...] values as a run's `delegates`: names from the board's allow-list, never paths."""
+    from device_agent.delegates import NAME
+
+    out: list[dict[str, Any]] = []
+    for d in specs:
+        name, _, raw = d.partition(":")
+        if not NAME.match(name):
+            raise UsageError(f"--delegate {d!r}: give the name of a delegate the board allows (boards.yaml "
+                             f"`delegates`, `edgeship boards ping`), not a library path; the board's agent "
+                             f"loads only the libraries its operator allowed (--allow-delegate NAME=PATH)")
+        options: dict[str, str] = {}
+        for kv in filter(None, raw.split(",")):
+            key, sep, value = kv.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--delegate {d!r}: options are key=value pairs separated by commas")
+            options[key] = value
+        out.append({"name": name, "options": options, "required": required})
+    return out
+
+
 def _run_options(runs: int | None, warmup: int | None, min_seconds: float | None, threads: int | None,
                  delegate: tuple[str, ...], no_xnnpack: bool, runtime: str | None, require_delegate: bool) -> dict[str, Any]:
     opts: dict[str, Any] = {}
@@ -583,11 +604,7 @@ def _run_options(runs: int | None, warmup: int | None, min_seconds: float | None
     if no_xnnpack:
         opts["xnnpack"] = False
     if delegate:
-        opts["delegates"] = []
-        for d in delegate:
-            lib, _, raw = d.partition(":")
-            options = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)
-            opts["delegates"].append({"library": lib, "options": options, "required": require_delegate})
+        opts["delegates"] = named_delegates(delegate, require_delegate)
     return opts
 
 
@@ -596,7 +613,8 @@ run_options = [
     click.option("--warmup", type=int, default=None, help="Warm-up runs [5]."),
     click.option("--min-seconds", type=float, default=None, help="Steady state lasts at least this long [1.0]."),
     click.option("--threads", type=int, default=None, help="Interpreter threads."),
-    click.option("--delegate", multiple=True, metavar="LIB[:k=v,...]", help="External delegate library and options."),
+    click.option("--delegate", multiple=True, metavar="NAME[:k=v,...]",
+                 help="External delegate the board allows, by name, and its options."),
     click.option("--require-delegate", is_flag=True, help="Fail instead of falling back when a delegate does not load."),
     click.option("--no-xnnpack", is_flag=True, help="Disable the default XNNPACK delegate."),
     click.option("--runtime", type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]), default=None,
@@ -630,9 +648,15 @@ def _report_run(doc: dict[str, Any]) -> None:
         click.echo(f"  {r.get('message', '')}")
         return
     d = r.get("delegate") or {}
+    taken = "" if "nodes_taken" not in d else f", took {d['nodes_taken']} of them"
+    left = f"; on the CPU: {', '.join(d['cpu_ops'])}" if d.get("cpu_ops") and d.get("delegate_kernels") else ""
     click.echo(f"  load {r.get('load_ms', 0):.2f} ms, threads {r.get('threads') or 'default'}, delegate "
                f"{', '.join(d.get('applied') or []) or 'none'} ({d.get('delegate_kernels', 0)} partition(s) over "
-               f"{d.get('nodes', 0)} nodes)")
+               f"{d.get('nodes', 0)} nodes{taken}{left})")
+    for ext in d.get("external") or []:
+        opts = ",".join(f"{k}={v}" for k, v in (ext.get("options") or {}).items())
+        click.echo(f"  delegate {ext.get('name')}{':' + opts if opts else ''}: "
+                   f"{'applied' if ext.get('applied') else 'loaded, not applied' if ext.get('loaded') else 'not loaded'}")
     for note in d.get("notes") or []:
         click.echo(f"  note: {note}")
     lat = r.get("latency_ms") or {}
@@ -1005,6 +1029,9 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
                        + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
                        f"x{cpu.get('cores')}, delegates {', '.join(info.get('delegates') or [])}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
+            for d in info.get("external_delegates") or []:
+                if isinstance(d, dict) and not d.get("loaded"):
+                    click.echo(f"  delegate {d.get('name')} is allowed but does not load: {d.get('error', '')}")
     if failed:
         from sdk.errors import TransportError
 
@@ -1036,8 +1063,11 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @board_option
+@click.option("--delegate", multiple=True, metavar="NAME[:k=v,...]",
+              help="Check that the board offers this delegate (boards.yaml `delegates`); repeatable.")
+@click.option("--require-delegate", is_flag=True, help="The run would require the --delegate(s).")
 @json_option
-def check(bundle: Path, board_spec: str, as_json: bool) -> None:
+def check(bundle: Path, board_spec: str, delegate: tuple[str, ...], require_delegate: bool, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
     from sdk.compat import IncompatibleError, custom_ops
     from sdk.compat import check as run_check
@@ -1046,7 +1076,7 @@ def check(bundle: Path, board_spec: str, as_json: bool) -> None:
 
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
-    problems = run_check(manifest, board.spec, model=model)
+    problems = run_check(manifest, board.spec, model=model, delegates=named_delegates(delegate, require_delegate))
     customs = custom_ops(manifest)
     remarks = check_notes(manifest, board.spec)
     arena = None

@@ -142,16 +142,51 @@ def _convert_with(manifest: Manifest, options: str) -> str:
     return f"convert with {options}"
 
 
+def delegate_problems(spec: Any, requested: list[dict[str, Any]] | None,
+                      board: list[dict[str, Any]] | None = None) -> list[Problem]:
+    """Problems with the delegates a run names (`--delegate NAME`), before anything is sent.
+
+    Without a connection the catalogue entry's `delegates` names are what the board allows; once
+    connected, the agent's hello `external_delegates` (what its allow-list holds and what loads)
+    decides. A name the board does not allow would be refused; a required one that does not load
+    would fail the run.
+    """
+    problems: list[Problem] = []
+    for d in requested or []:
+        name = d.get("name")
+        if isinstance(board, list):
+            known = {str(b.get("name")): b for b in board if isinstance(b, dict)}
+            where = "the board's agent allows"
+        elif spec is not None:
+            known = {x.name: {"name": x.name, "loaded": True} for x in spec.delegates}
+            where = "the board's entry in boards.yaml lists"
+        else:
+            continue
+        if name not in known:
+            problems.append(Problem("delegate_unknown", f"delegate {name} is not one the board offers ({where}: "
+                                                        f"{', '.join(sorted(known)) or 'none'}); name one of those, "
+                                                        f"or add it to the board's allow-list (the agent's "
+                                                        f"--allow-delegate NAME=PATH) and to its boards.yaml entry"))
+        elif d.get("required") and not known[name].get("loaded"):
+            why = known[name].get("error") or "it does not load"
+            problems.append(Problem("delegate_unavailable", f"delegate {name} does not load on the board ({why}) and "
+                                                            f"--require-delegate needs it; fix the library on the "
+                                                            f"board, or run without --require-delegate"))
+    return problems
+
+
 def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
-          model: bytes | None = None) -> list[Problem]:
+          model: bytes | None = None, delegates: list[dict[str, Any]] | None = None,
+          board_delegates: list[dict[str, Any]] | None = None) -> list[Problem]:
     """Problems of running `manifest`'s model on a board described by `spec` (a catalogue entry; may be None).
 
     `runtime` is what the board's agent reported in hello (name, version, tflite_level,
-    custom_ops); without it the catalogue entry stands in for it.
+    custom_ops); without it the catalogue entry stands in for it. `delegates` are the run's
+    named delegates ({name, required}); `board_delegates` the agent's hello `external_delegates`.
     """
     from device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
 
-    problems: list[Problem] = []
+    problems: list[Problem] = delegate_problems(spec, delegates, board_delegates)
     micro = spec is not None and spec.runtime == "tflite_micro"  # TFLM matches ops by code, not version
     missing = [name for name in custom_ops(manifest) if name not in _available_custom_ops(spec, runtime)]
     if missing:
@@ -244,8 +279,9 @@ def notes(manifest: Manifest, spec: Any) -> list[str]:
 
 
 def ensure_compatible(manifest: Manifest, board: Any, runtime: dict[str, Any] | None = None,
-                      model: bytes | None = None) -> None:
+                      model: bytes | None = None, delegates: list[dict[str, Any]] | None = None,
+                      board_delegates: list[dict[str, Any]] | None = None) -> None:
     """Raise IncompatibleError listing every problem of running the bundle on `board` (see `check`)."""
-    problems = check(manifest, getattr(board, "spec", None), runtime, model)
+    problems = check(manifest, getattr(board, "spec", None), runtime, model, delegates, board_delegates)
     if problems:
         raise IncompatibleError(board.name, problems)

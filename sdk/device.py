@@ -131,10 +131,11 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         dataset_bytes = _npz_bytes(arrays)
     elif kind == "eval":
         raise DatasetError("eval needs --data TEST.npz (x and y)")
-    ensure_compatible(manifest, board, model=model)
+    ensure_compatible(manifest, board, model=model, delegates=options.get("delegates"))
     session = open_session(board, accept_new_host=accept_new_host)
     try:
-        ensure_compatible(manifest, board, _runtime(session))
+        ensure_compatible(manifest, board, _runtime(session), delegates=options.get("delegates"),
+                          board_delegates=session.info.get("external_delegates"))
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
         result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options,

@@ -24,16 +24,24 @@ def agent(tmp_path: Path) -> Any:
     session.close()
 
 
-def test_missing_delegate_falls_back_and_says_so_or_fails_when_required(agent: Session, model: bytes) -> None:
-    up = agent.upload(model)
-    lib = "/nonexistent/libmissing_delegate.so"
-    fallback = agent.run("bench", up.sha256, None, {"runs": 5, "min_seconds": 0,
-                                                    "delegates": [{"library": lib, "options": {}, "required": False}]})
-    assert fallback["status"] == "ok"
-    assert any(lib in note and "running without it" in note for note in fallback["delegate"]["notes"])
-    required = agent.run("bench", up.sha256, None, {"runs": 5, "min_seconds": 0,
-                                                    "delegates": [{"library": lib, "options": {}, "required": True}]})
-    assert required["status"] == "delegate_failed" and lib in required["message"]
+def test_missing_delegate_falls_back_and_says_so_or_fails_when_required(tmp_path: Path, model: bytes) -> None:
+    lib = "/nonexistent/libmissing_delegate.so"  # allowed by the board's operator, but not installed
+    agent = open_agent(tmp_path / "store", "--allow-delegate", f"missing={lib}")
+    try:
+        assert agent.info["external_delegates"][0]["loaded"] is False and agent.info["delegates"] == ["xnnpack"]
+        up = agent.upload(model)
+        fallback = agent.run("bench", up.sha256, None, {"runs": 5, "min_seconds": 0,
+                                                        "delegates": [{"name": "missing", "required": False}]})
+        assert fallback["status"] == "ok"
+        assert any("delegate missing failed to load" in note and "running without it" in note
+                   for note in fallback["delegate"]["notes"])
+        required = agent.run("bench", up.sha256, None, {"runs": 5, "min_seconds": 0,
+                                                        "delegates": [{"name": "missing", "required": True}]})
+        assert required["status"] == "delegate_failed" and "delegate missing" in required["message"]
+        for text in (required["message"], *fallback["delegate"]["notes"]):  # the board's paths stay on the board
+            assert lib not in text and "/nonexistent" not in text
+    finally:
+        agent.close()
 
 
 def test_xnnpack_on_off_and_threads_are_reported(agent: Session, model: bytes) -> None:
