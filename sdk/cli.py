@@ -50,10 +50,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeshipError as exc:
             _fail(str(exc), exc.exit_code, exc)
-        except Terminated:
-            _fail(f"terminated (SIGTERM); {_INTERRUPTED_NOTE}", EXIT_TERMINATED, None)
-        except KeyboardInterrupt:
-            _fail(f"interrupted; {_INTERRUPTED_NOTE}", EXIT_INTERRUPTED, None)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            note = f"; {_INTERRUPTED_NOTE}" if ctx.invoked_subcommand in ("push", "bench", "eval") else ""
+            if isinstance(exc, Terminated):
+                _fail(f"terminated (SIGTERM){note}", EXIT_TERMINATED, None)
+            _fail(f"interrupted{note}", EXIT_INTERRUPTED, None)
         except click.UsageError as exc:  # unknown option, missing argument: one line too
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _fail(exc.format_message() + hint, 2, None)

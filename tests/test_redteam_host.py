@@ -300,10 +300,11 @@ def _two_local_boards(tmp_path: Path) -> tuple[Path, list[Path]]:
     return boards, stores
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                             (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_fleet_stops_every_board_promptly(bundle: Path, tmp_path: Path, sig: int, code: int,
                                                        word: str) -> None:
-    """SIGTERM while two boards bench for 30 s each: the command ends in seconds, with nothing half-written."""
+    """A signal while two boards bench for 30 s each: the command ends in seconds, with nothing half-written."""
     boards, stores = _two_local_boards(tmp_path)
     results = tmp_path / "results"
     sha = json.loads((bundle / "manifest.json").read_text())["sha256"]
