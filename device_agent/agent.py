@@ -136,7 +136,8 @@ class Agent:
                 "external_delegates": external,
                 "cpu": _cpu(), "memory": _meminfo(), "arena_size": self.config.arena_size,
                 "store": {"quota": self.store.quota, "used": self.store.usage()},
-                "limits": {"max_frame": self.config.max_frame, "max_blob": self.store.quota},
+                "limits": {"max_frame": self.config.max_frame, "max_blob": self.store.quota,
+                           "run_timeout": self.config.run_timeout},
                 "pid": os.getpid(), "time_ns": time.time_ns()}
 
     def _op_has(self, msg: Message, send: Any) -> Dict[str, Any]:

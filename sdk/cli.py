@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -23,19 +24,37 @@ from device_agent import __version__
 from sdk.errors import EdgeshipError, UsageError
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+_INTERRUPTED_NOTE = "a push or run left half-way resumes where it stopped next time"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so a terminated command unwinds like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 class _Group(click.Group):
     """Runs a command and turns failures into one line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except EdgeshipError as exc:
             _fail(str(exc), exc.exit_code, exc)
-        except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED, None)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            note = f"; {_INTERRUPTED_NOTE}" if ctx.invoked_subcommand in ("push", "bench", "eval") else ""
+            if isinstance(exc, Terminated):
+                _fail(f"terminated (SIGTERM){note}", EXIT_TERMINATED, None)
+            _fail(f"interrupted{note}", EXIT_INTERRUPTED, None)
         except click.UsageError as exc:  # unknown option, missing argument: one line too
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _fail(exc.format_message() + hint, 2, None)
@@ -44,6 +63,9 @@ class _Group(click.Group):
         except Exception as exc:  # a bug: still one line, with the way to get the traceback
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                   EXIT_INTERNAL, exc)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _debug() -> bool:
@@ -53,13 +75,29 @@ def _debug() -> bool:
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
     if exc is not None and _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    one_line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    from sdk.report import safe_text
+
+    # Lines (an SSH stderr tail) joined with " | "; each part escaped, as it may quote what a board sent.
+    one_line = " | ".join(safe_text(part.strip()) for part in message.splitlines() if part.strip())
     click.echo(f"edgeship: error: {one_line}", err=True)
     sys.exit(code)
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=str))  # ensure_ascii: control characters come out as \\u escapes
+
+
+def _printable(value: Any) -> Any:
+    """A board's document with every string made safe to print (sdk.report.safe_text), for the text output."""
+    from sdk.report import safe_text
+
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _progress(enabled: bool) -> Callable[[str], None] | None:
@@ -73,14 +111,18 @@ def _progress(enabled: bool) -> Callable[[str], None] | None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table on stdout; cells are plain text (no rich markup) with control characters escaped."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from sdk.report import safe_text
 
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*["" if v is None else escape(safe_text(v)) for v in row])
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160).print(table)  # piped: no 80-column wrap
 
 
@@ -566,6 +608,7 @@ def push(bundle: Path, board_spec: str, accept_new_host: bool, quiet: bool, as_j
     if as_json:
         _emit_json(doc)
         return
+    doc = _printable(doc)
     up = doc["upload"]
     how = ("already on the board, nothing sent" if up["skipped"] else
            f"sent {_kib(up['sent_bytes'])} ({up['encoding']}"
@@ -639,6 +682,7 @@ def _with(options: list[Any]) -> Callable[[Any], Any]:
 def _report_run(doc: dict[str, Any]) -> None:
     from sdk.report import memory_text
 
+    doc = _printable(doc)  # what the board sent, escaped: runtime names, messages, notes
     r = doc["result"]
     a = doc["agent"]
     rt = r.get("runtime") or a.get("runtime") or {}
@@ -739,6 +783,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
                  as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
     from sdk.device import check_gates, run_on_board
+    from sdk.errors import GateError, ResultsError
     from sdk.fleet import run_fleet, write_result
     from sdk.report import memory_text
 
@@ -749,20 +794,32 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
         with _Bars(not (quiet or as_json)) as bars:
             doc = run_on_board(kind, bundle, boards[0], data=data, options=opts, accept_new_host=accept_new_host,
                                upload_progress=bars.upload, run_progress=bars.run)
+        unwritten: ResultsError | None = None
         if results_dir is not None:
-            write_result(doc, results_dir)
+            try:
+                write_result(doc, results_dir)
+            except ResultsError as exc:  # the run worked: show its result, then say it was not saved
+                unwritten = exc
         if as_json:
             _emit_json(doc)
         else:
             _report_run(doc)
-        check_gates(doc, **gates)
+        try:
+            check_gates(doc, **gates)
+        except GateError as exc:
+            if unwritten is not None:
+                raise GateError(f"{exc}; and {unwritten}") from exc
+            raise
+        if unwritten is not None:
+            raise unwritten
         return
     with _LiveTable([b.name for b in boards], not (quiet or as_json)) as live:
         outcomes = run_fleet(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
                              jobs=jobs, results_dir=results_dir, on_update=live.update)
     if as_json:
         _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate, "result": o.doc,
-                     "results_file": str(o.results_file) if o.results_file else None} for o in outcomes])
+                     "results_file": str(o.results_file) if o.results_file else None,
+                     "results_error": o.results_error} for o in outcomes])
     else:
         def pct(value: float | None) -> str:
             return "" if value is None else f"{value * 100:.2f}%"
@@ -776,20 +833,22 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
                 row += [pct(((o.doc or {}).get("host") or {}).get("accuracy")),
                         pct((r.get("agreement") or {}).get("argmax_agreement"))]
             rows.append([*row, f"{lat['p50']:.3f}" if lat else "", f"{lat['p90']:.3f}" if lat else "",
-                         memory_text(r, short=True) if r else "", o.error or o.gate or ""])
+                         memory_text(r, short=True) if r else "", o.error or o.gate or o.results_error or ""])
         _table(f"{kind} on {len(outcomes)} boards",
                ["board", "status", "accuracy", *(["host", "agreement"] if kind == "eval" else []), "p50 ms", "p90 ms",
                 "memory", "problem"], rows)
     failed = [o.board for o in outcomes if o.error]
     missed = [o.board for o in outcomes if o.gate]
+    unsaved = [o for o in outcomes if o.results_error]
     if failed:
         from sdk.errors import TransportError
 
         raise TransportError(f"{len(failed)} of {len(outcomes)} boards failed: {', '.join(failed)}"
                              + (f"; missed gates: {', '.join(missed)}" if missed else ""))
+    if unsaved:
+        raise ResultsError(f"{len(unsaved)} of {len(outcomes)} results not saved ({', '.join(o.board for o in unsaved)}): "
+                           f"{unsaved[0].results_error}" + (f"; missed gates: {', '.join(missed)}" if missed else ""))
     if missed:
-        from sdk.errors import GateError
-
         raise GateError(f"{len(missed)} of {len(outcomes)} boards missed their gates: {', '.join(missed)}")
 
 
@@ -1018,7 +1077,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
     if as_json:
         _emit_json(results if len(names) > 1 else results[0])
     else:
-        for info in results:
+        for info in map(_printable, results):
             if "error" in info:
                 click.echo(f"{info['board']}: unreachable: {info['error']}")
                 continue
@@ -1027,7 +1086,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
                        f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}"
                        + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
-                       f"x{cpu.get('cores')}, delegates {', '.join(info.get('delegates') or [])}, "
+                       f"x{cpu.get('cores')}, delegates {', '.join(_names(info.get('delegates')))}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
             for d in info.get("external_delegates") or []:
                 if isinstance(d, dict) and not d.get("loaded"):
@@ -1036,6 +1095,11 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
         from sdk.errors import TransportError
 
         raise TransportError(f"unreachable: {', '.join(failed)}")
+
+
+def _names(delegates: Any) -> list[str]:
+    """Delegate names from hello: plain names, or objects with a name (agents that report more)."""
+    return [str(d.get("name")) if isinstance(d, dict) else str(d) for d in delegates or []]
 
 
 @main.command()
@@ -1048,7 +1112,9 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
 
     rep = load_results(list(results))
     if html_out is None and md_out is None:
-        click.echo(render_markdown(rep))
+        from sdk.report import safe_text
+
+        click.echo("\n".join(safe_text(line) for line in render_markdown(rep).splitlines()))  # boards wrote some of it
         return
     if html_out is not None:
         html_out.parent.mkdir(parents=True, exist_ok=True)

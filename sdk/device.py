@@ -59,6 +59,9 @@ def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
         up = _upload(session, "model", model, progress)
         return {"schema_version": RESULT_SCHEMA_VERSION, "board": board.name, "agent": _agent(session),
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
+    except (KeyboardInterrupt, SystemExit):
+        session.abort()  # mid-request: no goodbye; the agent keeps the partial upload for the next push
+        raise
     finally:
         session.close()
 
@@ -151,6 +154,9 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         if reference is not None:
             doc["host"] = {"accuracy": reference["accuracy"], "runtime": reference["runtime"]}
         return doc
+    except (KeyboardInterrupt, SystemExit):
+        session.abort()  # mid-request: no goodbye; the agent keeps partial uploads for the next command
+        raise
     finally:
         session.close()
 

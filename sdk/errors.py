@@ -20,9 +20,13 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     ├── CatalogueError            boards.yaml: names the file, the board and the key
     ├── TransportError            reaching a board
     │   ├── LinkError             the stream could not open, broke, or stopped answering (retries exhausted)
+    │   │   └── BoardProtocolError  the board answered, but not as the protocol says (a field of the wrong type,
+    │   │                         an absurd value, an upload that never advances, a run past its deadline)
     │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
     │   ├── AuthError             the board refused our credentials
     │   └── AgentError            the agent answered with an error frame (``code`` says why)
+    ├── ResultsError              a result could not be written to --results-dir (the result itself is kept)
+    ├── Cancelled                 the command was interrupted (Ctrl-C / SIGTERM) while talking to boards
     ├── RunError                  the model did not run on the board (``status``: invalid, crashed, timeout, ...)
     └── GateError                 a result missed a CI gate (exit code 3)
 
@@ -104,6 +108,13 @@ class LinkError(TransportError):
     """The byte stream to a board could not be opened, broke, or stopped answering."""
 
 
+class BoardProtocolError(LinkError):
+    """The board's agent answered in a way the protocol does not allow; the message names the request and the field.
+
+    The session is unusable afterwards (the host no longer knows what the board will send next).
+    """
+
+
 class HostKeyError(TransportError):
     """An SSH host key is unknown (and not accepted) or has changed."""
 
@@ -118,6 +129,16 @@ class AgentError(TransportError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ResultsError(EdgeshipError):
+    """A result document could not be written where --results-dir says; the run itself succeeded."""
+
+
+class Cancelled(EdgeshipError):
+    """The operation was cancelled (the CLI was interrupted); boards are left resumable."""
+
+    exit_code = 130
 
 
 class RunError(EdgeshipError):

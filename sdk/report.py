@@ -21,6 +21,35 @@ from typing import Any
 
 from sdk.errors import UsageError
 
+# Characters a terminal acts on: C0 and C1 controls, DEL, and the bidirectional overrides that reorder a line.
+_BIDI = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def safe_text(value: object, limit: int | None = None) -> str:
+    """`value` as text that is safe to print: every control character escaped as \\xNN / \\uNNNN.
+
+    Whatever a board sends (an error message, a delegate note, a runtime name, a CPU model,
+    its version) goes through this before it reaches a terminal, so escape sequences cannot
+    clear the screen, retitle the window, hide text or fake a prompt. Newlines and tabs are
+    escaped too: one board value stays on one line. `limit` clips long text.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if text.isprintable() and not any(ord(c) in _BIDI for c in text):
+        return text
+    out = []
+    for c in text:
+        n = ord(c)
+        if n < 0x20 or 0x7F <= n < 0xA0:
+            out.append(f"\\x{n:02x}")
+        elif n in _BIDI or (not c.isprintable() and c != " "):
+            out.append(f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 # What must match for two results of the same board and recipe to be compared or merged.
 COMPARABLE_KEYS = ("runtime", "threads", "delegate", "data", "model_sha256")
 

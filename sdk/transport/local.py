@@ -55,6 +55,8 @@ class LocalStream:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._out.close()
+        with contextlib.suppress(OSError):  # an agent still writing (a reply nobody reads) gets EPIPE, not a hang
+            self.proc.stdout.close()  # type: ignore[union-attr]
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
