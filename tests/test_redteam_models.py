@@ -29,7 +29,7 @@ from sdk.client import Session
 from sdk.errors import CorruptModelError, DatasetError
 from sdk.transport.local import LocalStream
 from tests import helpers_crafted as hc
-from tests.conftest import run_cli
+from tests.conftest import EDGESHIP
 
 RUN_STATUSES = {"ok", "invalid", "op_version", "unsupported_op", "crashed", "timeout", "out_of_memory", "bad_dataset"}
 MEMORY_LIMIT = 1 << 30  # the agent's worker limit in these tests: datasets may declare a quarter of it
@@ -257,6 +257,14 @@ def test_schema_mutations_are_parsed_or_corrupt(model: bytes, tmp_path: Path) ->
     assert outcomes["refused"] > 20
 
 
+def run_cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """The installed `edgeship` command with a hard timeout of its own: a hang fails the test, never the suite."""
+    import os
+
+    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})
+
+
 def _one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
@@ -298,8 +306,13 @@ def test_inspect_ops_and_check_refuse_crafted_models_in_one_line(model: bytes, d
     (tmp_path / "huge.tflite").write_bytes(big)
     shown = run_cli("inspect", str(tmp_path / "huge.tflite"), "--json", env=env)
     assert shown.returncode == 0 and json.loads(shown.stdout)["inputs"][0]["shape"] == [1 << 20, 1 << 20]
-    _one_error_line(run_cli("eval-host", str(tmp_path / "huge.tflite"), "--data", str(tmp_path / "none.npz"),
-                            env=env), "no such file")
+    data = tmp_path / "x.npz"
+    data.write_bytes(hc.npz(x=np.zeros((2, 1, 1), np.float32), y=np.zeros(2, np.int64)))
+    # LiteRT's own stderr lines (held while it loads, replayed when it fails: device_agent.runtime) come first
+    proc = run_cli("eval-host", str(tmp_path / "huge.tflite"), "--data", str(data), env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeship: error: ") and "could not allocate the model's tensors" in last, last
 
 
 def test_host_commands_refuse_hostile_datasets_in_one_line(digits_bundle: Path, tmp_path: Path) -> None:
@@ -327,7 +340,7 @@ def test_convert_refuses_a_bomb_as_calibration_data(digits: Path, tmp_path: Path
     bomb = tmp_path / "calib.npz"
     bomb.write_bytes(hc.deflate_bomb(1 << 30))
     proc = run_cli("convert", str(digits / "digits.keras"), "--recipe", "int8", "--calib", str(bomb),
-                   "--out", str(tmp_path / "out"), "--quiet", env={"HOME": str(tmp_path / "home")})
+                   "--out", str(tmp_path / "out"), "--quiet", env={"HOME": str(tmp_path / "home")}, timeout=240)
     _one_error_line(proc, str(bomb), "zip bomb")
     assert not (tmp_path / "out").exists()
 
