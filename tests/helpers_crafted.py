@@ -198,7 +198,7 @@ CRAFTED_MODELS: dict[str, Callable[[bytes], bytes]] = {
     "many_operators": many_operators,
     "many_subgraphs": many_subgraphs,
     "quant_axis_out_of_range": quant_axis_out_of_range,
-    "shared_shape_vector": lambda _model: shared_shape_vector(),
+    "shared_shape_vector": lambda _model: shared_shape_vector(tensors=5000),
 }
 
 
