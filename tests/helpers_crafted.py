@@ -370,3 +370,11 @@ def endless_while() -> bytes:
         _subgraph("main", [_tensor("x", f32, [1]), _tensor("y", f32, [1])], [loop], [0], [1]),
         _subgraph("cond", [_tensor("x", f32, [1]), _tensor("again", boolean, [1])], [_op(2, [0, 0], [1])], [0], [1]),
         _subgraph("body", [_tensor("x", f32, [1]), _tensor("x2", f32, [1])], [_add([0, 0], [1])], [0], [1])])
+
+
+def log_of_input(width: int = 4) -> bytes:
+    """One LOG of a float32 (1, width) input: NaN for every negative value, from finite inputs."""
+    f32 = schema.TensorType.FLOAT32
+    return _model([schema.BuiltinOperator.LOG],
+                  [_subgraph("main", [_tensor("x", f32, [1, width]), _tensor("y", f32, [1, width])],
+                             [_op(0, [0], [1])], [0], [1])])

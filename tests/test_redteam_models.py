@@ -188,6 +188,11 @@ def test_hostile_datasets_are_bad_dataset_never_crashed(agent: tuple[Session, Pa
         tally.run("bench", model, cases[name][0], {"bad_dataset"})
     control = tally.run("eval", model, hc.npz(**_good()), {"ok"})
     assert control["samples"] == 8
+    # finite data, NaN outputs (LOG of negatives): the result stays strict JSON and says why agreement is missing
+    x = -np.ones((3, 4), np.float32)
+    nan_out = tally.run("eval", hc.log_of_input(), hc.npz(x=x, y=np.zeros(3, np.int64), reference=np.zeros((3, 4))),
+                        {"ok"})
+    assert "NaN" in nan_out["agreement"]["error"] and nan_out["accuracy"] is not None, nan_out
     _report("hostile datasets, agent", tally.figures())
     tally.assert_clean()
 
