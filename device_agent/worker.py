@@ -403,9 +403,10 @@ def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
     b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     if a.shape != b.shape:
         return {"error": f"reference has shape {b.shape[1:]} per sample, outputs {a.shape[1:]}"}
-    if not np.all(np.isfinite(a)):  # a model can make NaN from finite inputs (LOG of a negative, say)
-        return {"error": f"the model's outputs contain NaN or infinity in {int(np.sum(~np.isfinite(a).all(1)))} of "
-                         f"{len(a)} samples; no agreement is computed"}
+    for what, values in (("the model's outputs", a), ("the host's reference outputs", b)):
+        if not np.all(np.isfinite(values)):  # a model can make NaN from finite inputs (LOG of a negative, say)
+            return {"error": f"{what} contain NaN or infinity in {int(np.sum(~np.isfinite(values).all(1)))} of "
+                             f"{len(values)} samples; no agreement is computed"}
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
     return {"argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
