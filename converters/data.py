@@ -8,7 +8,6 @@ dtype is one clear error instead of a converter stack trace.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from device_agent import npzfile
 from sdk.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
@@ -31,16 +31,21 @@ class InputSpec:
     dtype: str
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz, loaded eagerly; DatasetError when it is missing or unreadable."""
+def load_npz(path: Path, limit: int = npzfile.HOST_LIMIT) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, loaded eagerly and safely (device_agent.npzfile: bounded, no pickle).
+
+    DatasetError, naming the file, when it is missing, unreadable, or refused (a member over
+    `limit` bytes declared in total, a zip bomb, object arrays, an odd member name).
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
+        return npzfile.load(path, limit)
+    except npzfile.NpzError as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
 
 
 def _image_paths(folder: Path) -> list[Path]:

@@ -48,6 +48,7 @@ import numpy as np
 
 from converters.manifest import FloatFallback
 from converters.recipe import Recipe
+from device_agent import npzfile
 from sdk import errors
 from sdk.errors import ConversionError, ConverterCrashError, EdgeshipError
 
@@ -250,8 +251,8 @@ def _run_job(work: Path) -> None:
         job = pickle.loads((work / JOB_FILE).read_bytes())  # written by our parent, in a private directory
         representative = None
         if job["representative"]:
-            with np.load(work / DATA_FILE, allow_pickle=False) as data:
-                arrays = {name: data[f"arr_{i}"] for i, name in enumerate(job["names"])}
+            data = npzfile.load(work / DATA_FILE)  # our parent's own file; read like any other npz all the same
+            arrays = {name: data[f"arr_{i}"] for i, name in enumerate(job["names"])}
             representative = _representative(arrays, job["names"], job["batch"])
         converted = convert_here(Path(job["saved_model"]), job["key"], job["recipe"], representative)
         (work / MODEL_FILE).write_bytes(converted.flatbuffer)

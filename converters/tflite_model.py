@@ -9,6 +9,7 @@ garbage. Field slots follow tensorflow/lite/schema/schema.fbs.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,12 +35,25 @@ _DTYPE_NAMES = {
 
 
 class _Reader:
-    """Bounds-checked little-endian access to one flatbuffer."""
+    """Bounds-checked little-endian access to one flatbuffer, with a budget of elements to read.
 
-    __slots__ = ("buf",)
+    Flatbuffer tables may share vectors and strings, so a small file can make a naive reader
+    copy one shape vector into every tensor: gigabytes from kilobytes. Every vector element,
+    table and string byte read is charged to `budget`, which starts at twice the file's size
+    (a model written by a converter stores each vector once, so it reads at most its size).
+    """
+
+    __slots__ = ("budget", "buf")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
+        self.budget = 2 * len(buf) + 65536
+
+    def charge(self, n: int) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            raise _Corrupt("its tables refer to far more data than the file holds (vectors shared or looped "
+                           "between tables): a crafted flatbuffer")
 
     def unpack(self, fmt: str, pos: int) -> tuple:  # type: ignore[type-arg]
         size = struct.calcsize(fmt)
@@ -53,6 +67,10 @@ class _Reader:
 
 class _OutOfBounds(Exception):
     pass
+
+
+class _Corrupt(Exception):
+    """A structural lie the parser detected; the message says which."""
 
 
 class _Table:
@@ -95,6 +113,7 @@ class _Table:
         start, length = vec
         if start + length > len(self.r.buf):
             raise _OutOfBounds(start)
+        self.r.charge(length)
         return self.r.buf[start : start + length].decode("utf-8")
 
     def scalars(self, slot: int, fmt: str) -> tuple:  # type: ignore[type-arg]
@@ -102,6 +121,9 @@ class _Table:
         if vec is None:
             return ()
         start, length = vec
+        if start + length * struct.calcsize(fmt) > len(self.r.buf):
+            raise _OutOfBounds(start)
+        self.r.charge(length)
         return self.r.unpack(f"<{length}{fmt}", start)
 
     def vector_len(self, slot: int) -> int:
@@ -113,6 +135,9 @@ class _Table:
         if vec is None:
             return []
         start, length = vec
+        if start + 4 * length > len(self.r.buf):
+            raise _OutOfBounds(start)
+        self.r.charge(length)
         out = []
         for i in range(length):
             p = start + 4 * i
@@ -260,6 +285,8 @@ class TFLiteModel:
             )
         try:
             return cls._parse(data)
+        except _Corrupt as exc:
+            raise CorruptModelError(f"{source}: corrupt TFLite model ({len(data)} bytes): {exc}") from exc
         except (_OutOfBounds, struct.error, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptModelError(
                 f"{source}: corrupt or truncated TFLite model ({len(data)} bytes; a table points outside the file)"
@@ -270,10 +297,13 @@ class TFLiteModel:
         r = _Reader(data)
         root = _Table(r, r.u32(0))
         buffers = root.tables(4)
-        buffer_sizes, buffer_offsets = [], []
+        buffer_sizes: list[int] = []
+        buffer_offsets: list[int] = []
         for b in buffers:
             span = b._vector(0)
             n, start = (span[1], span[0]) if span else (0, -1)
+            if start + n > len(data):
+                raise _Corrupt(f"buffer {len(buffer_sizes)} claims {n} bytes past the end of the file")
             if n == 0:  # models over 2 GB keep data after the flatbuffer: offset/size fields
                 offset = int(b.scalar(1, "Q", 0))
                 n = int(b.scalar(2, "Q", 0)) if offset > 1 else 0
@@ -300,6 +330,10 @@ class TFLiteModel:
                 type_name = TENSOR_TYPES.get(int(t.scalar(1, "b", 0)), "UNKNOWN")
                 buf_index = int(t.scalar(2, "I", 0))
                 shape = tuple(int(d) for d in t.scalars(0, "i"))
+                if any(d < 0 for d in shape):  # unknown dimensions are -1 in shape_signature only
+                    raise _Corrupt(f"tensor {i} has a negative dimension in its shape {shape[:8]}")
+                if math.prod(shape) >= 1 << 63:
+                    raise _Corrupt(f"tensor {i}'s shape {shape[:8]} holds 2^63 or more elements (its size overflows)")
                 signature = tuple(int(d) for d in t.scalars(7, "i")) or shape
                 q = t.table(4)
                 quant = None
@@ -307,6 +341,9 @@ class TFLiteModel:
                     scale = tuple(float(s) for s in q.scalars(2, "f"))
                     if scale:
                         quant = Quantization(scale, tuple(int(z) for z in q.scalars(3, "q")), int(q.scalar(6, "i", 0)))
+                        if quant.per_axis and not 0 <= quant.axis < len(shape):
+                            raise _Corrupt(f"tensor {i} is quantized along dimension {quant.axis} of a "
+                                           f"{len(shape)}-dimensional shape")
                 tensors.append(
                     Tensor(
                         index=i,
@@ -349,6 +386,7 @@ class TFLiteModel:
                 start_len = buffers[idx]._vector(0)
                 if start_len:
                     start, n = start_len
+                    r.charge(n)
                     metadata[m.string(0) or ""] = bytes(data[start : start + n])
 
         signatures = tuple(
@@ -506,10 +544,11 @@ class TFLiteModel:
                         continue
                     dtype = _NUMPY_DTYPES.get(t.dtype)
                     start, size = self.buffer_offsets[t.buffer], self.buffer_sizes[t.buffer]
-                    if dtype is None or start < 0 or size != np.dtype(dtype).itemsize * int(np.prod(t.shape)):
+                    count = math.prod(t.shape)  # Python ints: a crafted shape cannot overflow into a match
+                    if dtype is None or start < 0 or min(t.shape) < 0 or size != np.dtype(dtype).itemsize * count:
                         continue
                     seen.add(t.buffer)
-                    values = np.frombuffer(data, dtype=dtype, count=int(np.prod(t.shape)), offset=start).reshape(t.shape)
+                    values = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(t.shape)
                     q = t.quantization
                     zero = np.asarray(q.zero_point, dtype=np.int64) if q and not t.is_float else np.zeros(1)
                     if q and q.per_axis and len(zero) == t.shape[q.axis]:

@@ -101,6 +101,8 @@ def match_inputs(features: Mapping[str, np.ndarray], inputs: "list[tuple[str, di
                 f"dataset has no array for input(s) {', '.join(missing)}; "
                 f"it has {', '.join(sorted(features)) or 'nothing'} (use key 'x' for a one-input model)")
         arrays = {name: features[name] for name, _ in inputs}
+    if not inputs:
+        raise EvalInputError("the model has no inputs")
     n = None
     for name, detail in inputs:
         arr = arrays[name]
@@ -109,11 +111,34 @@ def match_inputs(features: Mapping[str, np.ndarray], inputs: "list[tuple[str, di
             raise EvalInputError(
                 f"input {name!r}: dataset samples have shape {tuple(arr.shape[1:])}, the model expects {want}")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise EvalInputError(f"input {name!r}: dataset dtype {arr.dtype} is not numeric")
+            raise EvalInputError(f"input {name!r}: dataset dtype {arr.dtype} is not numeric (integer or float)")
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise EvalInputError(f"input {name!r}: the dataset contains NaN or infinity")
         if n is not None and len(arr) != n:
             raise EvalInputError(f"inputs have different sample counts ({n} and {len(arr)})")
         n = len(arr)
     return arrays
+
+
+def check_labels(labels: np.ndarray, samples: int) -> None:
+    """Labels top-1 can score: integer class indices, one per sample (shape (n,) or (n, 1))."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise EvalInputError(f"labels 'y' are {labels.dtype}; they must be integer class indices (e.g. int64), "
+                             f"one per sample")
+    if labels.ndim not in (1, 2) or (labels.ndim == 2 and labels.shape[1] != 1):
+        raise EvalInputError(f"labels 'y' have shape {labels.shape}; give one class index per sample, shape (n,)")
+    if len(labels) != samples:
+        raise EvalInputError(f"dataset has {samples} samples but {len(labels)} labels")
+
+
+def check_reference(reference: np.ndarray, samples: int) -> None:
+    """Host reference outputs agreement can use: real numbers, one row per sample (NaN: see worker.compare)."""
+    reference = np.asarray(reference)
+    if not (np.issubdtype(reference.dtype, np.floating) or np.issubdtype(reference.dtype, np.integer)):
+        raise EvalInputError(f"reference outputs are {reference.dtype}; they must be real numbers")
+    if reference.ndim == 0 or len(reference) != samples:
+        raise EvalInputError(f"reference outputs have shape {reference.shape}; the dataset has {samples} samples")
 
 
 def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optional[np.ndarray] = None,
@@ -135,8 +160,8 @@ def evaluate(interpreter: Any, features: Mapping[str, np.ndarray], labels: Optio
     n = len(next(iter(arrays.values())))
     if n == 0:
         raise EvalInputError("dataset has no samples")
-    if labels is not None and len(labels) != n:
-        raise EvalInputError(f"dataset has {n} samples but {len(labels)} labels")
+    if labels is not None:
+        check_labels(labels, n)
     batch = int(inputs[0][1]["shape"][0]) or 1
     collected: Dict[str, List[np.ndarray]] = {name: [] for name, _ in outputs}
     times: List[int] = []

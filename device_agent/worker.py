@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from device_agent import npzfile
 from device_agent.delegates import DelegateRequired
 
 RESULT_SCHEMA_VERSION = 1
@@ -126,6 +126,13 @@ def _refusal(rt: Any, exc: Exception) -> Dict[str, Any]:
         op = m.group(1) if m else str(getattr(exc, "op", ""))
         return {"status": "unsupported_op", "op": op,
                 "message": f"the board's runtime ({rt.name} {rt.version}) does not register op {op}: {text[:200]}"}
+    if not text and isinstance(exc, RuntimeError) and rt.name != "tflite_micro":
+        # LiteRT's allocate_tensors fails with no text when its arena cannot be allocated (tensors that
+        # claim terabytes, or more than the worker's memory limit): say so rather than "rejected: ".
+        memory = worker_memory_limit()
+        limit = f"the worker memory limit of {npzfile.mib(memory)}" if memory else "the board's memory"
+        return {"status": "out_of_memory",
+                "message": f"the runtime could not allocate the model's tensors: they claim more than {limit}"}
     status = "arena_too_small" if type(exc).__name__ == "ArenaTooSmall" else "invalid"
     return {"status": status, "message": f"the runtime rejected the model: {text[:300]}"}
 
@@ -190,19 +197,70 @@ def generated_description(inputs: "List[tuple[str, Dict[str, Any]]]") -> List[Di
     return out
 
 
+#: The part of the worker's memory limit a dataset's arrays may take (declared sizes, checked before
+#: anything is inflated): the runtime, the model's tensors and the outputs need the rest.
+DATASET_SHARE = 4
+#: Without a memory limit (``--memory-limit 0``), datasets may declare at most this much.
+DATASET_LIMIT_UNLIMITED = 1 << 30
+
+
+def worker_memory_limit() -> int:
+    """The worker's memory limit in bytes (RLIMIT_AS, or EDGESHIP_WORKER_MEMORY_LIMIT where a launcher
+    applies it outside the process); 0 when there is none."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    memory = soft if soft != resource.RLIM_INFINITY and soft > 0 else 0
+    with contextlib.suppress(ValueError):
+        memory = memory or int(os.environ.get("EDGESHIP_WORKER_MEMORY_LIMIT", "0"))
+    return max(memory, 0)
+
+
+def dataset_limit() -> "tuple[int, str]":
+    """Bytes a run's dataset may declare (1/DATASET_SHARE of the memory limit, else 1 GiB), and why."""
+    memory = worker_memory_limit()
+    if memory > 0:
+        return memory // DATASET_SHARE, (f" (a run's dataset may declare 1/{DATASET_SHARE} of the worker memory "
+                                         f"limit of {npzfile.mib(memory)}: send fewer samples or raise the agent's "
+                                         f"--memory-limit)")
+    return DATASET_LIMIT_UNLIMITED, " (send fewer samples)"
+
+
+def _finite(value: Any) -> Any:
+    """The result with every non-finite float (a model that outputs NaN, say) as null: the reply stays strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def child_main() -> None:
-    """Entry point of the worker process: one JSON request on stdin, JSON lines on stdout."""
+    """Entry point of the worker process: one JSON request on stdin, JSON lines on stdout.
+
+    Whatever the model or the dataset does, the parent gets one classified ending: a result,
+    an error it knows, or (for a bug of the worker itself) ``crashed`` with the exception's
+    type and text, never a traceback that quotes the board's paths.
+    """
     req = json.loads(sys.stdin.read())
     try:
-        _emit({"result": _run(req)})
+        _emit({"result": _finite(_run(req))})
     except DelegateRequired as exc:
         _emit({"error": {"code": "delegate_failed", "message": str(exc)}})
     except MemoryError:
         _emit({"error": {"code": "out_of_memory", "message": "the run ran out of memory (worker memory limit)"}})
+    except Exception as exc:  # a worker bug: classified here, its traceback only on the worker's stderr
+        import traceback
+
+        traceback.print_exc()
+        text = str(exc).replace(str(Path(req.get("model_path") or "/").parent), "<store>")
+        _emit({"error": {"code": "crashed", "message": f"the worker failed ({type(exc).__name__}: {text[:200]})"}})
 
 
 def _run(req: Dict[str, Any]) -> Dict[str, Any]:
-    from device_agent.evaluate import EvalInputError, LatencyStats, evaluate, match_inputs, signature_io
+    from device_agent.evaluate import EvalInputError, LatencyStats, check_reference, evaluate, match_inputs, signature_io
     from device_agent.quant import quantize
     from device_agent.runtime import RuntimeNotFound, load_runtime
 
@@ -237,21 +295,25 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
 
     features = labels = reference = None
     if dataset is not None:
+        limit, why = dataset_limit()
         try:
-            with np.load(io.BytesIO(dataset), allow_pickle=False) as npz:  # the bytes that were hash-checked
-                data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError) as exc:
-            return {**base, "status": "bad_dataset", "message": f"the dataset is not a readable .npz ({exc})"}
+            data = npzfile.load(dataset, limit)  # the bytes that were hash-checked
+        except npzfile.NpzError as exc:  # its message names the member and the limit, never the path
+            return {**base, "status": "bad_dataset", "message": f"the dataset was refused: {exc}{why}"}
         labels = data.pop("y", None)
         reference = data.pop("reference", None)
         features = data
     inputs, _ = signature_io(interpreter)
+    if not inputs:
+        return {**base, "status": "invalid", "message": "the model has no inputs"}
 
     if req["kind"] == "eval":
         if features is None:
             return {**base, "status": "bad_dataset", "message": "eval needs a dataset"}
         try:
             result = evaluate(interpreter, features, labels, output=req.get("output"), state=req.get("state", "reset"))
+            if reference is not None:
+                check_reference(reference, result.samples)
         except EvalInputError as exc:
             return {**base, "status": "bad_dataset", "message": str(exc)}
         first = result.outputs[result.output]  # the scored output, by name: agreement and confusion describe it
@@ -270,6 +332,8 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     # bench
     try:
         arrays = match_inputs(features, inputs) if features else None
+        if arrays and not len(next(iter(arrays.values()))):
+            raise EvalInputError("dataset has no samples")
     except EvalInputError as exc:
         return {**base, "status": "bad_dataset", "message": str(exc)}
     rng = np.random.default_rng(0)
@@ -339,6 +403,10 @@ def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
     b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     if a.shape != b.shape:
         return {"error": f"reference has shape {b.shape[1:]} per sample, outputs {a.shape[1:]}"}
+    for what, values in (("the model's outputs", a), ("the host's reference outputs", b)):
+        if not np.all(np.isfinite(values)):  # a model can make NaN from finite inputs (LOG of a negative, say)
+            return {"error": f"{what} contain NaN or infinity in {int(np.sum(~np.isfinite(values).all(1)))} of "
+                             f"{len(values)} samples; no agreement is computed"}
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
     return {"argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),

@@ -125,7 +125,7 @@ def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Prob
     except micro.UnsupportedOpError as exc:
         return [Problem("op_unsupported", f"TFLite Micro has no kernel for op {exc.op}; change the model or add a "
                                           f"custom kernel")]
-    except micro.MicroError as exc:
+    except (micro.MicroError, ValueError) as exc:  # ValueError: TFLM's own reader refused the flatbuffer
         return [Problem("micro_rejected", f"TFLite Micro cannot load the model: {exc}")]
     if arena is not None and needed > arena:
         shrink = "smaller or fewer layers" if integer else "smaller layers, int8"  # int8 already: no int8 hint

@@ -41,6 +41,7 @@ def load_bundle(bundle: Path) -> tuple[Manifest, bytes]:
     if hashlib.sha256(data).hexdigest() != manifest.sha256:
         raise BundleError(f"{bundle}: {MODEL_FILE} does not match the sha256 in manifest.json (edited or corrupt); "
                           f"convert again")
+    TFLiteModel.from_bytes(data, source=str(path))  # a crafted flatbuffer stops here, as one CorruptModelError
     return manifest, data
 
 

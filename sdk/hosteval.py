@@ -71,6 +71,9 @@ def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, t
     try:
         interpreter = rt.interpreter(model_path.read_bytes(), num_threads=threads)
     except (ValueError, RuntimeError) as exc:
+        if not str(exc).strip():  # LiteRT's allocate_tensors fails without a reason when its arena cannot be had
+            raise CorruptModelError(f"{model_path}: the TFLite runtime could not allocate the model's tensors (they "
+                                    f"claim more memory than this machine gives it)") from exc
         raise CorruptModelError(f"{model_path}: the TFLite runtime rejected the model ({exc})") from exc
     try:
         result = evaluate(interpreter, data, labels, output=output, state=state)
