@@ -17,10 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError
+from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip
 from sdk.errors import AgentError, LinkError
 
 Progress = Callable[[int, int], None]
+
+#: The replies each request may get besides `error` (every other request gets `ok`): a reply
+#: of another op is not for this request (an earlier session's, or a confused agent's).
+REPLY_OPS: dict[str, tuple[str, ...]] = {"hello": ("hello",), "run": ("progress", "result")}
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class Session:
         self.info: dict[str, Any] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _recv(self, timeout: float) -> Message:
+    def _recv(self, timeout: float, request: str) -> Message:
+        """The reply to a `request` op; an error reply raises AgentError, a reply of the wrong op LinkError."""
         try:
             msg = self.link.recv(timeout)
         except LinkTimeout as exc:
@@ -109,6 +114,10 @@ class Session:
             raise LinkError(f"garbled reply from the agent ({exc})") from exc
         if msg.op == "error":
             raise AgentError(str(msg.header.get("code", "error")), str(msg.header.get("message", "agent error")))
+        expected = REPLY_OPS.get(request, ("ok",))
+        if msg.op not in expected:
+            raise LinkError(f"the agent answered a {request} request with {clip(msg.op, 40)} instead of "
+                            f"{' or '.join(expected)}: it may still be answering an earlier connection; try again")
         return msg
 
     def _send(self, message: Message) -> None:
@@ -119,7 +128,7 @@ class Session:
 
     def request(self, header: dict[str, Any], body: bytes = b"", timeout: float = 30.0) -> Message:
         self._send(Message(header, body))
-        return self._recv(timeout)
+        return self._recv(timeout, str(header.get("op", "")))
 
     # -- requests -----------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -160,7 +169,7 @@ class Session:
                 sent += end - offset
                 in_flight.append(end)
                 offset = end
-            reply = self._recv(60.0)
+            reply = self._recv(60.0, "put")
             expected_end = in_flight.pop(0)
             agent_offset = int(reply.header["offset"])
             if progress:
@@ -169,7 +178,7 @@ class Session:
             chunk = max(smallest, min(self.profile.chunk, int(rate * _CHUNK_SECONDS)))
             if agent_offset != expected_end:  # the agent wants to continue elsewhere: drain, then resume there
                 for _ in in_flight:
-                    agent_offset = int(self._recv(60.0).header["offset"])
+                    agent_offset = int(self._recv(60.0, "put").header["offset"])
                 in_flight.clear()
                 offset = agent_offset
         self.request({"op": "put_end", "sha256": sha, "encoding": encoding}, timeout=120.0)
@@ -180,7 +189,7 @@ class Session:
         """Ask the agent to bench or eval a stored model; progress messages keep the wait alive."""
         self._send(Message({"op": "run", "kind": kind, "model": model, "dataset": dataset, "options": options}))
         while True:
-            msg = self._recv(timeout)
+            msg = self._recv(timeout, "run")
             if msg.op == "progress":
                 if progress:
                     progress(msg.header)
@@ -188,7 +197,19 @@ class Session:
             return dict(msg.header)
 
     def list_blobs(self) -> list[dict[str, Any]]:
-        return list(self.request({"op": "list"}).header["blobs"])
+        """Every installed blob, page by page (the agent sends `next` while more remain)."""
+        blobs: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            reply = self.request({"op": "list"} if after is None else {"op": "list", "after": after}).header
+            blobs.extend(reply["blobs"])
+            following = reply.get("next")
+            if not following:
+                return blobs
+            if not isinstance(following, str) or (after is not None and following <= after):
+                raise LinkError(f"the agent's list pages do not advance (next {clip(following, 70)}); "
+                                f"its store cannot be listed")
+            after = following
 
     def delete(self, sha256: str) -> bool:
         return bool(self.request({"op": "delete", "sha256": sha256}).header["deleted"])
