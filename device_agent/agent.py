@@ -237,10 +237,15 @@ class Agent:
         page = max(1, min(LIST_PAGE, (self.reply_limit - 256) // _LIST_ENTRY_BYTES))
         limit = _integer(h, "limit", 1, 1 << 30)
         limit = page if limit is None else min(limit, page)
-        blobs = sorted((b for b in self.store.list() if b.sha256 > after), key=lambda b: b.sha256)
-        shown = blobs[:limit]
-        return {"op": "ok", "blobs": [{"sha256": b.sha256, "size": b.size, "last_used": b.last_used} for b in shown],
-                "next": shown[-1].sha256 if len(blobs) > limit else None}
+        names = sorted(n for n in os.listdir(self.store.blobs) if n > after)  # recover() keeps only sha256 names
+        shown = []
+        for name in names[:limit]:  # only this page is stat'ed: paging a big store stays linear
+            try:
+                st = (self.store.blobs / name).stat()
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            shown.append({"sha256": name, "size": st.st_size, "last_used": st.st_mtime})
+        return {"op": "ok", "blobs": shown, "next": names[limit - 1] if len(names) > limit else None}
 
     def _op_delete(self, msg: Message, send: Any) -> Dict[str, Any]:
         return {"op": "ok", "deleted": self.store.delete(msg.header["sha256"])}

@@ -8,6 +8,7 @@ agent still answers hello. Inputs are seeded, so the figures are reproducible.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -522,3 +523,38 @@ def test_a_stdio_peer_that_disconnects_mid_frame_ends_the_agent_cleanly(tmp_path
         finally:
             agent.close()
     print("\nREDTEAM disconnect-mid-frame [stdio]: trials=3 deaths=0 hangs=0 tracebacks=0")
+
+
+def test_list_pages_a_big_store_and_no_reply_outgrows_a_small_frame(tmp_path: Path, tiny_model: bytes) -> None:
+    """9,500 blobs (one `list` reply of them overflowed the frame and killed the agent) page under a 4 KiB frame
+    limit; a bench result too big for that limit is an error reply, not a dead agent."""
+    blobs = tmp_path / "store" / "blobs"
+    blobs.mkdir(parents=True)
+    names = set()
+    for i in range(9500):
+        data = i.to_bytes(4, "little")
+        name = hashlib.sha256(data).hexdigest()
+        (blobs / name).write_bytes(data)
+        names.add(name)
+    agent = AgentProc(tmp_path, "stdio", "--max-frame", "4096")
+    try:
+        tally = Tally("list-and-reply-size")
+        session = agent.session()
+        tally.trials += 1
+        listed = session.list_blobs()
+        assert [b["sha256"] for b in listed] == sorted(names) and all(b["size"] == 4 for b in listed)
+        link = agent.link()
+        page = exchange(agent, link, tally, Message({"op": "list", "limit": 10**6}))
+        assert page is not None and 0 < len(page.header["blobs"]) < 9500 and page.header["next"]
+        assert len(page.encode()) <= 4096
+        up = agent.session().upload(tiny_model)
+        link = agent.link()
+        reply = exchange(agent, link, tally, Message({"op": "run", "kind": "bench", "model": up.sha256,
+                                                      "options": {"runs": 600, "min_seconds": 0}}), timeout=30)
+        while reply is not None and reply.op == "progress":
+            reply = link.recv(30)
+        assert reply is not None and reply.header.get("code") == "reply_too_large", reply
+        still_answers(agent, link, tally)
+        tally.report(agent)
+    finally:
+        agent.close()
