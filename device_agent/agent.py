@@ -36,6 +36,9 @@ MAX_THREADS = 256
 MAX_RUNS = 1_000_000
 MAX_WARMUP = 100_000
 MAX_ARENA = 1 << 31
+#: On a line that serves host after host, a frame left incomplete this long (a host cut
+#: mid-frame) is dropped so it cannot swallow the next host's frames.
+SERIAL_PARTIAL_TIMEOUT = 2.0
 LIST_PAGE = 500  # blobs per `list` reply, at most (fewer when the frame limit is small)
 _LIST_ENTRY_BYTES = 140  # a generous upper bound of one encoded list entry
 
@@ -107,7 +110,8 @@ class Agent:
         One link serves every host on the stream, so bytes of the next host that arrived with
         the last one's (its hello right behind a bye) are not thrown away with a new link.
         """
-        link = Link(stream, role="agent", max_payload=self.config.max_frame)
+        link = Link(stream, role="agent", max_payload=self.config.max_frame,
+                    partial_timeout=SERIAL_PARTIAL_TIMEOUT if forever else None)
         while True:
             try:
                 self._session(link)

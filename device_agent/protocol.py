@@ -194,7 +194,9 @@ class Link:
     max_retries: int = 8
     max_payload: int = MAX_FRAME_PAYLOAD
     session: int = 0
-    partial_timeout: Optional[float] = None  # a frame incomplete this long is dropped; default max(2 s, 2 rto)
+    # A frame left incomplete this long is dropped (a serial line shared by hosts in turn);
+    # None: its bytes are awaited as long as they take (one peer per stream: stdio, SSH).
+    partial_timeout: Optional[float] = None
     stats: LinkStats = field(default_factory=LinkStats)
 
     def __post_init__(self) -> None:
@@ -209,8 +211,6 @@ class Link:
         self._last_progress = time.monotonic()
         self._retries = 0
         self._last_nak: Tuple[int, float] = (-1, 0.0)
-        if self.partial_timeout is None:
-            self.partial_timeout = max(2.0, 2 * self.rto)
         self._partial_grew = 0.0  # when the buffered incomplete frame last grew
         self._partial_len = 0
         self._fresh_seen: Optional[float] = None  # when a new host's first frame was seen inside it
@@ -391,7 +391,9 @@ class Link:
             self._partial_grew = now
             if self._fresh_seen is None and self._first_fresh_header(session, len(self._buf)) is not None:
                 self._fresh_seen = now
-        limit = self.partial_timeout or 2.0
+        limit = self.partial_timeout
+        if limit is None:
+            return False
         if now - self._partial_grew > limit:
             return True
         return self._fresh_seen is not None and now - self._fresh_seen > limit
