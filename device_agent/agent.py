@@ -130,7 +130,12 @@ class Agent:
 
     def _reply(self, link: Link, session: int, reply: Message) -> None:
         """Send a reply to the host of ``session`` (dropped if another host took over), bounded in size."""
-        size = len(reply.encode())
+        try:
+            size = len(reply.encode())
+        except (TypeError, ValueError, RecursionError) as exc:  # a value JSON cannot carry: still one reply
+            sys.stderr.write(f"edgeship-agent: internal error encoding a {clip(reply.op, 20)} reply: {type(exc).__name__}\n")
+            reply, size = error_message("internal_error", f"the agent could not encode its {clip(reply.op, 20)} "
+                                                          f"reply ({type(exc).__name__}); it goes on serving"), 0
         if size > self.reply_limit:
             reply = error_message("reply_too_large", f"the reply to this {clip(reply.op, 20)} request would be {size} "
                                                      f"bytes, over the frame limit of {self.reply_limit}")
