@@ -558,3 +558,43 @@ def test_list_pages_a_big_store_and_no_reply_outgrows_a_small_frame(tmp_path: Pa
         tally.report(agent)
     finally:
         agent.close()
+
+
+def test_boards_ping_after_a_host_died_mid_bench_shows_the_board(tmp_path: Path, tiny_model: bytes) -> None:
+    """The issue's case end to end, through the paced relay at 115200 baud and pyserial: `boards ping --json` after a
+    host died mid-bench prints the agent's hello (it printed the dead run's progress), and a push then works."""
+    from sdk.boards import Board, open_session
+    from sdk.emulate.relay import SerialRelay
+    from tests.conftest import run_cli
+
+    with SerialRelay(115200, seed=SEED) as relay:
+        err = (tmp_path / "agent.err").open("wb")
+        agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", relay.board_port, "--baud", "115200",
+                                  "--store", str(tmp_path / "store"), "--run-timeout", "60"], stderr=err, cwd=ROOT)
+        try:
+            url = f"serial://{relay.host_port}?baud=115200"
+            dying = open_session(Board.parse(url))
+            up = dying.upload(tiny_model)
+
+            def die(progress: dict[str, Any]) -> None:
+                raise _HostDied(progress)
+
+            with pytest.raises(_HostDied):
+                dying.run("bench", up.sha256, None, {"runs": 1_000_000, "min_seconds": 30}, progress=die, timeout=BOUND * 2)
+            dying.stream.close()  # the host process is gone: no bye
+            ping = run_cli("boards", "ping", url, "--json")
+            assert ping.returncode == 0, ping.stderr
+            info = json.loads(ping.stdout)
+            assert info["op"] == "hello" and info["pid"] == agent.pid and "done" not in info, info
+            data = random.Random(SEED).randbytes(5000)
+            push = open_session(Board.parse(url))
+            try:
+                assert push.upload(data).size == len(data)
+            finally:
+                push.close()
+            assert agent.poll() is None and "Traceback" not in (tmp_path / "agent.err").read_text()
+            print("\nREDTEAM ping-after-dead-bench [serial relay 115200]: trials=1 deaths=0 hangs=0 tracebacks=0")
+        finally:
+            agent.terminate()
+            agent.wait(10)
+            err.close()
