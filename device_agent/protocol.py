@@ -345,17 +345,18 @@ class Link:
                 self.stats.bad_frames += 1
                 self._nak_if_peer()
                 continue
-            if version != VERSION:
-                self._drop(HEADER_SIZE)
-                self._deliver_error(ProtocolError("bad_version", f"frame version {version}, this side speaks {VERSION}"))
-                continue
-            if length > self.max_payload:
+            if version != VERSION or length > self.max_payload:
                 self._drop(HEADER_SIZE)  # its payload is skipped by the resynchronisation above
-                if self.role == "agent" and session != self.session and seq == 0:
-                    self._reset(session)  # so the error reaches the host that sent it
                 self.stats.bad_frames += 1
-                self._deliver_error(ProtocolError(
-                    "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_payload}"))
+                if session != self.session:
+                    if not (self.role == "agent" and seq == 0 and ftype == MSG):
+                        continue  # another session's frame: not this host's error to hear about
+                    self._reset(session)  # a new host's first frame: the error goes to that host
+                if version != VERSION:
+                    self._deliver_error(ProtocolError("bad_version", f"frame version {version}, this side speaks {VERSION}"))
+                else:
+                    self._deliver_error(ProtocolError(
+                        "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_payload}"))
                 continue
             total = HEADER_SIZE + length + 4
             if len(buf) < total:

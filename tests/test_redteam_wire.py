@@ -260,6 +260,10 @@ def test_hostile_frames_never_stop_the_agent(agent: AgentProc) -> None:
         write_raw_frame(link, MSG, link._next_seq + rng.randint(1, 50), hello)  # a gap: NAKed, dropped
         write_raw_frame(link, MSG, max(0, link._next_seq - rng.randint(1, 5)), hello)  # a duplicate: re-ACKed, dropped
         write_raw_frame(link, ACK, rng.getrandbits(32))  # an ACK for frames never sent
+        stranger = rng.getrandbits(32) | 1  # another session's bad frames are not this host's errors
+        for version, length in ((2, 0), (1, 50 << 20)):
+            head = struct.pack("<2sBBIII", b"ES", version, MSG, stranger, rng.randint(1, 99), length)
+            link.stream.write(head + struct.pack("<I", zlib.crc32(head)))
         answers(agent, link, tally)
     with pytest.raises(LinkTimeout):
         link.recv(0.5)  # none of those produced a reply of its own
