@@ -1,12 +1,15 @@
 """The agent's request loop: hello, has/put blobs, run (bench/eval), list, delete, bye.
 
 Every failure becomes an error frame with a code and a message; nothing a host sends
-(bad frames, bad names, corrupt models, wrong datasets) stops the agent. It never runs
-code from the host: a run is a model through the TFLite runtime in a worker process.
+(bad frames, bad names, corrupt models, wrong datasets, hostile options) stops the agent:
+an exception no handler expected is still an error frame (`internal_error`), and a reply
+too big for the frame limit is replaced by one. It never runs code from the host: a run is
+a model through the TFLite runtime in a worker process.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -18,12 +21,29 @@ from typing import Any, Callable, Dict, Optional
 from device_agent import __version__
 from device_agent.delegates import AllowList, DelegateRefused
 from device_agent.evaluate import MAX_OUTPUT_NAME, STATES
-from device_agent.protocol import VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, error_message
+from device_agent.protocol import MAX_FRAME_PAYLOAD, VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip, error_message
+from device_agent.runtime import RUNTIMES
 from device_agent.store import Store, StoreError, check_name, os_error
 from device_agent.streams import StreamClosed
 from device_agent.worker import run_in_worker
 
 RUN_KINDS = ("bench", "eval")
+#: Every run option the agent reads; any other key is refused, not ignored (a typo must not pass silently).
+RUN_OPTIONS = ("runtime", "threads", "xnnpack", "delegates", "warmup", "runs", "min_seconds", "output", "state",
+               "arena_size", "timeout")
+MAX_THREADS = 256
+MAX_RUNS = 1_000_000
+MAX_WARMUP = 100_000
+MAX_ARENA = 1 << 31
+#: On a line that serves host after host, a frame left incomplete this long (a host cut
+#: mid-frame) is dropped so it cannot swallow the next host's frames.
+SERIAL_PARTIAL_TIMEOUT = 2.0
+LIST_PAGE = 500  # blobs per `list` reply, at most (fewer when the frame limit is small)
+_LIST_ENTRY_BYTES = 140  # a generous upper bound of one encoded list entry
+
+
+class BadRequest(Exception):
+    """A request the agent refuses as it stands (code bad_request); the message says what is allowed."""
 
 
 @dataclass
@@ -36,6 +56,7 @@ class AgentConfig:
     runtime: Optional[str] = None
     arena_size: Optional[int] = None  # tflite_micro: the board's tensor arena
     delegates: Dict[str, str] = field(default_factory=dict)  # the board's allow-list: NAME -> library
+    write_timeout: Optional[float] = 60.0  # a peer that accepts no reply byte this long ends the session
 
 
 def _meminfo() -> Dict[str, int]:
@@ -68,12 +89,20 @@ class Agent:
         self.store = Store(config.store_dir, config.quota)
         self.delegates = AllowList(config.delegates, config.store_dir)
         self._runtime_info: Optional[Dict[str, Any]] = None
+        # Whether the request being handled is still wanted (False once another host took the
+        # line over); a run polls it and stops its worker. Set per request by _session.
+        self._still_wanted: Callable[[], bool] = _always
 
     # -- serving ---------------------------------------------------------------------------
     def serve(self, stream: Any, *, forever: bool = False) -> None:
-        """Answer requests on a stream; with forever=True (serial) survive hosts coming and going."""
+        """Answer requests on a stream; with forever=True (serial) survive hosts coming and going.
+
+        One link serves every host on the stream, so bytes of the next host that arrived with
+        the last one's (its hello right behind a bye) are not thrown away with a new link.
+        """
+        link = Link(stream, role="agent", max_payload=self.config.max_frame,
+                    partial_timeout=SERIAL_PARTIAL_TIMEOUT if forever else None)
         while True:
-            link = Link(stream, role="agent", max_payload=self.config.max_frame)
             try:
                 self._session(link)
                 if not forever:
@@ -81,38 +110,84 @@ class Agent:
             except (LinkFailed, StreamClosed):
                 if not forever:
                     return
-                time.sleep(0.1)  # the host went away; wait for the next one on the same line
+                link.abandon()  # the host went away; wait for the next one on the same line
+                time.sleep(0.1)
+
+    @property
+    def reply_limit(self) -> int:
+        """The largest reply payload: what this agent and a default host both accept."""
+        return min(self.config.max_frame, MAX_FRAME_PAYLOAD)
+
+    def _reply(self, link: Link, session: int, reply: Message) -> None:
+        """Send a reply to the host of ``session`` (dropped if another host took over), bounded in size."""
+        try:
+            size = len(reply.encode())
+        except (TypeError, ValueError, RecursionError) as exc:  # a value JSON cannot carry: still one reply
+            sys.stderr.write(f"edgeship-agent: internal error encoding a {clip(reply.op, 20)} reply: {type(exc).__name__}\n")
+            reply, size = error_message("internal_error", f"the agent could not encode its {clip(reply.op, 20)} "
+                                                          f"reply ({type(exc).__name__}); it goes on serving"), 0
+        if size > self.reply_limit:
+            reply = error_message("reply_too_large", f"the reply to this {clip(reply.op, 20)} request would be {size} "
+                                                     f"bytes, over the frame limit of {self.reply_limit}")
+        link.send(reply, session=session)
 
     def _session(self, link: Link) -> None:
         while True:
             try:
                 msg = link.recv(timeout=None)
             except ProtocolError as exc:
-                link.send(error_message(exc.code, str(exc)))
+                self._reply(link, link.session, error_message(exc.code, str(exc)))
                 continue
             except LinkTimeout:
                 continue
             if msg.op == "bye":
-                link.send(Message({"op": "ok"}))
+                link.send(Message({"op": "ok"}), session=link.session)
                 link.flush(10.0)
                 return
-            link.send(self.handle(msg, lambda m: link.send(m)))
+            self._request(link, msg, link.session)
 
-    def handle(self, msg: Message, send: Callable[[Message], None]) -> Message:
-        """One request -> one reply (a run may send progress messages first)."""
+    def _request(self, link: Link, msg: Message, session: int) -> None:
+        """Answer one request of the host of ``session``; a run stops if another host takes the line."""
+
+        def still_wanted() -> bool:
+            link.poll()  # ACKs for progress, resends, and a new host's first frame
+            return link.session == session
+
+        self._still_wanted = still_wanted
+        try:
+            reply = self.handle(msg, lambda m: link.send(m, session=session))
+        finally:
+            self._still_wanted = _always
+        self._reply(link, session, reply)
+
+    def handle(self, msg: Message, send: Callable[[Message], Any]) -> Message:
+        """One request -> one reply (a run may send progress messages first); never raises for the request's sake."""
         handler = getattr(self, f"_op_{msg.op}", None)
         if handler is None:
-            return error_message("unknown_op", f"unknown request {msg.op!r}")
+            return error_message("unknown_op", f"unknown request {clip(msg.op)}; this agent answers "
+                                               f"{', '.join(self.ops())}")
         try:
             reply = handler(msg, send)
+        except (LinkFailed, StreamClosed):
+            raise  # the host is gone: the session ends, not the request
         except StoreError as exc:
             return error_message(exc.code, str(exc))
-        except (KeyError, TypeError, ValueError) as exc:
-            return error_message("bad_request", f"malformed {msg.op} request: {type(exc).__name__}: {exc}")
+        except BadRequest as exc:
+            return error_message("bad_request", str(exc))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            return error_message("bad_request", f"malformed {msg.op} request: {type(exc).__name__}: {clip(exc, 200)}")
         except OSError as exc:  # errno and request only: the board's paths stay on the board
-            err = os_error(exc, f"the {str(msg.op)[:40]} request's files")
+            err = os_error(exc, f"the {clip(msg.op, 40)} request's files")
             return error_message(err.code, str(err))
+        except Exception as exc:  # the promise: nothing a host sends stops the agent
+            sys.stderr.write(f"edgeship-agent: internal error in {msg.op}: {type(exc).__name__}\n")
+            return error_message("internal_error", f"the agent failed on this {msg.op} request "
+                                                   f"({type(exc).__name__}); it goes on serving")
         return reply if isinstance(reply, Message) else Message(reply)
+
+    def ops(self) -> "list[str]":
+        """The requests this agent answers."""
+        return sorted([name[4:] for name in dir(self) if name.startswith("_op_")] + ["bye"])
 
     # -- requests ---------------------------------------------------------------------------
     def _runtime(self) -> Dict[str, Any]:
@@ -161,8 +236,21 @@ class Agent:
         return {"op": "ok", "size": self.store.finish(h["sha256"], h.get("encoding", "raw"))}
 
     def _op_list(self, msg: Message, send: Any) -> Dict[str, Any]:
-        return {"op": "ok", "blobs": [{"sha256": b.sha256, "size": b.size, "last_used": b.last_used}
-                                      for b in self.store.list()]}
+        """One page of installed blobs, by name; `next` is the `after` of the next page (null: no more)."""
+        h = msg.header
+        after = check_name(h["after"]) if h.get("after") is not None else ""
+        page = max(1, min(LIST_PAGE, (self.reply_limit - 256) // _LIST_ENTRY_BYTES))
+        limit = _integer(h, "limit", 1, 1 << 30)
+        limit = page if limit is None else min(limit, page)
+        names = sorted(n for n in os.listdir(self.store.blobs) if n > after)  # recover() keeps only sha256 names
+        shown = []
+        for name in names[:limit]:  # only this page is stat'ed: paging a big store stays linear
+            try:
+                st = (self.store.blobs / name).stat()
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            shown.append({"sha256": name, "size": st.st_size, "last_used": st.st_mtime})
+        return {"op": "ok", "blobs": shown, "next": names[limit - 1] if len(names) > limit else None}
 
     def _op_delete(self, msg: Message, send: Any) -> Dict[str, Any]:
         return {"op": "ok", "deleted": self.store.delete(msg.header["sha256"])}
@@ -171,13 +259,13 @@ class Agent:
         h = msg.header
         kind = h.get("kind")
         if kind not in RUN_KINDS:
-            return {"op": "error", "code": "bad_request", "message": f"run kind must be one of {RUN_KINDS}, not {kind!r}"}
+            return {"op": "error", "code": "bad_request", "message": f"run kind must be one of {RUN_KINDS}, not {clip(kind)}"}
         model = check_name(h["model"])
         self.store.get(model)  # hash check; raises not_found / corrupt_blob
         dataset = check_name(h["dataset"]) if h.get("dataset") else None
         if dataset:
             self.store.get(dataset)
-        opts = h.get("options") or {}
+        opts = run_options(h.get("options"), self.config.run_timeout)
         try:
             delegates = self.delegates.resolve(opts.get("delegates"))
         except DelegateRefused as exc:
@@ -199,10 +287,71 @@ class Agent:
             "state": _state(opts.get("state")),
             "arena_size": opts.get("arena_size") or self.config.arena_size,
         }
-        timeout = float(opts.get("timeout", self.config.run_timeout))
+        timeout = min(float(opts.get("timeout", self.config.run_timeout)), self.config.run_timeout)
         result = run_in_worker(request, timeout, self.config.memory_limit,
-                               progress=lambda p: send(Message({"op": "progress", **p})))
-        return {"op": "result", "schema_version": 1, "agent_version": __version__, **result}
+                               progress=lambda p: send(Message({**p, "op": "progress"})),
+                               cancelled=lambda: not self._still_wanted())
+        # The reply's own fields last: nothing in a result can turn the reply into another op.
+        return {**result, "op": "result", "schema_version": 1, "agent_version": __version__}
+
+
+def _always() -> bool:
+    return True
+
+
+def _integer(opts: Dict[str, Any], key: str, low: int, high: int) -> Optional[int]:
+    """An optional integer field within low..high (booleans are not integers here)."""
+    value = opts.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{key} must be an integer from {low} to {high}, not {clip(value)}")
+    return value
+
+
+def _seconds(opts: Dict[str, Any], key: str, high: float, *, positive: bool = False) -> Optional[float]:
+    """An optional finite number of seconds from 0 (over 0 when positive) up to high."""
+    value = opts.get(key)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value > high or value < 0 or (positive and value == 0)):
+        bound = "over 0" if positive else "from 0"
+        raise BadRequest(f"{key} must be a finite number of seconds {bound}"
+                         f"{f' up to {high:g}' if math.isfinite(high) else ''}, not {clip(value)}")
+    return float(value)
+
+
+def run_options(value: Any, run_timeout: float) -> Dict[str, Any]:
+    """The run options of a request, checked: a JSON object of known keys, each bounded.
+
+    Counts are bounded so no run is endless (and the worker's deadline holds anyway);
+    ``timeout`` may only lower the operator's ``--run-timeout``, never raise it, and
+    ``min_seconds`` must fit inside the run's time. ``delegates`` passes through here:
+    its contents are the board's allow-list's business (the line building the worker
+    request in ``Agent._op_run``).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"run options must be a JSON object, not {type(value).__name__} {clip(value, 40)}")
+    unknown = sorted(str(k) for k in value if k not in RUN_OPTIONS)
+    if unknown:
+        raise BadRequest(f"unknown run option {clip(unknown[0], 40)}; the options are {', '.join(RUN_OPTIONS)}")
+    opts = dict(value)
+    runtime = opts.get("runtime")
+    if runtime is not None and runtime not in (*RUNTIMES, "tflite_micro"):
+        raise BadRequest(f"runtime must be one of {', '.join(RUNTIMES)}, tflite_micro, not {clip(runtime)}")
+    if opts.get("xnnpack") is not None and not isinstance(opts["xnnpack"], bool):
+        raise BadRequest(f"xnnpack must be true or false, not {clip(opts['xnnpack'])}")
+    _integer(opts, "threads", 1, MAX_THREADS)
+    _integer(opts, "warmup", 0, MAX_WARMUP)
+    _integer(opts, "runs", 1, MAX_RUNS)
+    _integer(opts, "arena_size", 1, MAX_ARENA)
+    timeout = _seconds(opts, "timeout", math.inf, positive=True)
+    budget = run_timeout if timeout is None else min(timeout, run_timeout)
+    _seconds(opts, "min_seconds", budget)  # a minimum time the run could never reach is refused
+    return opts
 
 
 def _output_name(value: Any) -> Optional[str]:
@@ -228,4 +377,8 @@ def main_stdio(config: AgentConfig) -> None:
 
     stdin, stdout = sys.stdin.fileno(), os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the frame stream
-    Agent(config).serve(FdStream(stdin, stdout))
+    stream = FdStream(stdin, stdout, config.write_timeout)
+    try:
+        Agent(config).serve(stream)
+    finally:
+        stream.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import select
@@ -117,14 +118,14 @@ def _refusal(rt: Any, exc: Exception) -> Dict[str, Any]:
     level = getattr(rt, "tflite_level", None)
     m = _OP_VERSION.search(text)
     if m:
-        return {"status": "op_version", "op": m.group(1), "version": int(m.group(2)),
+        return {"status": "op_version", "missing_op": m.group(1), "version": int(m.group(2)),
                 "message": f"the board's runtime ({rt.name} {rt.version}, TFLite {level or 'level unknown'}) has no "
                            f"kernel for {m.group(1)} version {m.group(2)}: the model needs a newer runtime; upgrade "
                            f"the board's runtime or convert with an older TensorFlow"}
     m = _CUSTOM_MISSING.search(text)
     if m or type(exc).__name__ == "UnsupportedOpError":
         op = m.group(1) if m else str(getattr(exc, "op", ""))
-        return {"status": "unsupported_op", "op": op,
+        return {"status": "unsupported_op", "missing_op": op,
                 "message": f"the board's runtime ({rt.name} {rt.version}) does not register op {op}: {text[:200]}"}
     if not text and isinstance(exc, RuntimeError) and rt.name != "tflite_micro":
         # LiteRT's allocate_tensors fails with no text when its arena cannot be allocated (tensors that
@@ -444,17 +445,43 @@ def _limit_memory(limit_bytes: int) -> Callable[[], None]:
 
 
 def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
-                  progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Run a request in a child process; always returns a classified result, never raises for the model's sake."""
+                  progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+                  cancelled: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+    """Run a request in a child process; always returns a classified result, never raises for the model's sake.
+
+    ``cancelled`` is polled a few times a second while the worker runs (the agent pumps its
+    link there); when it returns True the worker is stopped and the result is status
+    ``cancelled``. Whatever ends this call, an exception from ``progress`` included, the
+    worker's process group is killed first: no worker outlives its request.
+    """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        return {"status": "bad_request", "message": f"a run timeout must be a finite number of seconds over 0, "
+                                                    f"not {str(timeout)[:40]}"}
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if memory_limit > 0:  # for launchers that apply the limit outside the child (emu-pi: qemu ignores RLIMIT_AS)
         env["EDGESHIP_WORKER_MEMORY_LIMIT"] = str(memory_limit)
     proc = subprocess.Popen(child_command("device_agent.worker", "child_main"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
+    try:
+        return _supervise(proc, request, timeout, memory_limit, progress, cancelled)
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def _supervise(proc: "subprocess.Popen[bytes]", request: Dict[str, Any], timeout: float, memory_limit: int,
+               progress: Optional[Callable[[Dict[str, Any]], None]],
+               cancelled: Optional[Callable[[], bool]]) -> Dict[str, Any]:
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    proc.stdin.write(json.dumps(request).encode())
-    proc.stdin.close()
+    try:
+        proc.stdin.write(json.dumps(request).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once; its exit status says why
     deadline = time.monotonic() + timeout
     out_buf = b""
     err_buf = b""
@@ -466,7 +493,10 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
         if remaining <= 0:
             _kill(proc)
             return {"status": "timeout", "message": f"the run did not finish within {timeout:.0f} s; it was stopped"}
-        ready, _, _ = select.select(streams, [], [], min(remaining, 0.5))
+        if cancelled is not None and cancelled():
+            _kill(proc)
+            return {"status": "cancelled", "message": "the run was stopped: its host went away or another host took over"}
+        ready, _, _ = select.select(streams, [], [], min(remaining, 0.2))
         for s in ready:
             chunk = os.read(s.fileno(), 1 << 16)
             if not chunk:

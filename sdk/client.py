@@ -21,11 +21,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError
+from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip
 from sdk.errors import AgentError, BoardProtocolError, Cancelled, LinkError
 from sdk.replies import check_error, check_reply
 
 Progress = Callable[[int, int], None]
+
+#: The replies each request may get besides `error` (every other request gets `ok`): a reply
+#: of another op is not for this request (an earlier session's, or a confused agent's).
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class LinkProfile:
         return cls(chunk=chunk, window=4, rto=rto, max_retries=6, bytes_per_second=bytes_per_second)
 
 
+_MAX_LISTED = 1 << 20  # blobs a listing may hold: a store of that many is broken or hostile
 _FIRST_CHUNK = 64 * 1024
 _CHUNK_SECONDS = 0.05  # upload chunks grow to about this much line time at the confirmed rate
 
@@ -308,7 +312,22 @@ class Session:
             return dict(msg.header)
 
     def list_blobs(self) -> list[dict[str, Any]]:
-        return list(self.request({"op": "list"}).header["blobs"])
+        """Every installed blob, page by page (the agent sends `next` while more remain)."""
+        blobs: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            reply = self.request({"op": "list"} if after is None else {"op": "list", "after": after}).header
+            blobs.extend(reply["blobs"])
+            following = reply.get("next")
+            if not following:
+                return blobs
+            if len(blobs) > _MAX_LISTED:
+                raise BoardProtocolError(f"the board lists more than {_MAX_LISTED:,} blobs and keeps sending pages; "
+                                         f"its store cannot be listed")
+            if not isinstance(following, str) or (after is not None and following <= after):
+                raise LinkError(f"the agent's list pages do not advance (next {clip(following, 70)}); "
+                                f"its store cannot be listed")
+            after = following
 
     def delete(self, sha256: str) -> bool:
         return bool(self.request({"op": "delete", "sha256": sha256}).header["deleted"])

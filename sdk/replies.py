@@ -198,10 +198,11 @@ RESULT = obj({
              "cosine_mean": number(-1.0, 1.0), "cosine_min": number(-1.0, 1.0)}, required=_AGREEMENT_KEYS),
         obj({"error": text()}, required=("error",)))),
     "confusion": optional(items(items(integer(), 256), 256)),
-    "op": _name, "version": optional(integer()),
+    "missing_op": _name, "op": _name, "version": optional(integer()),  # `op`: agents before missing_op
 }, required=("status",))
 ERROR = obj({"code": text(64), "message": text()})
-LIST = obj({"blobs": items(obj({"sha256": text(64), "size": integer()}, required=("sha256", "size")), 1 << 20)},
+LIST = obj({"blobs": items(obj({"sha256": text(64), "size": integer()}, required=("sha256", "size")), 1 << 20),
+            "next": optional(text(64))},
            required=("blobs",))
 DELETE = obj({"deleted": boolean}, required=("deleted",))
 ANY_OK = obj({})

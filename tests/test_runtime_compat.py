@@ -139,7 +139,7 @@ def test_the_worker_reports_a_missing_op_version_as_such(tmp_path: Path) -> None
     agent.handle(Message({"op": "put_end", "sha256": sha}), print)
     result = agent.handle(Message({"op": "run", "kind": "bench", "model": sha, "options": {"runs": 1}}), print).header
     assert result["status"] == "op_version", result
-    assert result["op"] == "FULLY_CONNECTED" and result["version"] == 99
+    assert result["op"] == "result" and result["missing_op"] == "FULLY_CONNECTED" and result["version"] == 99
     assert "ai_edge_litert" in result["message"] and "TFLite 2.21" in result["message"]
 
 
