@@ -230,7 +230,7 @@ class Session:
                 sent += end - offset
                 in_flight.append(end)
                 offset = end
-            agent_offset = self._put_reply(len(wire))
+            agent_offset = self._put_reply(len(wire), pending=len(in_flight) - 1)
             budget -= 1
             expected_end = in_flight.pop(0)
             if progress:
@@ -238,8 +238,8 @@ class Session:
             rate = (agent_offset - resumed) / max(1e-6, time.perf_counter() - started)
             chunk = max(smallest, min(self.profile.chunk, int(rate * _CHUNK_SECONDS)))
             if agent_offset != expected_end:  # the agent wants to continue elsewhere: drain, then resume there
-                for _ in in_flight:
-                    agent_offset = self._put_reply(len(wire))
+                for i in range(len(in_flight)):
+                    agent_offset = self._put_reply(len(wire), pending=len(in_flight) - 1 - i)
                     budget -= 1
                 in_flight.clear()
                 offset = agent_offset
@@ -253,8 +253,18 @@ class Session:
         self.request({"op": "put_end", "sha256": sha, "encoding": encoding}, timeout=120.0)
         return UploadResult(sha, len(data), encoding, len(wire), sent, resumed, False, time.perf_counter() - t0)
 
-    def _put_reply(self, size: int) -> int:
-        return self._offset(self._recv(60.0, "put").header, "put", size)
+    def _put_reply(self, size: int, pending: int) -> int:
+        """The agent's offset from the next `put` reply; on an error reply, the `pending` replies behind it
+        are read first, so the session's next request gets its own reply, not a stale `put` one."""
+        try:
+            return self._offset(self._recv(60.0, "put").header, "put", size)
+        except AgentError:
+            for _ in range(pending):
+                try:
+                    self._recv(10.0, "put")
+                except AgentError:
+                    continue
+            raise
 
     def _offset(self, header: dict[str, Any], request: str, size: int) -> int:
         offset = int(header["offset"])
