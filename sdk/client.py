@@ -160,6 +160,9 @@ class Session:
             except LinkFailed as exc:
                 raise self._fail(LinkError(str(exc))) from exc
             except ProtocolError as exc:
+                if exc.code == "bad_message":  # a frame that arrived whole but is no message: the board's fault
+                    raise self._fail(BoardProtocolError(f"the board sent a reply that is not a valid message ({exc}); "
+                                                        f"the board's agent is faulty or not edgeship's")) from exc
                 raise self._fail(LinkError(f"garbled reply from the agent ({exc})")) from exc
             except RecursionError as exc:  # JSON nested too deep for the decoder
                 raise self._fail(BoardProtocolError("the board sent a reply nested too deep to decode")) from exc

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,25 @@ def two_io_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(path.parent / "calib.npz", features=rng.normal(size=(100, 16)).astype(np.float32),
              context=rng.normal(size=(100, 8)).astype(np.float32))
     return path
+
+
+def in_thread(fn: Callable[[], Any], timeout: float) -> Any:
+    """Run fn in a daemon thread; fail (not hang) if it does not finish within timeout; re-raise its error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still blocked after {timeout} s (deadlock?)"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ CLI as the `python=` of an ssh:// board behind the real sshd of sdk/emulate/sshd
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import struct
@@ -24,6 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device_agent.protocol import MSG, Link, LinkFailed, LinkTimeout, Message, ProtocolError, encode_frame
 from device_agent.streams import FdStream, StreamClosed
+
+
+class LooseMessage(Message):
+    """A message encoded as a careless peer would: NaN and Infinity written as bare JSON words."""
+
+    def encode(self) -> bytes:
+        raw = json.dumps(self.header, separators=(",", ":")).encode("utf-8")
+        return struct.pack("<I", len(raw)) + raw + self.body
+
 
 NASTY = "\x1b[2J\x1b]0;pwned\x07\x1b[31mred\x9b1m\r\n\x00\u202eevil"  # clear screen, retitle, colour, CSI, RLO
 
@@ -156,7 +166,7 @@ def serve(mode: str, link: Link) -> None:
                     done += 1
                     link.send(Message({"op": "progress", "done": done, "runs": 50, "elapsed_s": 0.1}))
                     time.sleep(0.05)
-            link.send(Message(result(mode, str(h.get("kind")))))
+            link.send(LooseMessage(result(mode, str(h.get("kind")))))
         else:
             link.send(Message({"op": "error", "code": "unknown_op", "message": f"unknown request {op!r}"}))
 

@@ -34,7 +34,7 @@ from sdk.emulate.sshd import Sshd
 from sdk.errors import HostKeyError, LinkError, UsageError
 from sdk.transport import ssh as ssh_transport
 from sdk.transport.ssh import SSHTarget, connect
-from tests.conftest import run_cli
+from tests.conftest import in_thread, run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
 STEP_TIMEOUT = 60.0
@@ -52,22 +52,8 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
 
 
 def bounded(fn: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> Any:
-    """Run fn in a daemon thread; fail (not hang) if it is still running after timeout; re-raise its error."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"still blocked after {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    """fn's value, failing (not hanging) if it runs past timeout."""
+    return in_thread(fn, timeout)
 
 
 def target(server: Sshd, known_hosts: Path, **changes: Any) -> SSHTarget:

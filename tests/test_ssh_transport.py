@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import paramiko
 import pytest
@@ -26,6 +26,7 @@ import pytest
 from sdk.emulate.sshd import Sshd, free_port, keygen
 from sdk.errors import AuthError, HostKeyError, LinkError
 from sdk.transport.ssh import SSHTarget, connect, open_exec, put_file, remote_sha256
+from tests.conftest import in_thread
 
 MB = 1024 * 1024
 
@@ -63,25 +64,6 @@ def client(sshd: Sshd, tmp_path: Path) -> Iterator[paramiko.SSHClient]:
         yield c
     finally:
         c.close()
-
-
-def in_thread(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run fn in a daemon thread; fail (not hang) if it does not finish within timeout; re-raise its error."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"still blocked after {timeout} s (deadlock?)"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 # -- host keys -----------------------------------------------------------------------------
