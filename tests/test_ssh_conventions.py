@@ -9,8 +9,11 @@ steps run in a thread joined with a timeout, so a hang fails the test instead of
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -229,12 +232,13 @@ def test_proxy_jump_checks_both_host_keys_and_runs_through_the_jump(sshd: Sshd, 
     board = Board.parse(f"behind?{board_query(tmp_path)}")
 
     known = trust(home, sshd)  # the board is known, the jump host is not: refused by default
-    with pytest.raises(HostKeyError, match=f"127.0.0.1:{jump.port} is not known"):
+    with pytest.raises(HostKeyError, match=f"^ProxyJump host 127.0.0.1:{jump.port} .*127.0.0.1:{jump.port} is "
+                                           f"not known"):
         ping(board)
     assert "Accepted publickey" not in sshd.log_text()  # nothing reached the board
 
     known.write_text(jump.known_hosts_line() + "\n")  # the jump host is known, the board is not
-    with pytest.raises(HostKeyError, match=f"127.0.0.1:{sshd.port} is not known"):
+    with pytest.raises(HostKeyError, match=f"^The SSH host key of 127.0.0.1:{sshd.port} is not known"):
         ping(board)
 
     known.write_text(jump.known_hosts_line() + "\n" + sshd.known_hosts_line().split()[0] + " "
@@ -291,3 +295,45 @@ def test_board_without_sftp_gets_the_agent_through_the_exec_channel(tmp_path: Pa
         info = ping(Board.parse(url))
         assert info["runtime"]["name"] and placed[0].read_bytes().startswith(b"#!")
         assert "subsystem request for sftp" in server.log_text().lower()
+
+
+# -- addresses: the forms and what they become ------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "transport", "host", "port", "user", "url", "baud"), [
+    ("pi@raspberrypi.local", "ssh", "raspberrypi.local", None, "pi", "", 115200),
+    ("pi@192.168.1.20:2222?python=/usr/bin/python3", "ssh", "192.168.1.20", 2222, "pi", "", 115200),
+    ("raspberrypi.local", "ssh", "raspberrypi.local", None, None, "", 115200),
+    ("pi@[fe80::1]:2200", "ssh", "fe80::1", 2200, "pi", "", 115200),
+    ("ssh://pi@MyPi", "ssh", "MyPi", None, "pi", "", 115200),  # as typed: an alias is matched as written
+    ("/dev/ttyUSB0", "serial", "", None, None, "/dev/ttyUSB0", 115200),
+    ("/dev/ttyACM0?baud=921600", "serial", "", None, None, "/dev/ttyACM0", 921600),
+])
+def test_address_forms(spec: str, transport: str, host: str, port: int | None, user: str | None, url: str,
+                       baud: int, home: Path) -> None:
+    board = Board.parse(spec)
+    assert (board.name, board.transport, board.host, board.port, board.user, board.url, board.baud) == \
+        (spec, transport, host, port, user, url, baud)
+
+
+@pytest.mark.parametrize("spec", ["pi@host:22x", "pi@:22", "pi@host:0", "pi@host/path", "pi@host?python=a;b",
+                                  "/dev/ttyUSB0?speed=9600"])
+def test_malformed_addresses_are_usage_errors(spec: str, home: Path) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"board {spec!r}")):
+        Board.parse(spec)
+
+
+def test_cli_pings_a_serial_board_by_its_device_path(tmp_path: Path) -> None:
+    from sdk.emulate.relay import SerialRelay
+
+    with SerialRelay(115200) as relay:
+        agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", relay.board_port, "--baud",
+                                  "115200", "--store", str(tmp_path / "store")], stderr=subprocess.DEVNULL)
+        try:
+            assert relay.host_port.startswith("/dev/")
+            proc = run_cli("boards", "ping", relay.host_port, "--json")
+        finally:
+            agent.terminate()
+            agent.wait(10)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["board"] == relay.host_port

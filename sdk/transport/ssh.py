@@ -494,7 +494,12 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
         raise AuthError(f"SSH key file {key_files[0]} for {target.login}@{target.address} does not exist.")
 
     known = _KnownHosts.read_all([known_hosts, *(p.expanduser() for p in target.extra_known_hosts)])
-    jump = connect(target.jump) if target.jump is not None else None
+    jump = None
+    if target.jump is not None:
+        try:
+            jump = connect(target.jump)
+        except (HostKeyError, AuthError, LinkError) as exc:  # say which hop it was
+            raise type(exc)(f"ProxyJump host {target.jump.address} (on the way to {target.address}): {exc}") from exc
     client = _Client(target.address, target.python, jump)  # no host keys loaded into paramiko: every decision is the policy's
     client.set_missing_host_key_policy(_KnownHostsPolicy(target, known_hosts, known))
     on_file = [e.key_type for e in known.for_host(known_hosts_name(target.host, target.port)) if e.key is not None]
