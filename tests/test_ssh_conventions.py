@@ -155,6 +155,14 @@ def test_catalogue_name_wins_over_a_host_alias_of_the_same_name(sshd: Sshd, home
     alias = resolve("mypi")
     assert (alias.transport, alias.host) == ("ssh", "mypi")
 
+    # a catalogue SSH entry is completed from the config; a port it sets itself wins
+    catalogue.write_text("schema_version: 1\nboards:\n"
+                         "  desk: {description: d, transport: ssh, ssh: {host: mypi}}\n"
+                         "  pinned: {description: p, transport: ssh, ssh: {host: mypi, port: 2022}}\n")
+    desk, pinned = resolve("desk", catalogue), resolve("pinned", catalogue)
+    assert resolve_target(desk.host, port=desk.port).port == sshd.port
+    assert resolve_target(pinned.host, port=pinned.port).port == 2022
+
 
 def test_user_known_hosts_files_are_read_and_the_first_one_written(sshd: Sshd, home: Path, tmp_path: Path,
                                                                    agent_dir: Path) -> None:
