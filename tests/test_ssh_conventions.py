@@ -219,6 +219,11 @@ def test_cli_bad_config_line_is_one_error_naming_file_and_line(home: Path) -> No
     other.write_text("Host mypi\n  ProxyCommand nc %h %p\n")
     proc = run_cli("boards", "ping", "mypi", env={**env, "EDGESHIP_SSH_CONFIG": str(other)})
     assert proc.returncode == 1 and "ProxyCommand is not supported" in one_error_line(proc.stderr)
+    marker = home / "ran"
+    other.write_text(f"Host mypi\n  HostName 127.0.0.1\n\nMatch exec \"touch {marker}\"\n  User root\n")
+    proc = run_cli("boards", "ping", "mypi", env={**env, "EDGESHIP_SSH_CONFIG": str(other)})
+    assert proc.returncode == 1 and f"{other}:4: 'Match exec' is not supported" in one_error_line(proc.stderr)
+    assert not marker.exists()  # the command in the config never ran
     proc = run_cli("boards", "ping", "mypi", env={**env, "EDGESHIP_SSH_CONFIG": "none"})
     assert proc.returncode == 2 and "unknown board 'mypi'" in one_error_line(proc.stderr)
 

@@ -595,7 +595,24 @@ def _read_config(path: Optional[Path]) -> Optional[paramiko.SSHConfig]:
         text = str(exc)
         line = text[len("Unparsable line "):] if text.startswith("Unparsable line ") else None
         raise _config_error(path, f"cannot parse {_printable(line) if line is not None else text}", line) from exc
+    for block in getattr(config, "_config", []):
+        if any(m.get("type") == "exec" for m in block.get("matches", ())):  # paramiko would run it (with invoke)
+            raise _config_error(path, "'Match exec' is not supported (edgeship runs no local command from the ssh "
+                                "config)", _first_line(path, "match", "exec"))
+        if "include" in block.get("config", {}):
+            _log.warning("%s: edgeship does not follow Include lines; Host entries in the included files are not "
+                         "seen (copy them into this file, or point %s at a file that has them)", path, CONFIG_ENV)
     return config
+
+
+def _first_line(path: Path, keyword: str, word: str) -> Optional[str]:
+    """The first line of the config whose keyword is ``keyword`` and that holds ``word`` (for naming it)."""
+    with contextlib.suppress(OSError):
+        for raw in path.read_text(errors="replace").splitlines():
+            words = _config_words(raw)
+            if words[:1] == [keyword] and word in words:
+                return raw
+    return None
 
 
 def is_host_alias(name: str) -> bool:
