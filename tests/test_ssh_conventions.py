@@ -29,7 +29,7 @@ from sdk.boards import Board, open_session
 from sdk.catalogue import resolve
 from sdk.emulate.sshd import Sshd
 from sdk.errors import HostKeyError, TransportError, UsageError
-from sdk.transport.ssh import connect, resolve_target
+from sdk.transport.ssh import connect, is_host_alias, resolve_target
 from tests.conftest import run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
@@ -145,6 +145,13 @@ def test_host_alias_gives_hostname_user_port_and_identity_file(sshd: Sshd, home:
 
     with pytest.raises(UsageError, match="unknown board 'otherpi'"):
         Board.parse("otherpi")  # matched only by `Host *`: not an alias
+
+
+def test_include_lines_are_named_in_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_config(home, "Include ~/.ssh/config.d/*\nHost mypi\n  HostName 127.0.0.1\n")
+    with caplog.at_level("WARNING", logger="sdk.transport.ssh"):
+        assert is_host_alias("mypi") and not is_host_alias("elsewhere")
+    assert any("does not follow Include" in r.getMessage() for r in caplog.records)
 
 
 def test_catalogue_name_wins_over_a_host_alias_of_the_same_name(sshd: Sshd, home: Path, tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ OpenSSH's client config is honoured (:func:`resolve_target`): ``~/.ssh/config`` 
 Port, IdentityFile, IdentitiesOnly, UserKnownHostsFile, GlobalKnownHostsFile and ProxyJump;
 values given explicitly (the board's URL or catalogue entry) win over the config, as on
 ssh's command line. A ProxyJump hop is connected first, with the same host-key rules, and the
-board's SSH session runs over a ``direct-tcpip`` channel through it. ProxyCommand is refused
-(edgeship runs no local command from the config); an unparsable line is one error naming the
-file and line.
+board's SSH session runs over a ``direct-tcpip`` channel through it. ProxyCommand and Match
+exec are refused (edgeship runs no local command from the config); an unparsable line is one
+error naming the file and line.
 
 A board without SFTP (dropbear without sftp-server, sshd without the subsystem) still gets its
 files: :func:`put_file`, :func:`private_dir` and :func:`remote_file` fall back to the board's
