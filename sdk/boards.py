@@ -1,7 +1,12 @@
-"""Boards given inline: `local`, `ssh://user@host:port?python=...&key=...`, `serial://<pyserial URL>?baud=N`.
+"""Boards given inline, as users type them, and opening a Session on one.
 
-(boards.yaml, with named boards, builds on this.) Opening a board gives a Session with
-the agent on it; for SSH the agent zipapp is placed first when the board's copy differs.
+Forms: `local`; SSH as `ssh://user@host:port?python=...&key=...`, `user@host[:port][?...]`,
+`host.domain[:port]`, or a Host alias of the user's ssh config (`~/.ssh/config`); serial as
+`serial://<pyserial URL>?baud=N` or a device path `/dev/ttyUSB0[?baud=N]`. (boards.yaml, with
+named boards, builds on this, and its names come first: a bare name is a Host alias only when
+no catalogue board has it.) Opening a board gives a Session with the agent on it; for SSH the
+ssh config is applied (sdk.transport.ssh.resolve_target) and the agent zipapp is placed first
+when the board's copy differs.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class Board:
     name: str
     transport: str  # local | ssh | serial
     host: str = ""
-    port: int = 22
+    port: int | None = None  # None: the ssh config's Port for the host, else 22
     user: str | None = None
     key: Path | None = None
     python: str = "python3"
@@ -61,7 +66,8 @@ class Board:
         if spec.transport == "ssh":
             p = spec.ssh
             _check_store(name, str(spec.store.dir))
-            return cls(name, "ssh", host=p.host, port=p.port, user=p.user,
+            port = p.port if "port" in getattr(p, "model_fields_set", {"port"}) else None  # unset: ssh config's
+            return cls(name, "ssh", host=p.host, port=port, user=p.user,
                        key=Path(p.key).expanduser() if p.key else None, python=_check_python(name, spec.python),
                        known_hosts=Path(p.known_hosts).expanduser() if p.known_hosts else None, spec=spec,
                        store=Path(spec.store.dir))
@@ -84,42 +90,79 @@ class Board:
     @classmethod
     def parse(cls, spec: str) -> Board:
         """A board from its inline form; UsageError says which forms exist."""
+        board = cls.parse_address(spec)
+        if board is None:
+            raise UsageError(f"unknown board {spec!r}: give 'local', 'user@host[:port]', a Host alias of your "
+                             f"~/.ssh/config, 'ssh://user@host:port?python=...&key=...', '/dev/ttyUSB0' or "
+                             f"'serial:///dev/ttyUSB0?baud=115200'")
+        return board
+
+    @classmethod
+    def parse_address(cls, spec: str) -> Board | None:
+        """A board from an inline form, or None when ``spec`` is none of them (a name, perhaps mistyped).
+
+        ``ssh://...`` / ``serial://...`` / ``local`` are what they say; a path under ``/dev/`` is a
+        serial device; ``user@host``, ``host:port`` and a dotted host name are SSH hosts; another
+        bare word is an SSH host only when the ssh config has a Host pattern for it.
+        """
         if spec == "local":
             return cls("local", "local")
         if spec.startswith("ssh://"):
-            parts = urlsplit(spec)
-            q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            unknown = set(q) - {"python", "key", "known_hosts", "store"}
-            if unknown:
-                raise UsageError(f"board {spec!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                                 f"ssh boards take python, key, known_hosts, store")
-            if not parts.hostname:
-                raise UsageError(f"board {spec!r}: no host; expected ssh://user@host:port")
-            try:
-                port = parts.port or 22
-            except ValueError as exc:
-                raise UsageError(f"board {spec!r}: bad port") from exc
-            python = _check_python(spec, q.get("python", "python3"))
-            if "store" in q:
-                _check_store(spec, q["store"])
-            return cls(spec, "ssh", host=parts.hostname, port=port, user=unquote(parts.username) if parts.username else None,
-                       key=Path(q["key"]).expanduser() if "key" in q else None, python=python,
-                       known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None,
-                       store=Path(q["store"]) if "store" in q else None)
+            return cls._parse_ssh(spec, spec)
         if spec.startswith("serial://"):
-            rest = spec[len("serial://"):]
-            url, _, query = rest.partition("?")
-            q = {k: v[-1] for k, v in parse_qs(query).items()}
-            unknown = set(q) - {"baud"}
-            if unknown or not url:
-                raise UsageError(f"board {spec!r}: expected serial://<device or pyserial URL>?baud=N")
-            try:
-                baud = int(q.get("baud", 115200))
-            except ValueError as exc:
-                raise UsageError(f"board {spec!r}: baud must be a number") from exc
-            return cls(spec, "serial", url=url, baud=baud)
-        raise UsageError(f"unknown board {spec!r}: give 'local', 'ssh://user@host:port?python=...&key=...' or "
-                         f"'serial:///dev/ttyUSB0?baud=115200'")
+            return cls._parse_serial(spec, spec[len("serial://"):])
+        if spec.startswith("/dev/"):
+            return cls._parse_serial(spec, spec)
+        if "://" in spec or spec.startswith(("/", "-")) or not spec:
+            return None
+        address = spec.partition("?")[0]
+        if "@" in address or ":" in address or "." in address:
+            return cls._parse_ssh(spec, "ssh://" + spec)
+        from sdk.transport.ssh import is_host_alias
+
+        if is_host_alias(address):
+            return cls._parse_ssh(spec, "ssh://" + spec)
+        return None
+
+    @classmethod
+    def _parse_ssh(cls, name: str, url: str) -> Board:
+        parts = urlsplit(url)
+        q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(q) - {"python", "key", "known_hosts", "store"}
+        if unknown:
+            raise UsageError(f"board {name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                             f"ssh boards take python, key, known_hosts, store")
+        if not parts.hostname:
+            raise UsageError(f"board {name!r}: no host; expected ssh://user@host:port or user@host:port")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise UsageError(f"board {name!r}: bad port; expected a number 1-65535 after the host") from exc
+        if port == 0 or parts.path not in ("", "/"):
+            raise UsageError(f"board {name!r}: expected [user@]host[:port] with a port 1-65535 and no path")
+        python = _check_python(name, q.get("python", "python3"))
+        if "store" in q:
+            _check_store(name, q["store"])
+        # urlsplit lower-cases the host; a Host alias of the ssh config is matched as typed
+        host = unquote(parts.netloc.rpartition("@")[2])
+        host = host[1:host.index("]")] if host.startswith("[") else host.partition(":")[0]
+        return cls(name, "ssh", host=host, port=port, user=unquote(parts.username) if parts.username else None,
+                   key=Path(q["key"]).expanduser() if "key" in q else None, python=python,
+                   known_hosts=Path(q["known_hosts"]).expanduser() if "known_hosts" in q else None,
+                   store=Path(q["store"]) if "store" in q else None)
+
+    @classmethod
+    def _parse_serial(cls, name: str, rest: str) -> Board:
+        url, _, query = rest.partition("?")
+        q = {k: v[-1] for k, v in parse_qs(query).items()}
+        unknown = set(q) - {"baud"}
+        if unknown or not url:
+            raise UsageError(f"board {name!r}: expected serial://<device or pyserial URL>?baud=N or /dev/DEVICE?baud=N")
+        try:
+            baud = int(q.get("baud", 115200))
+        except ValueError as exc:
+            raise UsageError(f"board {name!r}: baud must be a number") from exc
+        return cls(name, "serial", url=url, baud=baud)
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -167,13 +210,13 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
 
 def _open_ssh(board: Board, accept_new_host: bool) -> Any:
     from sdk.agentbuild import build_zipapp
-    from sdk.transport.ssh import SSHTarget, connect, open_exec, private_dir, put_file, remote_file
+    from sdk.transport.ssh import connect, open_exec, private_dir, put_file, remote_file, resolve_target
 
-    kwargs: dict[str, Any] = {"host": board.host, "port": board.port, "user": board.user, "key_filename": board.key,
-                              "python": board.python, "accept_new_host": accept_new_host}
-    if board.known_hosts is not None:
-        kwargs["known_hosts"] = board.known_hosts
-    client = connect(SSHTarget(**kwargs))
+    # The ssh config fills in what the board leaves open (HostName, User, Port, IdentityFile,
+    # ProxyJump, known_hosts files); nothing from it reaches the remote command line.
+    client = connect(resolve_target(board.host, port=board.port, user=board.user, key_filename=board.key,
+                                    known_hosts=board.known_hosts, python=board.python,
+                                    accept_new_host=accept_new_host))
     try:
         agent = build_zipapp()
         sha = hashlib.sha256(agent).hexdigest()

@@ -148,16 +148,20 @@ def load_catalogue(user_file: Path | None = None) -> dict[str, BoardSpec]:
 
 
 def resolve(spec: str, user_file: Path | None = None) -> Any:
-    """A Board from a catalogue name or an inline form (local, ssh://..., serial://...)."""
+    """A Board from a catalogue name or an inline form (local, ssh://..., user@host, an ssh Host alias, ...).
+
+    A catalogue name comes first: a Host alias of ~/.ssh/config with the same name is not used.
+    """
     from sdk.boards import Board
 
     if "://" in spec:
         return Board.parse(spec)
     boards = load_catalogue(user_file)
     if spec not in boards:
-        if spec == "local":
-            return Board.parse("local")
+        board = Board.parse_address(spec)
+        if board is not None:
+            return board
         known = ", ".join(sorted(boards)) or "none"
-        raise UsageError(f"unknown board {spec!r}: boards.yaml has {known}; or give ssh://user@host:port, "
-                         f"serial://<device>?baud=N")
+        raise UsageError(f"unknown board {spec!r}: boards.yaml has {known}, and your ssh config has no Host {spec}; "
+                         f"or give user@host[:port], ssh://user@host:port, /dev/ttyUSB0, serial://<device>?baud=N")
     return Board.from_spec(spec, boards[spec])

@@ -13,7 +13,8 @@ not a pipe, so a chatty server can never block on a full pipe.
 Readiness is a bounded poll of the port that also requires the SSH banner, so a test never
 talks to a half-started server, and an sshd that dies on start-up fails fast with its log.
 ``rotate_host_key()`` replaces the host key and restarts on the same port, which is how a
-test meets a *changed* host key.
+test meets a *changed* host key. ``Sshd(workdir, sftp=False)`` leaves out the ``Subsystem sftp``
+line, like a dropbear board without sftp-server: an SFTP request is refused.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def fingerprint(pub_path: Path) -> str:
 class Sshd:
     """A real sshd bound to 127.0.0.1; a context manager that always stops the server."""
 
-    def __init__(self, workdir: Path, start_timeout: float = 10.0) -> None:
+    def __init__(self, workdir: Path, start_timeout: float = 10.0, sftp: bool = True) -> None:
         self.workdir = Path(workdir)
+        self.sftp = sftp
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.start_timeout = start_timeout
         self.user = getpass.getuser()
@@ -134,7 +136,7 @@ class Sshd:
             "StrictModes no",
             "PermitRootLogin prohibit-password",
             "LogLevel VERBOSE",
-            "Subsystem sftp internal-sftp",
+            *(["Subsystem sftp internal-sftp"] if self.sftp else []),
             "UseDNS no",
             "PrintMotd no",
             "",

@@ -18,6 +18,20 @@ modes, and so is a key that known_hosts lists as ``@revoked``. Entries for a por
 (see :class:`_KnownHosts`): hashed names, wildcards and negations match as in OpenSSH;
 ``@cert-authority`` lines and malformed lines are skipped (a malformed one with a warning
 naming ``file:line``) instead of breaking every connection.
+
+OpenSSH's client config is honoured (:func:`resolve_target`): ``~/.ssh/config`` (or the file
+``$EDGESHIP_SSH_CONFIG`` names; ``none`` reads no config) gives Host aliases, HostName, User,
+Port, IdentityFile, IdentitiesOnly, UserKnownHostsFile, GlobalKnownHostsFile and ProxyJump;
+values given explicitly (the board's URL or catalogue entry) win over the config, as on
+ssh's command line. A ProxyJump hop is connected first, with the same host-key rules, and the
+board's SSH session runs over a ``direct-tcpip`` channel through it. ProxyCommand and Match
+exec are refused (edgeship runs no local command from the config); an unparsable line is one
+error naming the file and line.
+
+A board without SFTP (dropbear without sftp-server, sshd without the subsystem) still gets its
+files: :func:`put_file`, :func:`private_dir` and :func:`remote_file` fall back to the board's
+Python over the exec channel (the bytes go to its stdin; it writes a 0600 temp file, fsyncs,
+renames and prints the sha256 of what it wrote, which must match).
 """
 
 from __future__ import annotations
@@ -53,14 +67,17 @@ __all__ = [
     "RemoteFile",
     "SSHStream",
     "SSHTarget",
+    "config_path",
     "connect",
     "fingerprint",
+    "is_host_alias",
     "known_hosts_name",
     "open_exec",
     "private_dir",
     "put_file",
     "remote_file",
     "remote_sha256",
+    "resolve_target",
 ]
 
 STDERR_TAIL_BYTES = 64 * 1024  # how much of a remote command's stderr is kept (the last bytes)
@@ -69,6 +86,11 @@ STDERR_TAIL_LINES = 10  # stderr lines quoted in an error message
 _SEND_CHUNK = 32 * 1024
 _log = logging.getLogger(__name__)
 _SETTLE_S = 2.0  # after EOF: how long to wait for the exit status and the last stderr bytes
+
+
+CONFIG_ENV = "EDGESHIP_SSH_CONFIG"  # another ssh_config file, or "none" for no config at all
+_MAX_JUMPS = 8  # ProxyJump hops (a loop in the config ends here)
+_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
 def _default_known_hosts() -> Path:
@@ -88,6 +110,10 @@ class SSHTarget:
     accept_new_host: bool = False  # StrictHostKeyChecking=accept-new instead of yes
     connect_timeout: float = 10.0
     keepalive: int = 15  # seconds between keepalives; 0 disables them
+    extra_known_hosts: tuple[Path, ...] = ()  # read as well, never written (known_hosts2, the global files)
+    identity_files: tuple[Path, ...] = ()  # IdentityFile lines of the config, tried when key_filename is None
+    identities_only: bool = False  # IdentitiesOnly yes: no ssh-agent keys
+    jump: Optional[SSHTarget] = None  # ProxyJump: the host to reach this one through
 
     @property
     def address(self) -> str:
@@ -97,6 +123,12 @@ class SSHTarget:
     @property
     def login(self) -> str:
         return self.user or getpass.getuser()
+
+    @property
+    def known_hosts_files(self) -> str:
+        """The known_hosts file(s) consulted, as messages name them."""
+        files = [self.known_hosts, *self.extra_known_hosts]
+        return str(files[0]) if len(files) == 1 else "the known_hosts files " + ", ".join(map(str, files))
 
 
 # -- host keys -----------------------------------------------------------------------------
@@ -190,6 +222,16 @@ class _KnownHosts:
             (known.revoked if marker == "@revoked" else known.lines).append(entry)
         return known
 
+    @classmethod
+    def read_all(cls, paths: list[Path]) -> _KnownHosts:
+        """Several known_hosts files as one (OpenSSH reads the user's and the global ones together)."""
+        known = cls()
+        for path in paths:
+            one = cls.read(path)
+            known.lines += one.lines
+            known.revoked += one.revoked
+        return known
+
     def revoked_entry(self, key: paramiko.PKey) -> Optional[_HostLine]:
         """The @revoked line that lists ``key``, if any."""
         for entry in self.revoked:
@@ -243,7 +285,8 @@ def _glob_re(pattern: str) -> re.Pattern[str]:
 
 def _unknown_host_message(target: SSHTarget, key: paramiko.PKey) -> str:
     return (f"The SSH host key of {target.address} is not known: the board presents {_describe(key)}, and "
-            f"{target.known_hosts} has no entry for {known_hosts_name(target.host, target.port)}. Check that "
+            f"{target.known_hosts_files} {'has' if not target.extra_known_hosts else 'have'} no entry for "
+            f"{known_hosts_name(target.host, target.port)}. Check that "
             f"fingerprint on the board itself (ssh-keygen -lf /etc/ssh/ssh_host_{_key_file_stem(key)}_key.pub), "
             f"then pass --accept-new-host to trust it; it will be added to {target.known_hosts}.")
 
@@ -256,11 +299,12 @@ def _changed_host_message(target: SSHTarget, offered: paramiko.PKey, known: Opti
         was = f"a {known.key_type} key (line {known.where.rsplit(':', 1)[1]})"
     else:
         was = f"{_describe(known.key)} (line {known.where.rsplit(':', 1)[1]})"
-    return (f"The SSH host key of {target.address} has CHANGED: {target.known_hosts} has {was} for {name}, "
+    where = known.where.rsplit(":", 1)[0] if known is not None else str(target.known_hosts)
+    return (f"The SSH host key of {target.address} has CHANGED: {where} has {was} for {name}, "
             f"but the board now presents {_describe(offered)}. Someone could be intercepting the connection, "
             f"or the board was reinstalled. edgeship refuses a changed key even with --accept-new-host. If you "
             f"know why it changed, remove the stale entry with: ssh-keygen -R {shlex.quote(name)} -f "
-            f"{shlex.quote(str(target.known_hosts))} and connect again with --accept-new-host.")
+            f"{shlex.quote(where)} and connect again with --accept-new-host.")
 
 
 def _revoked_host_message(target: SSHTarget, offered: paramiko.PKey, line: _HostLine) -> str:
@@ -369,9 +413,11 @@ def _past_key_exchange(client: paramiko.SSHClient) -> bool:
     return True
 
 
-def _auth_message(target: SSHTarget, key_file: Optional[Path], exc: BaseException) -> str:
-    tried = f"the key file {key_file} and any ssh-agent keys" if key_file else \
-        "any ssh-agent keys and ~/.ssh/id_rsa, id_ecdsa, id_ed25519"
+def _auth_message(target: SSHTarget, key_files: list[Path], exc: BaseException) -> str:
+    key_file = key_files[0] if key_files else None
+    agent = "" if target.identities_only else " and any ssh-agent keys"
+    tried = (f"the key file{'s' if len(key_files) > 1 else ''} {', '.join(map(str, key_files))}{agent}" if key_files
+             else "any ssh-agent keys and ~/.ssh/id_rsa, id_ecdsa, id_ed25519")
     if isinstance(exc, paramiko.PasswordRequiredException):
         hint = f"The key file is passphrase-protected: load it into the agent first (ssh-add {key_file})."
     else:
@@ -400,34 +446,80 @@ def _link_message(target: SSHTarget, exc: BaseException) -> str:
     return f"Cannot connect to {addr}: {exc}."
 
 
+class _Client(paramiko.SSHClient):
+    """An SSHClient that remembers the board's interpreter, whether SFTP works, and its ProxyJump hop.
+
+    Closing it closes the jump host's connection too (the board's session runs inside it).
+    """
+
+    def __init__(self, address: str, python: str, jump: Optional[paramiko.SSHClient]) -> None:
+        super().__init__()
+        self.edgeship_address = address  # the board's host:port (behind a jump, getpeername names the jump host)
+        self.edgeship_python = python
+        self.edgeship_jump = jump
+        self.edgeship_sftp: Optional[bool] = None  # None: not tried yet
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.edgeship_jump is not None:
+                self.edgeship_jump.close()
+
+
+def _through_jump(target: SSHTarget, jump: paramiko.SSHClient) -> paramiko.Channel:
+    """A direct-tcpip channel from the jump host to the board (what ``ssh -J`` asks for)."""
+    assert target.jump is not None
+    try:
+        return _require_transport(jump).open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
+                                                     timeout=target.connect_timeout)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        raise LinkError(f"The jump host {target.jump.address} could not reach {target.address} ({detail}). Check "
+                        f"the board's address as the jump host sees it, and that the jump host allows TCP "
+                        f"forwarding (AllowTcpForwarding).") from exc
+
+
 def connect(target: SSHTarget) -> paramiko.SSHClient:
-    """Open an authenticated SSH connection to ``target``; see the module docstring for the errors."""
+    """Open an authenticated SSH connection to ``target`` (through ``target.jump`` first, if set).
+
+    See the module docstring for the errors; each hop's host key is checked the same way.
+    """
     known_hosts = target.known_hosts.expanduser()
     if known_hosts != target.known_hosts:
         target = replace(target, known_hosts=known_hosts)
-    key_file = target.key_filename.expanduser() if target.key_filename is not None else None
-    if key_file is not None and not key_file.is_file():
-        raise AuthError(f"SSH key file {key_file} for {target.login}@{target.address} does not exist.")
+    key_files = [target.key_filename.expanduser()] if target.key_filename is not None else \
+        [p.expanduser() for p in target.identity_files if p.expanduser().is_file()]
+    if target.key_filename is not None and not key_files[0].is_file():
+        raise AuthError(f"SSH key file {key_files[0]} for {target.login}@{target.address} does not exist.")
 
-    known = _KnownHosts.read(known_hosts)
-    client = paramiko.SSHClient()  # no host keys loaded into paramiko: every decision is the policy's
+    known = _KnownHosts.read_all([known_hosts, *(p.expanduser() for p in target.extra_known_hosts)])
+    jump = None
+    if target.jump is not None:
+        try:
+            jump = connect(target.jump)
+        except (HostKeyError, AuthError, LinkError) as exc:  # say which hop it was
+            raise type(exc)(f"ProxyJump host {target.jump.address} (on the way to {target.address}): {exc}") from exc
+    client = _Client(target.address, target.python, jump)  # no host keys loaded into paramiko: every decision is the policy's
     client.set_missing_host_key_policy(_KnownHostsPolicy(target, known_hosts, known))
     on_file = [e.key_type for e in known.for_host(known_hosts_name(target.host, target.port)) if e.key is not None]
     try:
+        sock = _through_jump(target, jump) if jump is not None else None
         client.connect(
             transport_factory=_transport_preferring(on_file),
             hostname=target.host,
             port=target.port,
             username=target.login,
-            key_filename=str(key_file) if key_file is not None else None,
+            key_filename=[str(k) for k in key_files] or None,
             timeout=target.connect_timeout,
             banner_timeout=target.connect_timeout,
             auth_timeout=target.connect_timeout,
             channel_timeout=target.connect_timeout,
-            allow_agent=True,
-            look_for_keys=key_file is None,
+            allow_agent=not target.identities_only,
+            look_for_keys=not key_files,
+            sock=sock,
         )
-    except HostKeyError:
+    except (HostKeyError, LinkError):
         client.close()
         raise
     except paramiko.BadHostKeyException as exc:  # not raised with no keys loaded; mapped in case it is
@@ -439,14 +531,14 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
                            f"that line.") from exc
     except paramiko.AuthenticationException as exc:
         client.close()
-        raise AuthError(_auth_message(target, key_file, exc)) from exc
+        raise AuthError(_auth_message(target, key_files, exc)) from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
         # After the host key is verified, what fails is authentication (an unreadable key file, no
         # usable method); before that, or with the link gone, it is the link.
         auth_phase = _past_key_exchange(client)
         client.close()
         if auth_phase:
-            raise AuthError(_auth_message(target, key_file, exc)) from exc
+            raise AuthError(_auth_message(target, key_files, exc)) from exc
         raise LinkError(_link_message(target, exc)) from exc
     except BaseException:
         client.close()
@@ -461,7 +553,164 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     return client
 
 
+# -- OpenSSH client config -----------------------------------------------------------------
+
+
+def config_path() -> Optional[Path]:
+    """The ssh_config file edgeship reads: ``$EDGESHIP_SSH_CONFIG`` (``none``: no file), else ``~/.ssh/config``."""
+    value = os.environ.get(CONFIG_ENV, "").strip()
+    if value.lower() == "none":
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".ssh" / "config"
+
+
+def _config_error(path: Path, message: str, line: Optional[str] = None) -> TransportError:
+    where = str(path)
+    if line is not None:
+        with contextlib.suppress(OSError):
+            for lineno, raw in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if _config_words(raw) == _config_words(line):
+                    where = f"{path}:{lineno}"
+                    break
+    return TransportError(f"{where}: {message}. Fix that line, or set {CONFIG_ENV}=none to connect without an ssh "
+                          f"config.")
+
+
+def _config_words(line: str) -> list[str]:
+    """A config line's words, for finding it again: ``Port = x`` and ``port x`` are the same line."""
+    return re.sub(r"\s*=\s*", " ", line.strip(), count=1).lower().split()
+
+
+def _read_config(path: Optional[Path]) -> Optional[paramiko.SSHConfig]:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            config = paramiko.SSHConfig()
+            config.parse(f)
+    except OSError as exc:
+        raise TransportError(f"Cannot read the ssh config {path}: {exc.strerror or exc}. Fix its permissions, or set "
+                             f"{CONFIG_ENV}=none to connect without an ssh config.") from exc
+    except paramiko.ConfigParseError as exc:
+        text = str(exc)
+        line = text[len("Unparsable line "):] if text.startswith("Unparsable line ") else None
+        raise _config_error(path, f"cannot parse {_printable(line) if line is not None else text}", line) from exc
+    for block in getattr(config, "_config", []):
+        if any(m.get("type") == "exec" for m in block.get("matches", ())):  # paramiko would run it (with invoke)
+            raise _config_error(path, "'Match exec' is not supported (edgeship runs no local command from the ssh "
+                                "config)", _first_line(path, "match", "exec"))
+        if "include" in block.get("config", {}):
+            _log.warning("%s: edgeship does not follow Include lines; Host entries in the included files are not "
+                         "seen (copy them into this file, or point %s at a file that has them)", path, CONFIG_ENV)
+    return config
+
+
+def _first_line(path: Path, keyword: str, word: str) -> Optional[str]:
+    """The first line of the config whose keyword is ``keyword`` and that holds ``word`` (for naming it)."""
+    with contextlib.suppress(OSError):
+        for raw in path.read_text(errors="replace").splitlines():
+            words = _config_words(raw)
+            if words[:1] == [keyword] and word in words:
+                return raw
+    return None
+
+
+def is_host_alias(name: str) -> bool:
+    """True when the ssh config has a ``Host`` pattern other than a bare ``*`` that matches ``name``."""
+    config = _read_config(config_path())
+    if config is None:
+        return False
+    for block in getattr(config, "_config", []):
+        patterns = tuple(p for p in block.get("host", ()) if p != "*")
+        if patterns and any(not p.startswith("!") for p in patterns) and _host_matches(patterns, name):
+            return True
+    return False
+
+
+def _lookup(config: Optional[paramiko.SSHConfig], path: Optional[Path], host: str) -> dict[str, Any]:
+    if config is None or path is None:
+        return {}
+    try:
+        return dict(config.lookup(host))
+    except (paramiko.ConfigParseError, paramiko.ssh_exception.CouldNotCanonicalize, ImportError) as exc:
+        raise _config_error(path, f"the settings for {host!r} cannot be applied ({exc})") from exc
+
+
+def _split_hop(hop: str) -> tuple[Optional[str], str, Optional[int]]:
+    """``[user@]host[:port]`` (or ``ssh://`` of it, ``[v6]:port``) as user, host, port."""
+    text = hop[len("ssh://"):] if hop.startswith("ssh://") else hop
+    user, _, rest = text.rpartition("@")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, ""
+    if not host or (port_text and not port_text.isdigit()) or (port_text and not 0 < int(port_text) < 65536):
+        raise ValueError(hop)
+    return user or None, host, int(port_text) if port_text else None
+
+
+def resolve_target(host: str, *, port: Optional[int] = None, user: Optional[str] = None,
+                   key_filename: Optional[Path] = None, known_hosts: Optional[Path] = None, python: str = "python3",
+                   accept_new_host: bool = False, connect_timeout: float = 10.0, _depth: int = 0,
+                   _jump: Optional[SSHTarget] = None) -> SSHTarget:
+    """The SSHTarget for ``host`` as OpenSSH's ``ssh`` would reach it with the user's ssh config.
+
+    ``host`` may be a Host alias. Arguments that are not None win over the config (like options
+    on ssh's command line). ``known_hosts`` given: that one file, for every hop; otherwise
+    UserKnownHostsFile (default ``~/.ssh/known_hosts ~/.ssh/known_hosts2``; the first is written)
+    plus GlobalKnownHostsFile (default ``/etc/ssh/ssh_known_hosts{,2}``, read only).
+    """
+    path = config_path()
+    config = _read_config(path)
+    opts = _lookup(config, path, host)
+    where = f"{path} (Host {host})"
+    if opts.get("proxycommand"):
+        raise TransportError(f"{where}: ProxyCommand is not supported by edgeship (it runs no local command from "
+                             f"the ssh config); use ProxyJump, or give the board's address directly.")
+    if port is None and "port" in opts:
+        text = str(opts["port"]).strip()
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise _config_error(path or Path("ssh config"), f"Port {text!r} for {host!r} is not a port number "
+                                f"(1-65535)", f"Port {text}")
+        port = int(text)
+    extra: tuple[Path, ...] = ()
+    if known_hosts is not None:
+        write = known_hosts
+    else:
+        files = [Path(p).expanduser() for p in str(opts.get("userknownhostsfile", "")).split()] or \
+            [_default_known_hosts(), _default_known_hosts().with_name("known_hosts2")]
+        glob = [Path(p).expanduser() for p in str(opts.get("globalknownhostsfile", "")).split()] or \
+            [Path(p) for p in _GLOBAL_KNOWN_HOSTS]
+        write, extra = files[0], tuple(files[1:] + glob)
+    jump = _jump
+    proxy = str(opts.get("proxyjump", "")).strip()
+    if jump is None and proxy and proxy.lower() != "none":
+        if _depth >= _MAX_JUMPS:
+            raise TransportError(f"{where}: more than {_MAX_JUMPS} ProxyJump hops; is there a loop in the config?")
+        for hop in proxy.split(","):
+            try:
+                hop_user, hop_host, hop_port = _split_hop(hop.strip())
+            except ValueError:
+                raise _config_error(path or Path("ssh config"), f"ProxyJump hop {_printable(hop)} is not "
+                                    f"[user@]host[:port]", f"ProxyJump {proxy}") from None
+            jump = resolve_target(hop_host, port=hop_port, user=hop_user, known_hosts=known_hosts,
+                                  accept_new_host=accept_new_host, connect_timeout=connect_timeout,
+                                  _depth=_depth + 1, _jump=jump)
+    identities_only = str(opts.get("identitiesonly", "no")).lower() == "yes"
+    return SSHTarget(host=str(opts.get("hostname") or host), port=port or 22, user=user or opts.get("user"),
+                     key_filename=key_filename, known_hosts=write, python=python, accept_new_host=accept_new_host,
+                     connect_timeout=connect_timeout, extra_known_hosts=extra,
+                     identity_files=tuple(Path(p).expanduser() for p in opts.get("identityfile", ())),
+                     identities_only=identities_only, jump=jump)
+
+
 def _peer(client: paramiko.SSHClient) -> str:
+    address = getattr(client, "edgeship_address", None)
+    if address:
+        return str(address)
     transport = client.get_transport()
     try:
         host, port = transport.getpeername()[:2]
@@ -695,6 +944,100 @@ def _open_sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient:
                              f"(openssh-sftp-server) or enable the sftp subsystem in sshd_config.") from exc
 
 
+def _sftp_or_none(client: paramiko.SSHClient) -> Optional[paramiko.SFTPClient]:
+    """An SFTP session, or None when the board offers none (then the exec-channel fallback places files).
+
+    The answer is remembered on the client, so a board without SFTP is asked once per connection.
+    """
+    if getattr(client, "edgeship_sftp", None) is False:
+        _require_transport(client)
+        return None
+    try:
+        sftp = _open_sftp(client)
+    except LinkError:
+        raise
+    except TransportError as exc:
+        _log.info("%s; placing files through the exec channel instead", exc)
+        with contextlib.suppress(AttributeError):
+            client.edgeship_sftp = False  # type: ignore[attr-defined]
+        return None
+    with contextlib.suppress(AttributeError):
+        client.edgeship_sftp = True  # type: ignore[attr-defined]
+    return sftp
+
+
+def _board_python(client: paramiko.SSHClient) -> str:
+    return str(getattr(client, "edgeship_python", "python3"))
+
+
+# The exec-channel fallbacks: small Python 3.9 programs for the board's interpreter, argv from
+# the host (each word shell-quoted), one result line with a marker the host parses (a login
+# script may print before it). They never take code from the board's side.
+_PY_MKDIR = (
+    "import os,stat,sys\n"
+    "p=sys.argv[1]\n"
+    "try:\n"
+    " os.umask(0o077);os.makedirs(p,0o700,exist_ok=True);m=os.stat(p).st_mode\n"
+    " m&0o022 and os.chmod(p,stat.S_IMODE(m)&~0o022)\n"
+    "except OSError as e:sys.exit('edgeship-error: %s' % e)\n"
+    "print('edgeship-ok')\n"
+)
+_PY_STAT = (
+    "import hashlib,os,stat,sys\n"
+    "p=sys.argv[1]\n"
+    "try:st=os.stat(p)\n"
+    "except FileNotFoundError:print('edgeship-stat missing');sys.exit(0)\n"
+    "except OSError as e:sys.exit('edgeship-error: %s' % e)\n"
+    "stat.S_ISREG(st.st_mode) or (print('edgeship-stat notfile'),sys.exit(0))\n"
+    "h=hashlib.sha256()\n"
+    "with open(p,'rb') as f:\n"
+    " for b in iter(lambda:f.read(1<<20),b''):h.update(b)\n"
+    "print('edgeship-stat file %o %s' % (stat.S_IMODE(st.st_mode),h.hexdigest()))\n"
+)
+_PY_PUT = (
+    "import hashlib,os,sys\n"
+    "t,d,m,n=sys.argv[1],sys.argv[2],int(sys.argv[3],8),int(sys.argv[4])\n"
+    "h=hashlib.sha256();r=sys.stdin.buffer\n"
+    "try:\n"
+    " try:os.unlink(t)\n"
+    " except FileNotFoundError:pass\n"
+    " fd=os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600);os.fchmod(fd,m)\n"
+    " with os.fdopen(fd,'wb') as f:\n"
+    "  while n>0:\n"
+    "   b=r.read(min(n,1<<16))\n"
+    "   if not b:os.unlink(t);sys.exit('edgeship-error: the upload ended early')\n"
+    "   f.write(b);h.update(b);n-=len(b)\n"
+    "  f.flush();os.fsync(f.fileno())\n"
+    " os.replace(t,d)\n"
+    "except OSError as e:sys.exit('edgeship-error: %s' % e)\n"
+    "print('edgeship-put %s' % h.hexdigest())\n"
+)
+_RESULT_RE = re.compile(rb"(?m)^edgeship-(ok|put [0-9a-f]{64}|stat (?:missing|notfile|file [0-7]+ [0-9a-f]{64}))\s*$")
+_ERROR_RE = re.compile(rb"(?m)^edgeship-error: (.*)$")
+
+
+def _exec_python(client: paramiko.SSHClient, program: str, args: list[str], what: str,
+                 stdin: Optional[bytes] = None, timeout: float = 60.0) -> str:
+    """Run one of the fallback programs with the board's Python; its result line (without the marker)."""
+    python = _board_python(client)
+    command = " ".join([shlex.quote(python), "-c", shlex.quote(program), *map(shlex.quote, args)])
+    peer = _peer(client)
+    try:
+        status, out = _run(client, command, timeout=timeout, stdin=stdin)
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        if _link_down(client):
+            raise LinkError(f"The SSH connection to {peer} broke while {what}.") from exc
+        raise TransportError(f"Cannot run {python} on {peer} while {what}: {exc or type(exc).__name__}.") from exc
+    results = _RESULT_RE.findall(out)
+    if status == 0 and results:
+        return bytes(results[-1]).decode("ascii")
+    errors = _ERROR_RE.findall(out)
+    reason = bytes(errors[-1]).decode("utf-8", "replace").strip() if errors else \
+        (out.decode("utf-8", "replace").strip().splitlines() or [f"exit status {status}"])[-1]
+    raise TransportError(f"Cannot finish {what} on {peer} without SFTP ({python} said: {_printable(reason, 200)}). "
+                         f"Check that {python} runs on the board and the directory is writable, or enable SFTP.")
+
+
 def _link_down(client: paramiko.SSHClient) -> bool:
     transport = client.get_transport()
     return transport is None or not transport.is_active()
@@ -723,13 +1066,25 @@ def put_file(client: paramiko.SSHClient, local: Path, remote: str, mode: int = 0
     A relative ``remote`` is relative to the login directory; missing parent directories are
     created 0700. The file gets ``mode`` before it appears under its name (not the server's
     umask default). A reader on the board sees either the old file or the complete new one.
+    Without SFTP the board's Python writes it from the exec channel's stdin and reports the
+    sha256 of what it wrote, which must be the local file's.
     """
     local = Path(local)
     if not local.is_file():
         raise TransportError(f"Cannot upload {local}: no such file.")
     peer = _peer(client)
     tmp = remote + ".tmp"
-    sftp = _open_sftp(client)
+    sftp = _sftp_or_none(client)
+    if sftp is None:
+        data = local.read_bytes()
+        if posixpath.dirname(remote):
+            private_dir(client, posixpath.dirname(remote))
+        result = _exec_python(client, _PY_PUT, [tmp, remote, f"{mode:o}", str(len(data))],
+                              f"writing {remote}", stdin=data)
+        if result != f"put {hashlib.sha256(data).hexdigest()}":
+            raise TransportError(f"{remote} on {peer} does not have the sha256 of {local.name} after the upload; "
+                                 f"connect again to place a fresh copy.")
+        return
     try:
         _sftp_makedirs(sftp, posixpath.dirname(remote))
         sftp.put(str(local), tmp, confirm=True)
@@ -750,14 +1105,21 @@ def put_file(client: paramiko.SSHClient, local: Path, remote: str, mode: int = 0
 _SHA256_RE = re.compile(rb"(?m)^([0-9a-fA-F]{64})\s")  # any line: a login script may print first
 
 
-def _run(client: paramiko.SSHClient, command: str, timeout: float = 60.0) -> tuple[int, bytes]:
-    """Run a short command with stderr merged into stdout; its exit status (-1 if none) and output."""
+def _run(client: paramiko.SSHClient, command: str, timeout: float = 60.0,
+         stdin: Optional[bytes] = None) -> tuple[int, bytes]:
+    """Run a short command with stderr merged into stdout; its exit status (-1 if none) and output.
+
+    ``stdin``: bytes sent to the command's stdin, which is then closed.
+    """
     transport = _require_transport(client)
     channel = transport.open_session(timeout=timeout)
     try:
         channel.set_combine_stderr(True)
         channel.settimeout(timeout)
         channel.exec_command(command)
+        if stdin is not None:
+            channel.sendall(stdin)
+            channel.shutdown_write()
         out = bytearray()
         while True:
             data = channel.recv(65536)
@@ -785,7 +1147,10 @@ def private_dir(client: paramiko.SSHClient, path: str) -> None:
     loses those bits. Files placed in it are then safe from other users of the board.
     """
     peer = _peer(client)
-    sftp = _open_sftp(client)
+    sftp = _sftp_or_none(client)
+    if sftp is None:
+        _exec_python(client, _PY_MKDIR, [path], f"preparing the directory {path}")
+        return
     try:
         _sftp_makedirs(sftp, path)
         mode = sftp.stat(path).st_mode
@@ -811,10 +1176,17 @@ def remote_file(client: paramiko.SSHClient, path: str) -> Optional[RemoteFile]:
     """The SHA-256 and mode of a regular file on the board, or None if it does not exist.
 
     Hashes on the board with ``sha256sum`` (no file transfer); if the board lacks it, the file
-    is read back over SFTP and hashed here.
+    is read back over SFTP and hashed here. Without SFTP the board's Python hashes it.
     """
     peer = _peer(client)
-    sftp = _open_sftp(client)
+    sftp = _sftp_or_none(client)
+    if sftp is None:
+        result = _exec_python(client, _PY_STAT, [path], f"hashing {path}").split()
+        if result[1] == "missing":
+            return None
+        if result[1] == "notfile":
+            raise TransportError(f"{path} on {peer} is not a regular file.")
+        return RemoteFile(result[3], int(result[2], 8))
     try:
         try:
             mode = sftp.stat(path).st_mode
