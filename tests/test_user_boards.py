@@ -1,0 +1,146 @@
+"""The default user boards file, `boards add` and EDGESHIP_BOARD.
+
+Every test runs the real `edgeship` command with a throwaway HOME and XDG_CONFIG_HOME (never the
+user's own); the boards it pings are real agents (the local board's, under this Python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EDGESHIP
+
+SSH_URL = "ssh://pi@192.0.2.7:2222?python=/usr/bin/python3"
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`edgeship ARGS` with the throwaway environment; a hard timeout, so a hang fails the test."""
+    return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("edgeship: error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    out = {k: v for k, v in os.environ.items() if k not in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS")}
+    out.update(HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "config"), EDGESHIP_LOCAL_STORE=str(tmp_path / "store"))
+    return out
+
+
+def user_file(env: dict[str, str]) -> Path:
+    return Path(env["XDG_CONFIG_HOME"]) / "edgeship" / "boards.yaml"
+
+
+def test_add_writes_a_private_user_file_that_list_show_and_ping_read(env: dict[str, str]) -> None:
+    added = run(env, "boards", "add", "mine", "local", "--description", "my own local board")
+    assert added.returncode == 0, added.stderr
+    path = user_file(env)
+    assert str(path) in added.stdout
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert run(env, "boards", "add", "pi", SSH_URL, "--runtime", "tflite_runtime").returncode == 0
+
+    listed = json.loads(run(env, "boards", "list", "--json").stdout)
+    assert listed["mine"]["source"] == str(path) and listed["mine"]["description"] == "my own local board"
+    assert listed["emu-mcu"]["source"] == "built-in"
+    pi = listed["pi"]
+    assert pi["transport"] == "ssh" and pi["runtime"] == "tflite_runtime" and pi["python"] == "/usr/bin/python3"
+    assert (pi["ssh"]["host"], pi["ssh"]["port"], pi["ssh"]["user"]) == ("192.0.2.7", 2222, "pi")
+    table = run(env, "boards", "list").stdout
+    assert "built-in" in table and "source" in table
+
+    shown = run(env, "boards", "show", "mine")
+    assert shown.returncode == 0 and shown.stdout.splitlines()[0] == f"# mine: from {path}"
+    assert json.loads(run(env, "boards", "show", "pi", "--json").stdout)["source"] == str(path)
+
+    pinged = run(env, "boards", "ping", "mine", "--json")
+    assert pinged.returncode == 0, pinged.stderr
+    info = json.loads(pinged.stdout)
+    assert info["board"] == "mine" and info["runtime"]["name"]
+
+
+def test_user_entries_override_built_in_ones_and_boards_file_overrides_both(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    assert run(env, "boards", "add", "emu-mcu", SSH_URL, "--description", "my emu-mcu").returncode == 0
+    listed = json.loads(run(env, "boards", "list", "--json").stdout)
+    assert listed["emu-mcu"]["description"] == "my emu-mcu" and listed["emu-mcu"]["source"] == str(user_file(env))
+    extra = tmp_path / "ci.yaml"
+    extra.write_text("schema_version: 1\nboards:\n  emu-mcu:\n    description: the CI's emu-mcu\n    transport: local\n")
+    for args, extra_env in ((["--boards", str(extra)], {}), ([], {"EDGESHIP_BOARDS": str(extra)})):
+        proc = subprocess.run([str(EDGESHIP), *args, "boards", "list", "--json"], capture_output=True, text=True,
+                              timeout=60, env={**env, **extra_env})
+        board = json.loads(proc.stdout)["emu-mcu"]
+        assert board["description"] == "the CI's emu-mcu" and board["source"] == str(extra)
+
+
+def test_add_refuses_an_existing_name_without_force_and_keeps_entries_and_comments(env: dict[str, str]) -> None:
+    path = user_file(env)
+    path.parent.mkdir(parents=True)
+    path.write_text("# my boards, by hand\nschema_version: 1\nboards:\n  # the desk pi\n  desk:\n"
+                    "    description: on my desk   # keep this\n    transport: ssh\n    ssh: {host: desk.lan}\n\n"
+                    "  lab:\n    description: in the lab\n    transport: local\n# end\n")
+    before = path.read_text()
+    refused = run(env, "boards", "add", "desk", "local")
+    one_error_line(refused, 2, str(path), "'desk'", "--force")
+    assert path.read_text() == before
+
+    assert run(env, "boards", "add", "bench", SSH_URL).returncode == 0
+    forced = run(env, "boards", "add", "desk", "local", "--description", "now local", "--force")
+    assert forced.returncode == 0, forced.stderr
+    text = path.read_text()
+    for kept in ("# my boards, by hand", "# the desk pi", "# end", "in the lab"):
+        assert kept in text
+    listed = json.loads(run(env, "boards", "list", "--json").stdout)
+    assert listed["desk"]["description"] == "now local" and listed["desk"]["transport"] == "local"
+    assert listed["lab"]["description"] == "in the lab" and listed["bench"]["ssh"]["host"] == "192.0.2.7"
+
+
+def test_add_validates_before_writing(env: dict[str, str]) -> None:
+    one_error_line(run(env, "boards", "add", "a,b", "local"), 2, "'a,b'")
+    one_error_line(run(env, "boards", "add", "x", "ssh://host?python=$(reboot)"), 2, "python")
+    assert not user_file(env).exists()
+
+
+def test_edgeship_board_is_the_default_board(env: dict[str, str]) -> None:
+    assert run(env, "boards", "add", "mine", "local").returncode == 0
+    with_default = {**env, "EDGESHIP_BOARD": "mine"}
+    pinged = run(with_default, "boards", "ping", "--json")
+    assert pinged.returncode == 0, pinged.stderr
+    assert json.loads(pinged.stdout)["board"] == "mine"
+    assert run(with_default, "boards", "show").stdout.startswith("# mine: from ")
+
+    wrong = {**env, "EDGESHIP_BOARD": "nope"}
+    for args in (["boards", "ping"], ["push", "no-bundle"], ["bench", "no-bundle"], ["boards", "show"]):
+        one_error_line(run(wrong, *args), 2, "EDGESHIP_BOARD=nope", "unknown board 'nope'")
+    given = one_error_line(run(wrong, "push", "no-bundle", "--board", "other"), 2, "unknown board 'other'")
+    assert "EDGESHIP_BOARD" not in given  # --board wins over the variable
+
+
+def test_no_board_and_no_default_is_a_usage_error(env: dict[str, str]) -> None:
+    for args in (["boards", "ping"], ["boards", "show"]):
+        one_error_line(run(env, *args), 2, "name a board", "EDGESHIP_BOARD")
+
+
+def test_a_malformed_user_file_is_one_error_naming_file_and_key(env: dict[str, str]) -> None:
+    path = user_file(env)
+    path.parent.mkdir(parents=True)
+    path.write_text("schema_version: 1\nboards:\n  pi:\n    description: x\n    transport: ssh\n"
+                    "    ssh: {host: pi.lan, prot: 22}\n")
+    before = path.read_text()
+    for args in (["boards", "list"], ["boards", "ping", "local"], ["boards", "add", "other", "local"]):
+        one_error_line(run(env, *args), 1, str(path), "board 'pi'", "unknown key 'ssh.prot'")
+    assert path.read_text() == before  # add never rewrites a file it cannot read
