@@ -1111,9 +1111,13 @@ def boards_add(name: str, address: str, runtime: str | None, description: str | 
 @accept_option
 @json_option
 def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host: bool, as_json: bool) -> None:
-    """Connect to boards' agents: version, runtime, delegates and the round-trip time."""
+    """Connect to boards' agents: version, runtime, delegates and the round-trip time.
+
+    Exits 1 when a board is unreachable or cannot run models (no numpy or no TFLite runtime on it).
+    """
     from sdk.boards import open_session
     from sdk.catalogue import load_catalogue
+    from sdk.client import cannot_run
 
     names = list(board_specs)
     if all_boards:
@@ -1122,6 +1126,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
         names = [_named(None, " or pass --all")]
     results: list[dict[str, Any]] = []
     failed: list[str] = []
+    unready: list[str] = []
     for name in names:
         board = _board(None if not board_specs and not all_boards else name)
         try:
@@ -1133,7 +1138,11 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             results.append({"board": board.name, "error": str(exc)})
             continue
         try:
-            results.append({"board": board.name, **session.info})
+            problem = cannot_run(session.info, board.name)
+            results.append({"board": board.name, **session.info, "ready": problem is None,
+                            **({"problem": problem} if problem else {})})
+            if problem:
+                unready.append(name)
         finally:
             session.close()
     if as_json:
@@ -1146,17 +1155,24 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             rt = info.get("runtime") or {}
             cpu = info.get("cpu") or {}
             click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
-                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}"
+                       f"{info.get('python')}), runtime {' '.join(str(v) for v in (rt.get('name'), rt.get('version')) if v) or 'none'}"
                        + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
                        f"x{cpu.get('cores')}, delegates {', '.join(_names(info.get('delegates')))}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
             for d in info.get("external_delegates") or []:
                 if isinstance(d, dict) and not d.get("loaded"):
                     click.echo(f"  delegate {d.get('name')} is allowed but does not load: {d.get('error', '')}")
-    if failed:
-        from sdk.errors import TransportError
+            if info.get("problem") and len(names) > 1:
+                click.echo(f"  {info['problem']}")
+    if failed or unready:
+        from sdk.errors import BoardNotReadyError, TransportError
 
-        raise TransportError(f"unreachable: {', '.join(failed)}")
+        if len(names) == 1 and unready:
+            raise BoardNotReadyError(results[0]["problem"])
+        parts = ([f"unreachable: {', '.join(failed)}"] if failed else []) + (
+            [f"cannot run models: {', '.join(unready)} (`edgeship boards setup BOARD` installs numpy and a runtime)"]
+            if unready else [])
+        raise (TransportError if failed else BoardNotReadyError)("; ".join(parts))
 
 
 def _names(delegates: Any) -> list[str]:

@@ -1,7 +1,8 @@
-"""The default user boards file, `boards add` and EDGESHIP_BOARD.
+"""The default user boards file, `boards add`, EDGESHIP_BOARD, and boards that cannot run models.
 
 Every test runs the real `edgeship` command with a throwaway HOME and XDG_CONFIG_HOME (never the
-user's own); the boards it pings are real agents (the local board's, under this Python).
+user's own), and the boards it pings are real agents: the local board's agent under this
+Python, under a Python without numpy, and forced to a runtime this machine lacks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,17 @@ def user_file(env: dict[str, str]) -> Path:
     return Path(env["XDG_CONFIG_HOME"]) / "edgeship" / "boards.yaml"
 
 
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv's python (no pip, no site packages): no numpy, no TFLite runtime, like a new board."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import numpy"], capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0 and "numpy" in probe.stderr  # the board this test needs: numpy really missing
+    return python
+
+
 def test_add_writes_a_private_user_file_that_list_show_and_ping_read(env: dict[str, str]) -> None:
     added = run(env, "boards", "add", "mine", "local", "--description", "my own local board")
     assert added.returncode == 0, added.stderr
@@ -70,7 +83,7 @@ def test_add_writes_a_private_user_file_that_list_show_and_ping_read(env: dict[s
     pinged = run(env, "boards", "ping", "mine", "--json")
     assert pinged.returncode == 0, pinged.stderr
     info = json.loads(pinged.stdout)
-    assert info["board"] == "mine" and info["runtime"]["name"]
+    assert info["ready"] is True and info["runtime"]["name"] and info["numpy"]["version"]
 
 
 def test_user_entries_override_built_in_ones_and_boards_file_overrides_both(env: dict[str, str],
@@ -144,3 +157,69 @@ def test_a_malformed_user_file_is_one_error_naming_file_and_key(env: dict[str, s
     for args in (["boards", "list"], ["boards", "ping", "local"], ["boards", "add", "other", "local"]):
         one_error_line(run(env, *args), 1, str(path), "board 'pi'", "unknown key 'ssh.prot'")
     assert path.read_text() == before  # add never rewrites a file it cannot read
+
+
+def _ping_unready(env: dict[str, str], name: str) -> tuple[str, dict[str, object]]:
+    proc = run(env, "boards", "ping", name)
+    line = one_error_line(proc, 1, f"board '{name}' cannot run models", f"edgeship boards setup {name}")
+    assert proc.stdout.startswith(f"{name}: agent ") and "runtime none" in proc.stdout  # the agent did answer
+    as_json = run(env, "boards", "ping", name, "--json")
+    assert as_json.returncode == 1
+    info = json.loads(as_json.stdout)
+    assert info["ready"] is False and info["problem"] in line
+    return line, info
+
+
+def test_a_board_without_numpy_says_so_in_one_line_and_ping_exits_1(env: dict[str, str], bare_python: Path) -> None:
+    assert run(env, "boards", "add", "bare", "local").returncode == 0
+    path = user_file(env)
+    path.write_text(path.read_text().replace("    transport: local\n", f"    transport: local\n    python: {bare_python}\n"))
+    line, info = _ping_unready(env, "bare")
+    assert "numpy is not installed" in line and "No module named 'numpy'" in line
+    assert info["numpy"] == {"version": None, "error": "ModuleNotFoundError: No module named 'numpy'"}
+    both = run(env, "boards", "ping", "local", "bare")  # one board fine, one not: the table shows both, exit 1
+    one_error_line(both, 1, "cannot run models: bare", "edgeship boards setup")
+    assert both.stdout.startswith("local: agent ") and "numpy is not installed" in both.stdout
+
+
+def test_bench_and_eval_stop_before_any_upload_on_a_board_without_numpy(env: dict[str, str], bare_python: Path,
+                                                                         tmp_path: Path) -> None:
+    import importlib.util
+
+    micro = importlib.util.find_spec("tflite_micro")  # a real .tflite that ships with the micro extra
+    assert micro is not None and micro.submodule_search_locations
+    model = Path(next(iter(micro.submodule_search_locations))) / "python" / "tflite_micro" / "sine_float.tflite"
+    bundled = run(env, "bundle", str(model), "-o", str(tmp_path / "sine"))
+    assert bundled.returncode == 0, bundled.stderr
+    assert run(env, "boards", "add", "bare", "local").returncode == 0
+    path = user_file(env)
+    path.write_text(path.read_text().replace("    transport: local\n", f"    transport: local\n    python: {bare_python}\n"))
+    store = Path(env["HOME"]) / ".edgeship" / "store"
+    one_error_line(run(env, "bench", str(tmp_path / "sine"), "--board", "bare", "--runs", "1"), 1,
+                   "board 'bare' cannot run models: numpy is not installed", "edgeship boards setup bare")
+    assert (store / "blobs").is_dir() and not any((store / "blobs").iterdir())  # the agent ran; nothing was uploaded
+
+
+def test_a_board_without_a_runtime_says_so_in_one_line_and_ping_exits_1(env: dict[str, str]) -> None:
+    missing = subprocess.run([sys.executable, "-c", "import tflite_runtime"], capture_output=True, timeout=30)
+    assert missing.returncode != 0  # the runtime this board is forced to really is absent here
+    assert run(env, "boards", "add", "nort", "local", "--runtime", "tflite_runtime").returncode == 0
+    line, info = _ping_unready(env, "nort")
+    assert "no TFLite runtime" in line and "tflite_runtime" in line
+    assert info["numpy"]["version"]  # numpy is there: only the runtime is missing
+
+
+def test_the_agent_without_numpy_answers_hello_and_refuses_runs(tmp_path: Path, bare_python: Path) -> None:
+    from sdk.client import Session, cannot_run
+    from sdk.transport.local import LocalStream
+
+    session = Session(LocalStream(tmp_path / "store", python=bare_python))
+    try:
+        info = session.hello()
+        assert info["numpy"]["version"] is None and info["runtime"]["name"] is None
+        assert "numpy is not installed" in (cannot_run(info, "b") or "")
+        up = session.upload(b"not a model, never loaded")
+        result = session.run("bench", up.sha256, None, {"runs": 1, "min_seconds": 0})
+    finally:
+        session.close()
+    assert result["status"] == "no_runtime" and "numpy is not installed" in result["message"]
