@@ -223,3 +223,16 @@ def test_the_agent_without_numpy_answers_hello_and_refuses_runs(tmp_path: Path, 
     finally:
         session.close()
     assert result["status"] == "no_runtime" and "numpy is not installed" in result["message"]
+
+
+def test_an_ssh_board_without_numpy_is_named_too(env: dict[str, str], bare_python: Path, tmp_path: Path) -> None:
+    from sdk.emulate.sshd import Sshd
+
+    with Sshd(tmp_path / "sshd") as server:  # a real sshd on loopback in front of the numpy-less Python
+        url = (f"ssh://{server.user}@127.0.0.1:{server.port}?python={bare_python}&key={server.user_key_path}"
+               f"&known_hosts={tmp_path / 'known_hosts'}&store={tmp_path / 'board-store'}")
+        assert run(env, "boards", "add", "sshbare", url).returncode == 0
+        proc = run(env, "boards", "ping", "sshbare", "--accept-new-host")
+        one_error_line(proc, 1, "board 'sshbare' cannot run models: numpy is not installed",
+                       "No module named 'numpy'", "edgeship boards setup sshbare")
+        assert proc.stdout.startswith("sshbare: agent ") and "runtime none" in proc.stdout
