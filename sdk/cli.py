@@ -1027,12 +1027,14 @@ def boards() -> None:
     """Reach boards."""
 
 
-def _source(path: Path) -> str:
-    """Where a board's entry comes from, as `boards list` shows it: built-in, or the file (~ for home)."""
+def _source(path: Path, short: bool = True) -> str:
+    """Where a board's entry comes from: built-in, or the file (short: ~ for home, as `boards list` shows it)."""
     from sdk.catalogue import SHIPPED
 
     if path == SHIPPED:
         return "built-in"
+    if not short:
+        return str(path)
     home = str(Path.home())
     text = str(path)
     return "~" + text[len(home):] if home not in ("/", "") and text.startswith(home + "/") else text
@@ -1046,8 +1048,8 @@ def boards_list(as_json: bool) -> None:
 
     boards = load_sources()
     if as_json:
-        _emit_json({name: {**spec.model_dump(mode="json"), "source": str(path) if _source(path) != "built-in"
-                           else "built-in"} for name, (spec, path) in boards.items()})
+        _emit_json({name: {**spec.model_dump(mode="json"), "source": _source(path, short=False)}
+                    for name, (spec, path) in boards.items()})
         return
     _table("boards", ["name", "transport", "arch", "runtime", "source", "description"],
            [[name, s.transport, s.arch or "", s.runtime or "", _source(path),
@@ -1080,7 +1082,7 @@ def boards_show(board_spec: str | None, as_json: bool) -> None:
     spec, path = boards[name]
     data = spec.model_dump(mode="json")
     if as_json:
-        _emit_json({"name": name, "source": str(path) if _source(path) != "built-in" else "built-in", **data})
+        _emit_json({"name": name, "source": _source(path, short=False), **data})
         return
     import yaml
 
