@@ -20,12 +20,10 @@ from typing import Any, Callable, Dict, Optional
 
 from device_agent import __version__
 from device_agent.delegates import AllowList, DelegateRefused
-from device_agent.evaluate import MAX_OUTPUT_NAME, STATES
 from device_agent.protocol import MAX_FRAME_PAYLOAD, VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip, error_message
 from device_agent.runtime import RUNTIMES
 from device_agent.store import Store, StoreError, check_name, os_error
 from device_agent.streams import StreamClosed
-from device_agent.worker import run_in_worker
 
 RUN_KINDS = ("bench", "eval")
 #: Every run option the agent reads; any other key is refused, not ignored (a typo must not pass silently).
@@ -89,6 +87,7 @@ class Agent:
         self.store = Store(config.store_dir, config.quota)
         self.delegates = AllowList(config.delegates, config.store_dir)
         self._runtime_info: Optional[Dict[str, Any]] = None
+        self._numpy_info: Optional[Dict[str, Any]] = None
         # Whether the request being handled is still wanted (False once another host took the
         # line over); a run polls it and stops its worker. Set per request by _session.
         self._still_wanted: Callable[[], bool] = _always
@@ -202,10 +201,21 @@ class Agent:
                 self._runtime_info = {"name": None, "error": str(exc)}
         return self._runtime_info
 
+    def _numpy(self) -> Dict[str, Any]:
+        """{"version"} of the board's numpy, or {"version": None, "error"}: runs need it, hello does not."""
+        if self._numpy_info is None:
+            try:
+                import numpy
+
+                self._numpy_info = {"version": str(numpy.__version__)}
+            except ImportError as exc:  # reported in hello, so the host can say "install numpy" in one line
+                self._numpy_info = {"version": None, "error": f"{type(exc).__name__}: {clip(exc, 300)}"}
+        return self._numpy_info
+
     def _op_hello(self, msg: Message, send: Any) -> Dict[str, Any]:
         external = self.delegates.hello(self.config.runtime, self.config.memory_limit)
         return {"op": "hello", "agent_version": __version__, "protocol": VERSION, "python": platform.python_version(),
-                "runtime": self._runtime(),
+                "numpy": self._numpy(), "runtime": self._runtime(),
                 "delegates": [] if self.config.runtime == "tflite_micro" else
                 ["xnnpack"] + [d["name"] for d in external if d["loaded"]],
                 "external_delegates": external,
@@ -266,6 +276,12 @@ class Agent:
         if dataset:
             self.store.get(dataset)
         opts = run_options(h.get("options"), self.config.run_timeout)
+        if self._numpy()["version"] is None:  # the worker (and every TFLite runtime) needs numpy
+            return {"op": "result", "schema_version": 1, "agent_version": __version__, "status": "no_runtime",
+                    "message": f"numpy is not installed for the board's Python ({self._numpy()['error']}); "
+                               f"install numpy and a TFLite runtime there (edgeship boards setup does)"}
+        from device_agent.worker import run_in_worker
+
         try:
             delegates = self.delegates.resolve(opts.get("delegates"))
         except DelegateRefused as exc:
@@ -356,6 +372,8 @@ def run_options(value: Any, run_timeout: float) -> Dict[str, Any]:
 
 def _output_name(value: Any) -> Optional[str]:
     """The `output` run option: a bounded string (the worker checks it is one of the model's outputs)."""
+    from device_agent.evaluate import MAX_OUTPUT_NAME  # numpy: imported once a run is asked for, not at start
+
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_OUTPUT_NAME or not value.isprintable():
@@ -365,6 +383,8 @@ def _output_name(value: Any) -> Optional[str]:
 
 def _state(value: Any) -> str:
     """The `state` run option: how eval treats variable tensors between samples (reset unless asked)."""
+    from device_agent.evaluate import STATES
+
     if value is None:
         return "reset"
     if value not in STATES:

@@ -188,8 +188,14 @@ class AllowList:
             if runtime == "tflite_micro":
                 self._probed = [{"name": n, "loaded": False, "error": "the tflite_micro runtime takes no delegates"}
                                 for n in sorted(self.allowed)]
+            elif not self.allowed:
+                self._probed = []
             else:
-                self._probed = probe(self.allowed, runtime, memory_limit)
+                try:
+                    self._probed = probe(self.allowed, runtime, memory_limit)
+                except ImportError as exc:  # no numpy on the board: hello still answers, and says so
+                    self._probed = [{"name": n, "loaded": False, "error": f"not probed: {type(exc).__name__}: {exc}"}
+                                    for n in sorted(self.allowed)]
         return [dict(d) for d in self._probed]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,10 @@ class Board:
                 args += ["--arena-size", str(spec.constraints.arena_bytes)]
             for d in spec.delegates:  # the local agent's allow-list is the board's catalogue entry
                 args += ["--allow-delegate", f"{d.name}={d.library}"]
+            # `python` set in the entry: the agent runs under that interpreter (default: the one running edgeship)
+            python = _check_python(name, spec.python) if "python" in spec.model_fields_set else ""
             return cls(name, "local", store=Path(spec.store.dir).expanduser() if spec.store.dir else None, spec=spec,
-                       agent_args=tuple(args))
+                       agent_args=tuple(args), python=python)
         if spec.transport == "emulated":
             return cls(name, "emulated", spec=spec)
         raise UsageError(f"board {name!r}: unknown transport {spec.transport!r}")
@@ -188,7 +191,8 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
     if board.transport == "local":
         from sdk.transport.local import DEFAULT_STORE, LocalStream
 
-        session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args))
+        python = board.python if board.spec is not None and board.python else sys.executable
+        session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args, python=python))
     elif board.transport == "emulated":
         from sdk.emulate.services import open_emulated
 

@@ -543,9 +543,9 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
 
 # --- boards: push / bench / eval / ping ------------------------------------------------------
 
-board_option = click.option("--board", "-b", "board_spec", default="local", show_default=True, metavar="BOARD",
+board_option = click.option("--board", "-b", "board_spec", default=None, metavar="BOARD",
                             help="A name from boards.yaml (several: a,b,c), or local | ssh://user@host:port?python=...&key=... | "
-                                 "serial://<device or URL>?baud=N")
+                                 "serial://<device or URL>?baud=N  [default: $EDGESHIP_BOARD, else local]")
 accept_option = click.option("--accept-new-host", is_flag=True,
                              help="SSH: trust an unknown host key and record it (like OpenSSH accept-new).")
 
@@ -587,10 +587,27 @@ class _Bars:
         self._progress.update(self._tasks["run"], completed=p.get("done", 0))
 
 
-def _board(spec: str) -> Any:
-    from sdk.catalogue import resolve
+def _default_board() -> str | None:
+    """The board of $EDGESHIP_BOARD (commands given no board), if set."""
+    from sdk.catalogue import BOARD_ENV_VAR
 
-    return resolve(spec)
+    return os.environ.get(BOARD_ENV_VAR, "").strip() or None
+
+
+def _board_spec(given: str | None) -> str:
+    """--board as given, else $EDGESHIP_BOARD, else local (the agent on this machine)."""
+    return given if given is not None else (_default_board() or "local")
+
+
+def _board(spec: str | None) -> Any:
+    from sdk.catalogue import BOARD_ENV_VAR, resolve
+
+    if spec is None and _default_board() is not None:
+        try:
+            return resolve(_board_spec(None))
+        except UsageError as exc:
+            raise UsageError(f"{BOARD_ENV_VAR}={_default_board()}: {exc}") from exc
+    return resolve(_board_spec(spec))
 
 
 @main.command()
@@ -599,7 +616,7 @@ def _board(spec: str) -> Any:
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
-def push(bundle: Path, board_spec: str, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
+def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Place a bundle's model on a board (resumes an interrupted push; skips an unchanged model)."""
     from sdk.device import push as run
 
@@ -727,13 +744,14 @@ def _report_run(doc: dict[str, Any]) -> None:
     click.echo(f"  memory: {memory_text(r)}")
 
 
-def _fleet_boards(board_spec: str, all_boards: bool) -> list[Any]:
+def _fleet_boards(board_spec: str | None, all_boards: bool) -> list[Any]:
     from sdk.catalogue import load_catalogue
 
-    names = [n.strip() for n in board_spec.split(",") if n.strip()] if not all_boards else []
     if all_boards:
-        names = [n for n, s in load_catalogue().items() if not s.example]
-    return [_board(n) for n in names]
+        return [_board(n) for n, s in load_catalogue().items() if not s.example]
+    if board_spec is None and "," not in (_default_board() or ""):
+        return [_board(None)]
+    return [_board(n.strip()) for n in _board_spec(board_spec).split(",") if n.strip()]
 
 
 class _LiveTable:
@@ -779,7 +797,7 @@ class _LiveTable:
                 self._live.update(self._render())
 
 
-def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, accept_new_host: bool, quiet: bool,
+def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | None, accept_new_host: bool, quiet: bool,
                  as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
     from sdk.device import check_gates, run_on_board
@@ -860,7 +878,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str, data: Path | None, ac
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
-def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, warmup: int | None,
+def bench(bundle: Path, board_spec: str | None, data: Path | None, runs: int | None, warmup: int | None,
           min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
           no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
           results_dir: Path, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
@@ -884,7 +902,7 @@ def bench(bundle: Path, board_spec: str, data: Path | None, runs: int | None, wa
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
-def eval_board(bundle: Path, board_spec: str, data: Path, runs: int | None, warmup: int | None,
+def eval_board(bundle: Path, board_spec: str | None, data: Path, runs: int | None, warmup: int | None,
                min_seconds: float | None, threads: int | None, delegate: tuple[str, ...], require_delegate: bool,
                no_xnnpack: bool, runtime: str | None, max_p90_ms: float | None, all_boards: bool, jobs: int,
                results_dir: Path, min_accuracy: float | None, min_agreement: float | None, output: str | None,
@@ -1009,38 +1027,84 @@ def boards() -> None:
     """Reach boards."""
 
 
+def _source(path: Path, short: bool = True) -> str:
+    """Where a board's entry comes from: built-in, or the file (short: ~ for home, as `boards list` shows it)."""
+    from sdk.catalogue import SHIPPED
+
+    if path == SHIPPED:
+        return "built-in"
+    if not short:
+        return str(path)
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home):] if home not in ("/", "") and text.startswith(home + "/") else text
+
+
 @boards.command("list")
 @json_option
 def boards_list(as_json: bool) -> None:
-    """The boards in boards.yaml (and your boards file)."""
-    from sdk.catalogue import load_catalogue
+    """The boards: built-in ones, your boards file's, and --boards'; each with the file it comes from."""
+    from sdk.catalogue import load_sources
 
-    boards = load_catalogue()
+    boards = load_sources()
     if as_json:
-        _emit_json({name: spec.model_dump(mode="json") for name, spec in boards.items()})
+        _emit_json({name: {**spec.model_dump(mode="json"), "source": _source(path, short=False)}
+                    for name, (spec, path) in boards.items()})
         return
-    _table("boards", ["name", "transport", "arch", "runtime", "description"],
-           [[name, s.transport, s.arch or "", s.runtime or "",
-             s.description if len(s.description) <= 60 else s.description[:59] + "…"] for name, s in boards.items()])
+    _table("boards", ["name", "transport", "arch", "runtime", "source", "description"],
+           [[name, s.transport, s.arch or "", s.runtime or "", _source(path),
+             s.description if len(s.description) <= 60 else s.description[:59] + "…"]
+            for name, (s, path) in boards.items()])
+
+
+def _named(given: str | None, what: str) -> str:
+    """A BOARD argument as given, else $EDGESHIP_BOARD; else a usage error that says both ways."""
+    from sdk.catalogue import BOARD_ENV_VAR
+
+    name = given or _default_board()
+    if name is None:
+        raise UsageError(f"name a board{what}, or set {BOARD_ENV_VAR}=NAME (a board of `edgeship boards list`)")
+    return name
 
 
 @boards.command("show")
-@click.argument("board_spec", metavar="BOARD")
+@click.argument("board_spec", metavar="BOARD", required=False)
 @json_option
-def boards_show(board_spec: str, as_json: bool) -> None:
-    """Everything boards.yaml says about one board."""
-    from sdk.catalogue import load_catalogue
+def boards_show(board_spec: str | None, as_json: bool) -> None:
+    """Everything the catalogue says about one board (default: $EDGESHIP_BOARD), and which file says it."""
+    from sdk.catalogue import BOARD_ENV_VAR, load_sources
 
-    boards = load_catalogue()
-    if board_spec not in boards:
-        raise UsageError(f"unknown board {board_spec!r}; boards.yaml has {', '.join(sorted(boards))}")
-    data = boards[board_spec].model_dump(mode="json")
+    name = _named(board_spec, "")
+    boards = load_sources()
+    if name not in boards:
+        origin = "" if board_spec else f"{BOARD_ENV_VAR}={name}: "
+        raise UsageError(f"{origin}unknown board {name!r}; the catalogue has {', '.join(sorted(boards))}")
+    spec, path = boards[name]
+    data = spec.model_dump(mode="json")
     if as_json:
-        _emit_json({"name": board_spec, **data})
+        _emit_json({"name": name, "source": _source(path, short=False), **data})
         return
     import yaml
 
-    click.echo(yaml.safe_dump({board_spec: data}, sort_keys=False).rstrip())
+    click.echo(f"# {name}: from {_source(path)}")
+    click.echo(yaml.safe_dump({name: data}, sort_keys=False).rstrip())
+
+
+@boards.command("add")
+@click.argument("name")
+@click.argument("address", metavar="URL")
+@click.option("--runtime", type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow", "tflite_micro"]),
+              help="The TFLite runtime the board runs (boards.yaml `runtime`).")
+@click.option("--description", help="Shown by `boards list` (default: the address).")
+@click.option("--force", is_flag=True, help="Replace a board of that name in your boards file.")
+def boards_add(name: str, address: str, runtime: str | None, description: str | None, force: bool) -> None:
+    """Add a board to your boards file (~/.config/edgeship/boards.yaml, XDG rules), keeping what it holds."""
+    from sdk.catalogue import add_board, entry_for
+
+    path, kept = add_board(name, entry_for(address, description=description, runtime=runtime), force=force)
+    click.echo(f"{name}: written to {path}" + ("" if kept else " (rewritten from its data: its comments could "
+                                                               "not be kept in place)"))
+    click.echo(f"  next: edgeship boards ping {name}")
 
 
 @boards.command("ping")
@@ -1049,19 +1113,24 @@ def boards_show(board_spec: str, as_json: bool) -> None:
 @accept_option
 @json_option
 def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host: bool, as_json: bool) -> None:
-    """Connect to boards' agents: version, runtime, delegates and the round-trip time."""
+    """Connect to boards' agents: version, runtime, delegates and the round-trip time.
+
+    Exits 1 when a board is unreachable or cannot run models (no numpy or no TFLite runtime on it).
+    """
     from sdk.boards import open_session
     from sdk.catalogue import load_catalogue
+    from sdk.client import cannot_run
 
     names = list(board_specs)
     if all_boards:
         names += [n for n, s in load_catalogue().items() if not s.example and n not in names]
     if not names:
-        raise UsageError("name a board, or pass --all")
+        names = [_named(None, " or pass --all")]
     results: list[dict[str, Any]] = []
-    failed = []
+    failed: list[str] = []
+    unready: list[str] = []
     for name in names:
-        board = _board(name)
+        board = _board(None if not board_specs and not all_boards else name)
         try:
             session = open_session(board, accept_new_host=accept_new_host)
         except EdgeshipError as exc:
@@ -1071,7 +1140,11 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             results.append({"board": board.name, "error": str(exc)})
             continue
         try:
-            results.append({"board": board.name, **session.info})
+            problem = cannot_run(session.info, board.name)
+            results.append({"board": board.name, **session.info, "ready": problem is None,
+                            **({"problem": problem} if problem else {})})
+            if problem:
+                unready.append(name)
         finally:
             session.close()
     if as_json:
@@ -1084,17 +1157,24 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             rt = info.get("runtime") or {}
             cpu = info.get("cpu") or {}
             click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
-                       f"{info.get('python')}), runtime {rt.get('name')} {rt.get('version', '')}"
+                       f"{info.get('python')}), runtime {' '.join(str(v) for v in (rt.get('name'), rt.get('version')) if v) or 'none'}"
                        + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
                        f"x{cpu.get('cores')}, delegates {', '.join(_names(info.get('delegates')))}, "
                        f"rtt {info.get('rtt_ms', 0):.1f} ms")
             for d in info.get("external_delegates") or []:
                 if isinstance(d, dict) and not d.get("loaded"):
                     click.echo(f"  delegate {d.get('name')} is allowed but does not load: {d.get('error', '')}")
-    if failed:
-        from sdk.errors import TransportError
+            if info.get("problem") and len(names) > 1:
+                click.echo(f"  {info['problem']}")
+    if failed or unready:
+        from sdk.errors import BoardNotReadyError, TransportError
 
-        raise TransportError(f"unreachable: {', '.join(failed)}")
+        if len(names) == 1 and unready:
+            raise BoardNotReadyError(results[0]["problem"])
+        parts = ([f"unreachable: {', '.join(failed)}"] if failed else []) + (
+            [f"cannot run models: {', '.join(unready)} (`edgeship boards setup BOARD` installs numpy and a runtime)"]
+            if unready else [])
+        raise (TransportError if failed else BoardNotReadyError)("; ".join(parts))
 
 
 def _names(delegates: Any) -> list[str]:
@@ -1133,7 +1213,7 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
               help="Check that the board offers this delegate (boards.yaml `delegates`); repeatable.")
 @click.option("--require-delegate", is_flag=True, help="The run would require the --delegate(s).")
 @json_option
-def check(bundle: Path, board_spec: str, delegate: tuple[str, ...], require_delegate: bool, as_json: bool) -> None:
+def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], require_delegate: bool, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
     from sdk.compat import IncompatibleError, custom_ops
     from sdk.compat import check as run_check

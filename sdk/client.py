@@ -365,5 +365,25 @@ class Session:
             self.stream.close()
 
 
+def cannot_run(info: dict[str, Any], board: str) -> str | None:
+    """Why a board whose agent said `info` in hello cannot run models (no numpy, no TFLite runtime), or None.
+
+    One sentence that names the missing piece and `edgeship boards setup BOARD`, which installs it.
+    """
+    import shlex
+
+    setup = f"`edgeship boards setup {shlex.quote(board)}` installs"
+    numpy = info.get("numpy")
+    if isinstance(numpy, dict) and not numpy.get("version"):  # an agent older than this check does not say
+        return (f"board {board!r} cannot run models: numpy is not installed for its Python {info.get('python') or ''} "
+                f"({str(numpy.get('error') or 'not importable')[:200]}); {setup} numpy and a TFLite runtime")
+    runtime = info.get("runtime")
+    if not isinstance(runtime, dict) or not runtime.get("name"):
+        error = runtime.get("error") if isinstance(runtime, dict) else None
+        return (f"board {board!r} cannot run models: its agent found no TFLite runtime"
+                + (f" ({str(error)[:300]})" if error else "") + f"; {setup} one")
+    return None
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0

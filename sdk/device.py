@@ -19,9 +19,9 @@ from converters.data import load_npz
 from converters.manifest import MODEL_FILE, Manifest
 from converters.tflite_model import TFLiteModel
 from sdk.boards import Board, open_session
-from sdk.client import Session, UploadResult
+from sdk.client import Session, UploadResult, cannot_run
 from sdk.compat import ensure_compatible
-from sdk.errors import BundleError, DatasetError, GateError, RunError
+from sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, RunError
 from sdk.hosteval import scored_output
 
 RESULT_SCHEMA_VERSION = 1
@@ -138,6 +138,9 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
     ensure_compatible(manifest, board, model=model, delegates=options.get("delegates"))
     session = open_session(board, accept_new_host=accept_new_host)
     try:
+        problem = cannot_run(session.info, board.name)
+        if problem:  # before any upload: one line that names what is missing and `boards setup`
+            raise BoardNotReadyError(problem)
         ensure_compatible(manifest, board, _runtime(session), delegates=options.get("delegates"),
                           board_delegates=session.info.get("external_delegates"))
         up_model = _upload(session, "model", model, upload_progress)

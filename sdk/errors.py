@@ -24,7 +24,8 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   │                         an absurd value, an upload that never advances, a run past its deadline)
     │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
     │   ├── AuthError             the board refused our credentials
-    │   └── AgentError            the agent answered with an error frame (``code`` says why)
+    │   ├── AgentError            the agent answered with an error frame (``code`` says why)
+    │   └── BoardNotReadyError    the agent runs, but the board lacks numpy or a TFLite runtime (`boards setup`)
     ├── ResultsError              a result could not be written to --results-dir (the result itself is kept)
     ├── Cancelled                 the command was interrupted (Ctrl-C / SIGTERM) while talking to boards
     ├── RunError                  the model did not run on the board (``status``: invalid, crashed, timeout, ...)
@@ -129,6 +130,10 @@ class AgentError(TransportError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BoardNotReadyError(TransportError):
+    """The board's agent answers, but the board cannot run models: numpy or a TFLite runtime is missing."""
 
 
 class ResultsError(EdgeshipError):

@@ -159,6 +159,7 @@ _fraction = number(0.0, 1.0)
 
 HELLO = obj({
     "agent_version": _name, "protocol": optional(integer()), "python": _name,
+    "numpy": optional(obj({"version": _name, "error": optional(text())})),
     "runtime": optional(obj({"name": _name, "version": _name, "tflite_level": _name,
                              "custom_ops": optional(items(text(200), 4096)), "error": optional(text())})),
     "delegates": optional(items(either(text(200), obj({"name": _name})), 256)),

@@ -29,9 +29,13 @@ class LocalStream:
             root = str(Path(__file__).resolve().parents[2])
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         entry = [str(agent)] if agent is not None else ["-m", "device_agent"]
-        self.proc = subprocess.Popen(
-            [str(python), *entry, "--stdio", "--store", str(store), *extra_args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        try:
+            self.proc = subprocess.Popen(
+                [str(python), *entry, "--stdio", "--store", str(store), *extra_args],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        except OSError as exc:  # a board entry's `python` that is not there, or not executable
+            raise LinkError(f"cannot start the local agent with {python}: {exc.strerror or exc}; "
+                            f"set the board's `python` to an interpreter that exists") from exc
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in = self.proc.stdout.fileno()
         self._out = self.proc.stdin
