@@ -25,6 +25,7 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   ├── HostKeyError          SSH host key unknown (not accepted) or changed
     │   ├── AuthError             the board refused our credentials
     │   └── AgentError            the agent answered with an error frame (``code`` says why)
+    ├── BoardSetupError           `boards setup` cannot prepare the board (no venv module, no runtime wheel, no index)
     ├── ResultsError              a result could not be written to --results-dir (the result itself is kept)
     ├── Cancelled                 the command was interrupted (Ctrl-C / SIGTERM) while talking to boards
     ├── RunError                  the model did not run on the board (``status``: invalid, crashed, timeout, ...)
@@ -129,6 +130,10 @@ class AgentError(TransportError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BoardSetupError(EdgeshipError):
+    """`edgeship boards setup` cannot bring the board to a working runtime; the message says what to do by hand."""
 
 
 class ResultsError(EdgeshipError):
