@@ -51,11 +51,11 @@ def bare_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     missing = subprocess.run([str(python), "-c", "import numpy"], capture_output=True, timeout=60)
     assert missing.returncode != 0, "the bare board's Python must not have numpy"
     with Sshd(tmp_path / "sshd") as server:
-        known = tmp_path / "known_hosts"
-        known.write_text(server.known_hosts_line() + "\n")
-        url = (f"ssh://{server.user}@127.0.0.1:{server.port}?python={quote(str(python), safe='/')}"
-               f"&key={server.user_key_path}&known_hosts={known}&store={tmp_path / 'store'}")
-        yield {"url": url, "dir": board_dir, "python": python, "server": server}
+        known = tmp_path / "known_hosts"  # empty: the first contact needs --accept-new-host
+        prefix = (f"ssh://{server.user}@127.0.0.1:{server.port}?key={server.user_key_path}&known_hosts={known}"
+                  f"&store={tmp_path / 'store'}&")
+        url = f"{prefix}python={quote(str(python), safe='/')}"
+        yield {"url": url, "prefix": prefix, "dir": board_dir, "python": python, "server": server}
 
 
 def cli(*args: str) -> Result:
@@ -73,13 +73,34 @@ def tree(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.lstat().st_mtime_ns for p in d.rglob("*")} if d.exists() else {}
 
 
-def test_setup_brings_a_bare_board_to_a_passing_eval_and_a_second_run_changes_nothing(
+def walkthrough(heading: str) -> list[str]:
+    """The commands of the first ```sh block under a heading of docs/boards.md."""
+    text = (ROOT / "docs" / "boards.md").read_text(encoding="utf-8")
+    section = text[text.index(f"## {heading}\n"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, f"no sh block under {heading!r}"
+    lines = [line for line in block.group(1).splitlines() if line.strip()]
+    assert all(line.startswith("edgeship ") for line in lines), lines
+    return lines
+
+
+def run_line(line: str, substitutions: dict[str, str]) -> Result:
+    for old, new in substitutions.items():
+        line = line.replace(old, new)
+    words = shlex.split(line)
+    assert words[0] == "edgeship"
+    return cli(*words[1:])
+
+
+def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a_second_setup_changes_nothing(
         bare_board: dict[str, Any], convert_digits: Any, digits: Path) -> None:
     url, board_dir = bare_board["url"], bare_board["dir"]
     venv_python = board_dir / "venv" / "bin" / "python"
 
-    # --dry-run on the bare board: the plan lists every step and nothing is created.
-    dry = cli("boards", "setup", url, "--dry-run", "--json")
+    # --dry-run on the bare board: the plan lists every step and nothing is created on the board.
+    refused = cli("boards", "setup", url, "--dry-run")
+    assert refused.exit_code == 1 and "--accept-new-host" in refused.stderr  # host keys stay strict
+    dry = cli("boards", "setup", url, "--dry-run", "--json", "--accept-new-host")
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)
     assert [(s["action"], s["needed"]) for s in plan["steps"]] == [("venv", True), ("install", True), ("agent", True)]
@@ -87,23 +108,27 @@ def test_setup_brings_a_bare_board_to_a_passing_eval_and_a_second_run_changes_no
     assert plan["python"] == str(venv_python) and not board_dir.exists()
     assert "ai-edge-litert" in plan["steps"][1]["command"]
 
-    first = cli("boards", "setup", url)
+    # docs/boards.md's commands, with the Pi's address, interpreters and files replaced by this board's.
+    bundle = Path(convert_digits("int8").bundle)
+    subs = {"ssh://pi@raspberrypi.local?": bare_board["prefix"], "/usr/bin/python3": str(bare_board["python"]),
+            "/home/pi/.edgeship": str(board_dir), "digits-int8": str(bundle),
+            "--data test.npz": f"--data {digits / 'test.npz'}"}
+    setup_line, ping_line, eval_line = walkthrough("Add your Raspberry Pi")
+    first = run_line(setup_line, subs)
     assert first.exit_code == 0, first.output
     assert "runtime ai_edge_litert" in first.stdout and "installed numpy ai-edge-litert" in first.stdout
     line = re.search(r"use the board as: (\S+)", first.stdout)
-    assert line is not None, first.stdout
-    new_url = line.group(1)
-    assert f"python={venv_python}" in new_url
+    assert line is not None and f"python={venv_python}" in line.group(1), first.stdout
     check = subprocess.run([str(venv_python), "-c", "import numpy, ai_edge_litert.interpreter"], timeout=60)
     assert check.returncode == 0
     assert list(board_dir.glob("agent-*.pyz"))
-
-    bundle = Path(convert_digits("int8").bundle)
-    ev = cli("eval", str(bundle), "--board", new_url, "--data", str(digits / "test.npz"), "--json",
-             "--min-accuracy", "80")
+    ping = run_line(ping_line, subs)
+    assert ping.exit_code == 0 and "runtime ai_edge_litert" in ping.stdout, ping.output
+    ev = run_line(eval_line + " --json", subs)
     assert ev.exit_code == 0, ev.output
     doc = json.loads(ev.stdout)
     assert doc["result"]["status"] == "ok" and doc["agent"]["runtime"]["name"] == "ai_edge_litert"
+    new_url = line.group(1)
 
     # A second run, with the original URL and with the new one: everything is detected in place, nothing changes.
     before = tree(board_dir / "venv")
@@ -118,12 +143,29 @@ def test_setup_brings_a_bare_board_to_a_passing_eval_and_a_second_run_changes_no
     assert text.exit_code == 0 and "nothing to change: everything is in place" in text.stdout
 
 
+def test_the_usb_serial_walkthrough_prints_the_steps_then_runs_on_the_emulated_serial_board(
+        convert_digits: Any, digits: Path) -> None:
+    """The setup line prints the steps; ping and eval run with emu-serial (an agent behind a paced pty) as the line."""
+    setup_line, ping_line, eval_line = walkthrough("Add a USB-serial board")
+    steps = run_line(setup_line, {})
+    assert steps.exit_code == 0, steps.output
+    assert "ExecStart=/opt/edgeship/venv/bin/python /opt/edgeship/edgeship-agent.pyz --serial /dev/%I" in steps.stdout
+    assert "sudo systemctl disable --now serial-getty@ttyS0.service" in steps.stdout
+    subs = {"'serial:///dev/ttyUSB0?baud=115200'": "emu-serial", "digits-int8": str(convert_digits("int8").bundle),
+            "--data test.npz": f"--data {digits / 'test.npz'}"}
+    ping = run_line(ping_line, subs)
+    assert ping.exit_code == 0 and "emu-serial: agent" in ping.stdout, ping.output
+    ev = run_line(eval_line + " --json", subs)
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["result"]["status"] == "ok"
+
+
 def test_a_board_without_index_access_gets_the_lines_to_install_by_hand(bare_board: dict[str, Any]) -> None:
     """The board's pip cannot reach the index (its venv's pip.conf points at a closed port): one error, the exact lines."""
     venv = bare_board["dir"] / "venv"
     subprocess.run([BASE_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
     (venv / "pip.conf").write_text("[global]\nindex-url = http://127.0.0.1:9/simple\nno-cache-dir = true\n")
-    r = cli("boards", "setup", bare_board["url"])
+    r = cli("boards", "setup", bare_board["url"], "--accept-new-host")
     assert r.exit_code == 1, r.output
     error = [x for x in r.stderr.splitlines() if x.startswith("edgeship: error:")]
     assert len(error) == 1 and "cannot reach the package index" in error[0], r.stderr
