@@ -172,7 +172,7 @@ class Probe:
 class Step:
     """One thing setup does on the board; ``needed`` False when it is in place already."""
 
-    action: str  # venv | install | agent
+    action: str  # python (the given one is ready) | venv | install | agent
     what: str
     command: str  # the remote command line, as run (or what places the file)
     needed: bool
@@ -301,7 +301,8 @@ def make_plan(board: Board, probe: Probe, agent_missing: bool) -> Plan:
     agent_step = Step("agent", "place the agent zipapp (sha256-checked on the board)",
                       f"sftp {boards.AGENT_DIR}/agent-<sha256>.pyz", agent_missing)
     if given.ready:
-        return Plan(board, probe, board.python, [], [agent_step])
+        return Plan(board, probe, board.python, [], [Step("python", f"{board.python}: {given.describe()}", "", False),
+                                                      agent_step])
     target = probe.venv_python
     if not boards._SAFE_PYTHON.fullmatch(target):
         raise BoardSetupError(f"{board.name}: the venv's interpreter would be {target!r}, a path with characters "
@@ -322,7 +323,9 @@ def make_plan(board: Board, probe: Probe, agent_missing: bool) -> Plan:
         steps.append(Step("venv", f"create the venv {probe.venv_dir}",
                           " ".join([shlex.quote(board.python), "-m", "venv", shlex.quote(probe.venv_dir)]), True))
     candidates: list[tuple[str, ...]] = []
-    if venv is None or not venv.ready:
+    if venv is not None and venv.ready:
+        steps.append(Step("venv", f"the venv {probe.venv_dir}: {venv.describe()}", "", False))
+    else:
         candidates = runtime_candidates(basis.version, basis.machine, basis.libc)
         if not candidates:
             raise BoardSetupError(

@@ -137,6 +137,8 @@ def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a
         assert again.exit_code == 0, again.output
         doc = json.loads(again.stdout)
         assert doc["changed"] is False and not any(s["needed"] for s in doc["steps"])
+        assert doc["steps"][0]["action"] == ("venv" if board == url else "python")  # found in place, and said so
+        assert "ai_edge_litert" in doc["steps"][0]["what"]
         assert doc["ping"]["runtime"]["name"] == "ai_edge_litert" and doc["python"] == str(venv_python)
     assert tree(board_dir / "venv") == before
     text = cli("boards", "setup", url)
