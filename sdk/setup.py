@@ -201,6 +201,8 @@ def runtime_candidates(version: tuple[int, ...], machine: str, libc: tuple[str, 
     arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine.lower(), machine.lower())
     minor = tuple(version[:2])
     glibc = _glibc(libc)
+    if libc[0] and glibc is None:  # musl or another libc: no manylinux wheel installs there
+        return []
     out: list[tuple[str, ...]] = []
     if arch in ("x86_64", "aarch64") and minor >= (3, 9) and (glibc is None or glibc >= (2, 27)):
         out.append(LITERT)

@@ -16,6 +16,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from click.testing import CliRunner, Result
 from sdk import boards
 from sdk.cli import main
 from sdk.emulate.sshd import Sshd
-from sdk.setup import PROBE, probe_command
+from sdk.setup import LITERT, PROBE, TFLITE_RUNTIME, probe_command, runtime_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PYTHON = "/usr/bin/python3"  # has the venv module; the bare board venv is made from it
@@ -174,6 +175,32 @@ def test_a_board_without_index_access_gets_the_lines_to_install_by_hand(bare_boa
     assert "pip download --only-binary :all: --python-version 3." in error[0]
     assert f"{venv}/bin/python -m pip install --no-index --find-links" in error[0]
     assert not list(bare_board["dir"].glob("agent-*.pyz"))  # stopped before the agent: nothing half-done
+
+
+def test_without_an_ai_edge_litert_wheel_setup_falls_back_to_tflite_runtime_with_numpy_below_2(
+        bare_board: dict[str, Any], tmp_path: Path) -> None:
+    """The board's pip sees only a wheelhouse (real wheels from the index) that has tflite-runtime and no ai-edge-litert."""
+    wheels = tmp_path / "wheelhouse"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "-d", str(wheels), "numpy<2",
+                    "tflite-runtime"], check=True, capture_output=True, timeout=180)
+    venv = bare_board["dir"] / "venv"
+    subprocess.run([BASE_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
+    (venv / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {wheels}\n")
+    r = cli("boards", "setup", bare_board["url"], "--accept-new-host", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["installed"] == ["numpy<2", "tflite-runtime"]
+    assert doc["ping"]["runtime"]["name"] == "tflite_runtime"
+    assert [s["action"] for s in doc["steps"] if s["needed"]] == ["install", "agent"]  # the venv was there
+
+
+def test_runtime_table() -> None:
+    assert runtime_candidates((3, 11, 2), "aarch64", ("glibc", "2.36")) == [LITERT, TFLITE_RUNTIME]
+    assert runtime_candidates((3, 12, 0), "x86_64", ("glibc", "2.36")) == [LITERT]
+    assert runtime_candidates((3, 9, 2), "armv7l", ("glibc", "2.31")) == [TFLITE_RUNTIME]
+    assert runtime_candidates((3, 11, 2), "armv7l", ("glibc", "2.36")) == []
+    assert runtime_candidates((3, 11, 2), "aarch64", ("glibc", "2.24")) == [TFLITE_RUNTIME]
+    assert runtime_candidates((3, 11, 2), "x86_64", ("musl", "")) == []
 
 
 def test_the_probe_is_one_constant_word_for_the_remote_shell() -> None:
