@@ -390,9 +390,10 @@ def setup_board(board: Board, *, dry_run: bool = False, accept_new_host: bool = 
     if board.transport == "serial":
         return serial_steps(board, serial_device)
     if board.transport != "ssh":
-        raise UsageError(f"board {board.name!r} is a {board.transport} board: it runs on this machine's own Python "
-                         f"and needs no setup. `boards setup` prepares SSH boards (and prints the steps for serial "
-                         f"ones).")
+        how = ("it runs on this machine's own Python" if board.transport == "local" else
+               "edgeship starts it on this machine (`edgeship emulate setup` prepares the emulated boards)")
+        raise UsageError(f"board {board.name!r} ({board.transport}): {how}, so it needs no setup. "
+                         f"`boards setup` prepares SSH boards (and prints the steps for serial ones).")
     from sdk.transport.ssh import run_command
 
     client = boards.connect_ssh(board, accept_new_host=accept_new_host)

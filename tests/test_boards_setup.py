@@ -218,3 +218,5 @@ def test_serial_board_steps_name_the_unit_and_the_console(tmp_path: Path) -> Non
     assert "sudo systemctl disable --now serial-getty@ttyAMA0.service" in r.stdout
     bad = cli("boards", "setup", "serial:///dev/ttyUSB0", "--device", "tty;reboot")
     assert bad.exit_code == 2 and "--device" in bad.stderr
+    local = cli("boards", "setup", "local")
+    assert local.exit_code == 2 and "needs no setup" in local.stderr and "Traceback" not in local.output
