@@ -212,29 +212,49 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
     return session
 
 
-def _open_ssh(board: Board, accept_new_host: bool) -> Any:
-    from sdk.agentbuild import build_zipapp
-    from sdk.transport.ssh import connect, open_exec, private_dir, put_file, remote_file, resolve_target
+def connect_ssh(board: Board, *, accept_new_host: bool = False) -> Any:
+    """An authenticated SSH connection (paramiko client) to an SSH board, host key checked."""
+    from sdk.transport.ssh import connect, resolve_target
 
     # The ssh config fills in what the board leaves open (HostName, User, Port, IdentityFile,
     # ProxyJump, known_hosts files); nothing from it reaches the remote command line.
-    client = connect(resolve_target(board.host, port=board.port, user=board.user, key_filename=board.key,
-                                    known_hosts=board.known_hosts, python=board.python,
-                                    accept_new_host=accept_new_host))
-    try:
-        agent = build_zipapp()
-        sha = hashlib.sha256(agent).hexdigest()
-        remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
-        private_dir(client, AGENT_DIR)
-        on_board = remote_file(client, remote)
-        # Re-placed when missing, different, or writable by others (a new file: ours, 0600).
-        if on_board is None or on_board.sha256 != sha or on_board.mode & 0o022:
-            import tempfile
+    return connect(resolve_target(board.host, port=board.port, user=board.user, key_filename=board.key,
+                                  known_hosts=board.known_hosts, python=board.python,
+                                  accept_new_host=accept_new_host))
 
-            with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
-                f.write(agent)
-                f.flush()
-                put_file(client, Path(f.name), remote, mode=0o600)
+
+def place_agent(client: Any, *, check_only: bool = False) -> tuple[str, str, bool]:
+    """Make sure the board holds this host's agent zipapp: (its path on the board, its sha256, whether it was missing).
+
+    Placed (0600, in a private AGENT_DIR) when missing, different, or writable by others;
+    ``check_only`` only says whether it would be. The board re-checks the hash before it runs it.
+    """
+    from sdk.agentbuild import build_zipapp
+    from sdk.transport.ssh import private_dir, put_file, remote_file
+
+    agent = build_zipapp()
+    sha = hashlib.sha256(agent).hexdigest()
+    remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
+    if not check_only:
+        private_dir(client, AGENT_DIR)
+    on_board = remote_file(client, remote)  # None when missing (AGENT_DIR too)
+    missing = on_board is None or on_board.sha256 != sha or bool(on_board.mode & 0o022)
+    if missing and not check_only:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
+            f.write(agent)
+            f.flush()
+            put_file(client, Path(f.name), remote, mode=0o600)
+    return remote, sha, missing
+
+
+def _open_ssh(board: Board, accept_new_host: bool) -> Any:
+    from sdk.transport.ssh import open_exec
+
+    client = connect_ssh(board, accept_new_host=accept_new_host)
+    try:
+        remote, sha, _ = place_agent(client)
         store = _remote_path(board.store)
         command = " ".join([shlex.quote(board.python), "-c", shlex.quote(_VERIFY_AND_RUN), shlex.quote(remote), sha,
                             "--stdio", "--store", store])

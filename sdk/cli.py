@@ -1177,6 +1177,64 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
         raise (TransportError if failed else BoardNotReadyError)("; ".join(parts))
 
 
+@boards.command("setup")
+@click.argument("board_spec", metavar="BOARD")
+@click.option("--dry-run", is_flag=True, help="Probe the board and print the plan; change nothing.")
+@click.option("--device", default="ttyS0", show_default=True,
+              help="Serial boards: the board's own tty that the agent serves on (in the printed steps).")
+@accept_option
+@json_option
+def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: bool, as_json: bool) -> None:
+    """Prepare a board to run models: a venv with numpy and a TFLite runtime, the agent, then a ping.
+
+    SSH boards are set up over SSH (idempotent: a second run changes nothing); for serial boards
+    the steps, with a systemd unit, are printed.
+    """
+    from sdk.setup import setup_board
+
+    doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=device,
+                      say=_progress(not as_json))
+    if as_json:
+        _emit_json(doc)
+        return
+    if doc["transport"] == "serial":  # edgeship's own text: printed as it is
+        click.echo(f"{doc['board']}: a serial board is set up by hand (nothing reaches it before its agent runs):")
+        for n, step in enumerate(doc["steps"], 1):
+            click.echo(f"{n}. on the {step['where']}: {step['what']}")
+            for line in step["commands"]:
+                click.echo(f"     {line}")
+            if step.get("file"):
+                click.echo(f"   {doc['unit_path']}:")
+                click.echo("\n".join(f"     {line}" for line in step["file"].rstrip().splitlines()))
+        return
+    doc = _printable(doc)  # what the board said, made safe to print
+    py = doc["probe"]["python"]
+    click.echo(f"{doc['board']}: {py['executable']}: Python {py['version']} on {py['machine']}, "
+               + (f"numpy {py['numpy']}" if py["numpy"] else "no numpy") + ", "
+               + (", ".join(f"{k} {v}" for k, v in py["runtimes"].items()) or "no TFLite runtime")
+               + (" (externally managed, PEP 668: no system-wide pip install)" if py["externally_managed"] else ""))
+    mark = {True: "would do" if dry_run else "done", False: "in place"}
+    for step in doc["steps"]:
+        click.echo(f"  [{mark[step['needed']]}] {step['what']}")
+        if step["needed"]:
+            click.echo(f"      $ {step['command']}")
+    if dry_run:
+        click.echo("dry run: nothing was changed" if any(s["needed"] for s in doc["steps"])
+                   else "nothing to change: everything is in place")
+    else:
+        if not doc["changed"]:
+            click.echo("nothing to change: everything is in place")
+        elif doc["installed"]:
+            click.echo(f"installed {' '.join(doc['installed'])}")
+        info = doc["ping"]
+        rt = info.get("runtime") or {}
+        click.echo(f"ping: agent {info.get('agent_version')}, runtime {rt.get('name')} {rt.get('version', '')}"
+                   + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "")
+                   + f", Python {info.get('python')}")
+    where = "use the board as" if doc["board_line"].startswith("ssh://") else "in the board's boards.yaml entry"
+    click.echo(f"{where}: {doc['board_line']}")
+
+
 def _names(delegates: Any) -> list[str]:
     """Delegate names from hello: plain names, or objects with a name (agents that report more)."""
     return [str(d.get("name")) if isinstance(d, dict) else str(d) for d in delegates or []]

@@ -26,6 +26,7 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     │   ├── AuthError             the board refused our credentials
     │   ├── AgentError            the agent answered with an error frame (``code`` says why)
     │   └── BoardNotReadyError    the agent runs, but the board lacks numpy or a TFLite runtime (`boards setup`)
+    ├── BoardSetupError           `boards setup` cannot prepare the board (no venv module, no runtime wheel, no index)
     ├── ResultsError              a result could not be written to --results-dir (the result itself is kept)
     ├── Cancelled                 the command was interrupted (Ctrl-C / SIGTERM) while talking to boards
     ├── RunError                  the model did not run on the board (``status``: invalid, crashed, timeout, ...)
@@ -134,6 +135,10 @@ class AgentError(TransportError):
 
 class BoardNotReadyError(TransportError):
     """The board's agent answers, but the board cannot run models: numpy or a TFLite runtime is missing."""
+
+
+class BoardSetupError(EdgeshipError):
+    """`edgeship boards setup` cannot bring the board to a working runtime; the message says what to do by hand."""
 
 
 class ResultsError(EdgeshipError):

@@ -78,6 +78,7 @@ __all__ = [
     "remote_file",
     "remote_sha256",
     "resolve_target",
+    "run_command",
 ]
 
 STDERR_TAIL_BYTES = 64 * 1024  # how much of a remote command's stderr is kept (the last bytes)
@@ -1222,3 +1223,21 @@ def remote_file(client: paramiko.SSHClient, path: str) -> Optional[RemoteFile]:
         raise TransportError(f"Cannot read {path} on {peer}: {reason}.") from exc
     finally:
         sftp.close()
+
+
+def run_command(client: paramiko.SSHClient, command: str, timeout: float = 60.0,
+                label: Optional[str] = None) -> tuple[int, str]:
+    """Run a short command on the board (stderr merged into stdout): its exit status (-1: none) and output.
+
+    ``timeout`` bounds each wait for output, so a command that keeps printing may run longer but
+    a silent, stuck one fails with LinkError. ``label``: how messages name the command.
+    """
+    peer = _peer(client)
+    shown = _short(label or command)
+    try:
+        status, out = _run(client, command, timeout)
+    except socket.timeout as exc:
+        raise LinkError(f"`{shown}` on {peer} printed nothing for {timeout:g} s; stopped waiting for it.") from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise LinkError(f"Cannot run `{shown}` on {peer}: {exc or type(exc).__name__}.") from exc
+    return status, out.decode("utf-8", "replace")
