@@ -317,7 +317,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
     A delegate that crashes or hangs its child is reported as not loading; the rest are probed
     in a fresh child.
     """
-    from device_agent.worker import _kill, _limit_memory, child_command
+    from device_agent.worker import _kill, _limit_memory, child_command, json_lines
 
     results: Dict[str, Dict[str, Any]] = {}
     todo = sorted(allowed)
@@ -343,15 +343,8 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
             if not chunk:
                 timed_out = False
                 break
-            buf += chunk
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(line, dict):
-                    continue
+            lines, buf = json_lines(buf + chunk)
+            for line in lines:
                 if "probing" in line:
                     current = str(line["probing"])
                 elif line.get("name") in allowed:

@@ -416,6 +416,20 @@ def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- parent side
+def json_lines(buf: bytes) -> "tuple[List[Dict[str, Any]], bytes]":
+    """The JSON objects on the complete lines of what a child wrote so far, and the incomplete rest."""
+    *lines, rest = buf.split(b"\n")
+    out = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out, rest
+
+
 def _package_root() -> str:
     """Where `device_agent` is importable from: a directory, or the agent zipapp itself."""
     if ".pyz" in __file__:
@@ -505,13 +519,8 @@ def _supervise(proc: "subprocess.Popen[bytes]", request: Dict[str, Any], timeout
             if s is proc.stderr:
                 err_buf = (err_buf + chunk)[-8192:]
                 continue
-            out_buf += chunk
-            while b"\n" in out_buf:
-                line, out_buf = out_buf.split(b"\n", 1)
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
+            messages, out_buf = json_lines(out_buf + chunk)
+            for msg in messages:
                 if "loading" in msg:
                     loading = dict(msg["loading"])
                 elif "loaded" in msg:
