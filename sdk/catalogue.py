@@ -219,7 +219,7 @@ def entry_for(address: str, *, description: str | None = None, runtime: str | No
                              "transport": board.transport}
     if board.transport == "ssh":
         ssh: dict[str, Any] = {"host": board.host}
-        if board.port != 22:
+        if board.port is not None:  # unset: the ssh config's Port, else 22, when the board is used
             ssh["port"] = board.port
         for key, value in (("user", board.user), ("key", board.key), ("known_hosts", board.known_hosts)):
             if value is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite never reads the developer's own settings: their boards file, default board and ssh config
+# (tests of those features give their own). Set here, before any test, so subprocesses inherit it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgeship-tests-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
+os.environ["EDGESHIP_SSH_CONFIG"] = "none"
+for _name in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS"):
+    os.environ.pop(_name, None)
 ROOT = Path(__file__).resolve().parent.parent
 EDGESHIP = Path(sys.executable).parent / "edgeship"
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import EDGESHIP
 
@@ -75,6 +76,11 @@ def test_add_writes_a_private_user_file_that_list_show_and_ping_read(env: dict[s
     assert (pi["ssh"]["host"], pi["ssh"]["port"], pi["ssh"]["user"]) == ("192.0.2.7", 2222, "pi")
     table = run(env, "boards", "list").stdout
     assert "built-in" in table and "source" in table
+    # typed as for ssh, without a port: the entry leaves the port to the ssh config (else 22)
+    assert run(env, "boards", "add", "pi2", "pi@raspberrypi.local?python=/home/pi/venv/bin/python").returncode == 0
+    pi2 = json.loads(run(env, "boards", "show", "pi2", "--json").stdout)
+    assert (pi2["ssh"]["host"], pi2["ssh"]["user"], pi2["python"]) == ("raspberrypi.local", "pi", "/home/pi/venv/bin/python")
+    assert "port" not in yaml.safe_load(path.read_text())["boards"]["pi2"]["ssh"]
 
     shown = run(env, "boards", "show", "mine")
     assert shown.returncode == 0 and shown.stdout.splitlines()[0] == f"# mine: from {path}"
