@@ -88,7 +88,7 @@ $(TEST_DELEGATE): tests/native/edgeship_test_delegate.c
 	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools
+	$(VENV)/bin/ruff check sdk converters device_agent tests bench examples tools edgeship/__init__.py
 	$(VENV)/bin/mypy
 
 test: $(STAMP) apt-tools $(AGENT_VENV)/.installed $(TEST_DELEGATE) lint

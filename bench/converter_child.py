@@ -42,9 +42,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from converters import isolated
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters import isolated
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     with tempfile.TemporaryDirectory(prefix="edgeship-bench-child-") as tmp:
         work = Path(tmp)

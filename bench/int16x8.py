@@ -45,7 +45,7 @@ def build(out: Path, outlier: float) -> None:
     """outlier.keras and train.npz/test.npz in `out` (the digits example's own split)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(ROOT))
-    from converters._tf import tensorflow
+    from edgeship.converters._tf import tensorflow
 
     tensorflow()
     import importlib.util
@@ -89,8 +89,8 @@ def convert(work: Path, recipe: str) -> dict[str, Any]:
 
 def latency_us(model: Path, x: np.ndarray) -> float:
     """Mean wall time of one invoke over the test samples, after 20 warm-up runs (default delegates)."""
-    from device_agent.quant import quantize
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.quant import quantize
+    from edgeship.device_agent.runtime import load_runtime
 
     it = load_runtime().interpreter(model.read_bytes(), num_threads=1)
     inp = it.get_input_details()[0]

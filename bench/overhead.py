@@ -174,7 +174,7 @@ def agent_round(session: Any, sha: str, threads: int, runs: int, seconds: float,
 
 
 def measure(name: str, model: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from sdk.boards import Board, open_session
+    from edgeship.sdk.boards import Board, open_session
 
     store = tmp / f"store-{name}"
     session = open_session(Board("local", "local", store=store))

@@ -69,7 +69,7 @@ with open(sys.argv[1], "wb") as f:
 # Runs one CLI invocation inside the process, then lists the heavy modules it left loaded.
 IN_PROCESS = r"""
 import contextlib, io, json, sys
-from sdk.cli import main
+from edgeship.sdk.cli import main
 args = json.loads(sys.argv[1])
 code = 0
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -6,7 +6,7 @@ Run from the repository root as::
 
 serial  For 115200 baud (a 64 KiB blob) and 921600 baud (a 512 KiB blob): a
         sdk.emulate.relay.SerialRelay paced at that rate (10 bits per byte), the agent
-        serving on its board end (``python -m device_agent --serial <board_port> --baud N
+        serving on its board end (``python -m edgeship.device_agent --serial <board_port> --baud N
         --store <temp>``), and the host on its host end through
         ``sdk.boards.open_session(Board.parse("serial://<host_port>?baud=N"))``. Each run
         times ``session.upload(blob)`` of a fresh ``os.urandom`` blob (incompressible, so
@@ -71,12 +71,12 @@ MB = 1000 * 1000
 # ------------------------------------------------------------------------------------ serial
 @contextlib.contextmanager
 def _serial_agent(baud: int, store: Path, log: Path) -> Iterator[Any]:
-    from sdk.emulate.relay import SerialRelay
+    from edgeship.sdk.emulate.relay import SerialRelay
 
     with SerialRelay(baud, seed=1) as relay:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         with open(log, "wb") as err:
-            agent = subprocess.Popen([PYTHON, "-m", "device_agent", "--serial", relay.board_port, "--baud", str(baud),
+            agent = subprocess.Popen([PYTHON, "-m", "edgeship.device_agent", "--serial", relay.board_port, "--baud", str(baud),
                                       "--store", str(store)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=err, env=env, cwd=ROOT)
         try:
@@ -96,8 +96,8 @@ def _serial_agent(baud: int, store: Path, log: Path) -> Iterator[Any]:
 
 
 def serial_case(baud: int, size: int, runs: int, tmp: Path) -> dict[str, Any]:
-    from sdk.boards import Board, open_session
-    from sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD
+    from edgeship.sdk.boards import Board, open_session
+    from edgeship.sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD
 
     store = tmp / f"serial-store-{baud}"
     line_rate = baud / 10
@@ -159,8 +159,8 @@ def _cipher(session: Any) -> str | None:
 
 
 def run_ssh(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from sdk.boards import Board, open_session
-    from sdk.emulate.sshd import Sshd
+    from edgeship.sdk.boards import Board, open_session
+    from edgeship.sdk.emulate.sshd import Sshd
 
     os.environ.pop("SSH_AUTH_SOCK", None)  # only the throwaway key logs in
     size = int(args.ssh_mb * MB)

@@ -70,7 +70,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _describe(flatbuffer: bytes) -> dict[str, Any]:
-    from converters.tflite_model import TFLiteModel
+    from edgeship.converters.tflite_model import TFLiteModel
 
     model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
     float_ops = model.float_ops()
@@ -81,8 +81,8 @@ def _describe(flatbuffer: bytes) -> dict[str, Any]:
 
 
 def _edgeship_cell(z: Any, recipe: str, out: Path) -> dict[str, Any]:
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
     from tests.zoo import accuracy
 
     r = Recipe.from_name(recipe, calibration=z.calib, train=z.train)

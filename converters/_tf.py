@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from device_agent.runtime import quiet_native_stderr
+from edgeship.device_agent.runtime import quiet_native_stderr
 
 _imported = False
 

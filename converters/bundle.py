@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from converters.convert import ConversionResult, _install, _prepare_output
-from converters.manifest import MODEL_FILE, OPS_DIR, Manifest, SourceInfo, model_facts
-from converters.opsgen import OpSet, write_ops_dir
-from converters.tflite_model import TFLiteModel
-from sdk.errors import CorruptModelError, ModelNotFoundError
+from edgeship.converters.convert import ConversionResult, _install, _prepare_output
+from edgeship.converters.manifest import MODEL_FILE, OPS_DIR, Manifest, SourceInfo, model_facts
+from edgeship.converters.opsgen import OpSet, write_ops_dir
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import CorruptModelError, ModelNotFoundError
 
 Progress = Callable[[str], None]
 PREBUILT = "prebuilt"
@@ -106,7 +106,7 @@ def bundle_tflite(path: Path, out: Path, *, force: bool = False, progress: Progr
 
 
 def _bundle_into(path: Path, data: bytes, model: TFLiteModel, staging: Path) -> Manifest:
-    from device_agent import __version__
+    from edgeship.device_agent import __version__
 
     (staging / MODEL_FILE).write_bytes(data)
     write_ops_dir(OpSet.of([(MODEL_FILE, model)]), staging / OPS_DIR)

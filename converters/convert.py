@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from converters import data as datasets
-from converters._tf import first_line, tensorflow
-from converters.manifest import (
+from edgeship.converters import data as datasets
+from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters.manifest import (
     MODEL_FILE,
     OPS_DIR,
     Accuracy,
@@ -33,11 +33,11 @@ from converters.manifest import (
     model_facts,
     named_float_ops,
 )
-from converters.opsgen import OpSet, write_ops_dir
-from converters.recipe import Recipe
-from converters.source import SourceModel, load_source
-from converters.tflite_model import TFLiteModel
-from sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UsageError
+from edgeship.converters.opsgen import OpSet, write_ops_dir
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.source import SourceModel, load_source
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UsageError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -57,7 +57,7 @@ class ConversionResult:
 
 
 def _tool_versions(recipe: Recipe) -> dict[str, str]:
-    from device_agent import __version__
+    from edgeship.device_agent import __version__
 
     names = ["tensorflow", "keras", "numpy"] + (["tf-keras", "tensorflow-model-optimization"] if recipe.finetunes else [])
     out = {"edgeship": __version__}
@@ -175,7 +175,7 @@ def _run_converter(saved_model: Path, key: str, recipe: Recipe, representative: 
                    model_name: str = "the model", child: Any = None) -> Converted:
     """Convert in a child process (converters.isolated; `child`: one started earlier), so a crash of
     TensorFlow's converter is an error here."""
-    from converters import isolated
+    from edgeship.converters import isolated
 
     if child is not None:
         return child.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
@@ -192,7 +192,7 @@ def convert_here(saved_model: Path, key: str, recipe: Recipe,
     cannot quantize: edgeship never does worse than the raw converter.
     """
     if recipe.keeps_float:
-        from converters import quantdebug
+        from edgeship.converters import quantdebug
 
         assert representative is not None  # int8 recipes always have one
         converter = _converter(saved_model, key, recipe, representative, strict=True)
@@ -321,7 +321,7 @@ def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
     exporting the model; a fine-tuning recipe starts it when it needs it, not minutes before."""
     if recipe.finetunes:
         return contextlib.nullcontext(None)
-    from converters.isolated import converter
+    from edgeship.converters.isolated import converter
 
     return converter()
 
@@ -331,7 +331,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
                   custom_objects: tuple[str, ...] = (), child: Any = None) -> Manifest:
     strategy = None
     if recipe.finetunes:  # a strategy must exist before TensorFlow runs its first op
-        from converters import distribute
+        from edgeship.converters import distribute
 
         strategy = distribute.strategy_for(recipe.distribution, say, cleanup=staging)
     say(f"loading {model_path}")
@@ -401,7 +401,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
 def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batch: int, strategy: Any,
                      say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
     """The source model after the recipe's fine-tuning stages (pruning, clustering, QAT), and data to calibrate it."""
-    from converters import optimize, qat
+    from edgeship.converters import optimize, qat
 
     train = recipe.train
     assert train is not None  # Recipe guarantees it for every fine-tuning recipe
@@ -424,7 +424,7 @@ def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batc
 
 def _scored_output(source: SourceModel, output: str | None, eval_data: Path | None) -> str:
     """The source output the --eval labels score: --output when given (it must exist), else the first."""
-    from device_agent.evaluate import EvalInputError, pick_output
+    from edgeship.device_agent.evaluate import EvalInputError, pick_output
 
     if output is not None and eval_data is None:
         raise UsageError("--output picks the output that --eval's labels score; give --eval DATA.npz too")
@@ -440,8 +440,8 @@ def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, n
 
     All three score the same output, found by name: the converter may reorder outputs.
     """
-    from device_agent.evaluate import EvalInputError, evaluate, top1
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import EvalInputError, evaluate, top1
+    from edgeship.device_agent.runtime import load_runtime
 
     runtime = load_runtime()
     interpreter = runtime.interpreter(flatbuffer)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from device_agent import npzfile
-from sdk.errors import DatasetError
+from edgeship.device_agent import npzfile
+from edgeship.sdk.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 MIN_CALIBRATION_SAMPLES = 32  # below this, int8 activation ranges are guesswork

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from converters._tf import first_line, tensorflow
-from converters.recipe import Distribution
-from sdk.errors import UsageError
+from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters.recipe import Distribution
+from edgeship.sdk.errors import UsageError
 
 
 def _split_cpu(tf: Any, replicas: int) -> list[str]:

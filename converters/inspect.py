@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import CorruptModelError, ModelNotFoundError
+from edgeship.sdk.errors import CorruptModelError, ModelNotFoundError
 
 
 def inspect_path(path: Path) -> dict[str, Any]:
@@ -32,8 +32,8 @@ def inspect_path(path: Path) -> dict[str, Any]:
 
 
 def inspect_tflite(path: Path) -> dict[str, Any]:
-    from converters.manifest import compression_facts, tensor_entry
-    from converters.tflite_model import TFLiteModel
+    from edgeship.converters.manifest import compression_facts, tensor_entry
+    from edgeship.converters.tflite_model import TFLiteModel
 
     data = Path(path).read_bytes() if Path(path).exists() else None
     if data is None:
@@ -75,7 +75,7 @@ def inspect_saved_model(path: Path) -> dict[str, Any]:
     """Signatures with input/output names, dtypes and shapes; variables size; assets."""
     if not (path / "saved_model.pb").exists():
         raise CorruptModelError(f"{path}: a directory but not a SavedModel (no saved_model.pb)")
-    from converters._tf import first_line, tensorflow
+    from edgeship.converters._tf import first_line, tensorflow
 
     tf = tensorflow()
     from tensorflow.python.tools import saved_model_utils
@@ -118,7 +118,7 @@ def inspect_saved_model(path: Path) -> dict[str, Any]:
 
 def inspect_keras(path: Path) -> dict[str, Any]:
     """Layers with their class, output shape and parameter count; total parameters."""
-    from converters.source import load_source
+    from edgeship.converters.source import load_source
 
     source = load_source(path)
     model = source.keras_model

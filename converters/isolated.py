@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from converters.manifest import FloatFallback
-from converters.recipe import Recipe
-from device_agent import npzfile
-from sdk import errors
-from sdk.errors import ConversionError, ConverterCrashError, EdgeshipError
+from edgeship import import_root
+from edgeship.converters.manifest import FloatFallback
+from edgeship.converters.recipe import Recipe
+from edgeship.device_agent import npzfile
+from edgeship.sdk import errors
+from edgeship.sdk.errors import ConversionError, ConverterCrashError, EdgeshipError
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ class ConverterProcess:
         self.healthy = True
         self._log = (self.work / LOG_FILE).open("wb")
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # where `converters` is importable from
+        root = import_root()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env.pop("TF_CONFIG", None)  # the converter is no worker of a --strategy multiworker cluster
         out: Any = 2 if self.debug else self._log  # with --debug the chatter goes to our stderr, never our stdout
         done_read, done_write = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "converters.isolated", str(self.work), str(done_write)],
+                [sys.executable, "-m", "edgeship.converters.isolated", str(self.work), str(done_write)],
                 stdin=subprocess.PIPE, stdout=out, stderr=None if self.debug else self._log, env=env,
                 pass_fds=(done_write,))
         finally:
@@ -110,7 +111,7 @@ class ConverterProcess:
     def convert(self, saved_model: Path, key: str, recipe: Recipe,
                 representative: Callable[[], Iterator[Any]] | None, model_name: str) -> Any:
         """converters.convert.convert_here(...) in the child; returns its Converted."""
-        from converters.convert import Converted
+        from edgeship.converters.convert import Converted
 
         if not self.alive:
             raise RuntimeError("this converter process cannot take another job")
@@ -233,7 +234,7 @@ def _error(err: dict[str, str]) -> Exception:
 
 def main(argv: list[str]) -> int:
     """Child entry point: run each job directory read from stdin, answering "done" on the fd argv[1]."""
-    from converters._tf import tensorflow
+    from edgeship.converters._tf import tensorflow
 
     done = os.fdopen(int(argv[1]), "wb", buffering=0)
     tensorflow()  # while the parent loads and exports the model
@@ -245,7 +246,7 @@ def main(argv: list[str]) -> int:
 
 def _run_job(work: Path) -> None:
     """One conversion: the job's files in, the model and result.json out."""
-    from converters.convert import _representative, convert_here
+    from edgeship.converters.convert import _representative, convert_here
 
     try:
         job = pickle.loads((work / JOB_FILE).read_bytes())  # written by our parent, in a private directory

@@ -14,8 +14,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from converters.tflite_model import Tensor, TFLiteModel
-from sdk.errors import BundleError
+from edgeship.converters.tflite_model import Tensor, TFLiteModel
+from edgeship.sdk.errors import BundleError
 
 MANIFEST_SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"

@@ -19,9 +19,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from converters.tflite_model import TFLiteModel
-from device_agent import __version__
-from device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.device_agent import __version__
+from edgeship.device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 OPS_SCHEMA_VERSION = 1

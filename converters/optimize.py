@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from converters._tf import first_line
-from converters.recipe import STAGE_DEFAULTS, Compression, Recipe
-from sdk.errors import DatasetError, UnsupportedLayerError
+from edgeship.converters._tf import first_line
+from edgeship.converters.recipe import STAGE_DEFAULTS, Compression, Recipe
+from edgeship.sdk.errors import DatasetError, UnsupportedLayerError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -213,7 +213,7 @@ def qat_scheme(pruned: bool, clustered: bool) -> Any:
 
 def finetune(model: Any, recipe: Recipe, data: TrainData, strategy: Any, say: Progress) -> Any:
     """Run the recipe's stages on a tf_keras model: prune, cluster, QAT; returns the model to convert."""
-    from converters import qat
+    from edgeship.converters import qat
 
     c = recipe.compression
     loss = qat.loss_for(model, data.y, recipe.qat.loss if recipe.qat else "auto")

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from converters._tf import first_line
-from converters.recipe import QATOptions
-from sdk.errors import UnsupportedLayerError
+from edgeship.converters._tf import first_line
+from edgeship.converters.recipe import QATOptions
+from edgeship.sdk.errors import UnsupportedLayerError
 
 log = logging.getLogger(__name__)
 REBUILD_TOLERANCE = 1e-4  # max |keras3 - tf_keras| on sample data before we trust the rebuild
@@ -205,7 +205,7 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: 
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from converters.optimize import fit
+    from edgeship.converters.optimize import fit
 
     leave = set(options.leave_float)
     unknown = leave - {layer.name for layer in model.layers}

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from converters import data as datasets
-from converters._tf import first_line, tensorflow
-from converters.tflite_model import TFLiteModel
-from sdk.errors import ConversionError, DatasetError, EdgeshipError, UsageError
+from edgeship.converters import data as datasets
+from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import ConversionError, DatasetError, EdgeshipError, UsageError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -396,10 +396,10 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
     """
     from importlib import metadata
 
-    from converters.convert import _configure, _representative, _stdout_to_stderr
-    from converters.recipe import Recipe
-    from converters.source import load_source, path_sha256
-    from device_agent.runtime import RuntimeNotFound, load_runtime, quiet_native_stderr
+    from edgeship.converters.convert import _configure, _representative, _stdout_to_stderr
+    from edgeship.converters.recipe import Recipe
+    from edgeship.converters.source import load_source, path_sha256
+    from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime, quiet_native_stderr
 
     say = progress or (lambda _msg: None)
     if batch < 1:
@@ -478,7 +478,7 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
 def _evaluate(runtime: Any, flatbuffer: bytes, features: dict[str, np.ndarray], labels: np.ndarray, output: str,
               data_path: Path) -> tuple[np.ndarray, float]:
     """The model's dequantized first output over the eval data, and its top-1 accuracy."""
-    from device_agent.evaluate import EvalInputError, evaluate
+    from edgeship.device_agent.evaluate import EvalInputError, evaluate
 
     try:
         result = evaluate(runtime.interpreter(flatbuffer), features, labels, output=output)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import UsageError
+from edgeship.sdk.errors import UsageError
 
 RECIPES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat")
 IO_TYPES = ("int8", "uint8", "int16", "float32")

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from converters._tf import first_line, tensorflow
-from converters.data import InputSpec
-from sdk.errors import (
+from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters.data import InputSpec
+from edgeship.sdk.errors import (
     CorruptModelError,
     DynamicShapeError,
     EdgeshipError,
@@ -78,7 +78,7 @@ class SourceModel:
         if self.kind == "keras":
             return self.keras_model, self.keras_flavour
         if self._tuning is None:
-            from converters.qat import load_tf_keras_for_qat
+            from edgeship.converters.qat import load_tf_keras_for_qat
 
             model = load_tf_keras_for_qat(self.path)
             if model is None:

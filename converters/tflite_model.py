@@ -17,8 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
-from sdk.errors import CorruptModelError, ModelNotFoundError
+from edgeship.converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
+from edgeship.sdk.errors import CorruptModelError, ModelNotFoundError
 
 FILE_IDENTIFIER = b"TFL3"
 CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM

@@ -1,4 +1,4 @@
-"""python -m device_agent --stdio | --serial PATH [--baud N]: serve edgeship requests."""
+"""python -m edgeship.device_agent --stdio | --serial PATH [--baud N]: serve edgeship requests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from device_agent import __version__
+from edgeship.device_agent import __version__
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -40,8 +40,8 @@ def main(argv: "list[str] | None" = None) -> int:
     if args.version:
         print(__version__)
         return 0
-    from device_agent.agent import Agent, AgentConfig, main_stdio
-    from device_agent.delegates import AllowListError, load_allow_list
+    from edgeship.device_agent.agent import Agent, AgentConfig, main_stdio
+    from edgeship.device_agent.delegates import AllowListError, load_allow_list
 
     try:
         allowed = load_allow_list(args.allow_delegate, args.delegate_config, args.store)
@@ -54,7 +54,7 @@ def main(argv: "list[str] | None" = None) -> int:
     if args.stdio:
         main_stdio(config)
         return 0
-    from device_agent.streams import open_tty
+    from edgeship.device_agent.streams import open_tty
 
     try:
         stream = open_tty(args.serial, args.baud, args.write_timeout)

@@ -18,12 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from device_agent import __version__
-from device_agent.delegates import AllowList, DelegateRefused
-from device_agent.protocol import MAX_FRAME_PAYLOAD, VERSION, Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip, error_message
-from device_agent.runtime import RUNTIMES
-from device_agent.store import Store, StoreError, check_name, os_error
-from device_agent.streams import StreamClosed
+from edgeship.device_agent import __version__
+from edgeship.device_agent.delegates import AllowList, DelegateRefused
+from edgeship.device_agent.protocol import (
+    MAX_FRAME_PAYLOAD,
+    VERSION,
+    Link,
+    LinkFailed,
+    LinkTimeout,
+    Message,
+    ProtocolError,
+    clip,
+    error_message,
+)
+from edgeship.device_agent.runtime import RUNTIMES
+from edgeship.device_agent.store import Store, StoreError, check_name, os_error
+from edgeship.device_agent.streams import StreamClosed
 
 RUN_KINDS = ("bench", "eval")
 #: Every run option the agent reads; any other key is refused, not ignored (a typo must not pass silently).
@@ -191,7 +201,7 @@ class Agent:
     # -- requests ---------------------------------------------------------------------------
     def _runtime(self) -> Dict[str, Any]:
         if self._runtime_info is None:
-            from device_agent.runtime import RuntimeNotFound, load_runtime
+            from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime
 
             try:
                 rt = load_runtime(self.config.runtime)
@@ -280,7 +290,7 @@ class Agent:
             return {"op": "result", "schema_version": 1, "agent_version": __version__, "status": "no_runtime",
                     "message": f"numpy is not installed for the board's Python ({self._numpy()['error']}); "
                                f"install numpy and a TFLite runtime there (edgeship boards setup does)"}
-        from device_agent.worker import run_in_worker
+        from edgeship.device_agent.worker import run_in_worker
 
         try:
             delegates = self.delegates.resolve(opts.get("delegates"))
@@ -372,7 +382,7 @@ def run_options(value: Any, run_timeout: float) -> Dict[str, Any]:
 
 def _output_name(value: Any) -> Optional[str]:
     """The `output` run option: a bounded string (the worker checks it is one of the model's outputs)."""
-    from device_agent.evaluate import MAX_OUTPUT_NAME  # numpy: imported once a run is asked for, not at start
+    from edgeship.device_agent.evaluate import MAX_OUTPUT_NAME  # numpy: imported once a run is asked for, not at start
 
     if value is None:
         return None
@@ -383,7 +393,7 @@ def _output_name(value: Any) -> Optional[str]:
 
 def _state(value: Any) -> str:
     """The `state` run option: how eval treats variable tensors between samples (reset unless asked)."""
-    from device_agent.evaluate import STATES
+    from edgeship.device_agent.evaluate import STATES
 
     if value is None:
         return "reset"
@@ -393,7 +403,7 @@ def _state(value: Any) -> str:
 
 
 def main_stdio(config: AgentConfig) -> None:
-    from device_agent.streams import FdStream
+    from edgeship.device_agent.streams import FdStream
 
     stdin, stdout = sys.stdin.fileno(), os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the frame stream

@@ -227,7 +227,7 @@ def scrub(text: str, name: str, library: str) -> str:
 
 def load(rt: Any, specs: List[Dict[str, Any]]) -> Tuple[List[Any], List[Dict[str, Any]], List[str]]:
     """Load the requested delegates: (delegate objects, [{name, options, loaded, applied}], notes); DelegateRequired."""
-    from device_agent.runtime import quiet_native_stderr
+    from edgeship.device_agent.runtime import quiet_native_stderr
 
     objects: List[Any] = []
     report: List[Dict[str, Any]] = []
@@ -291,7 +291,7 @@ def _ending(rc: int) -> str:
 def probe_main() -> None:
     """Child: load each delegate of the JSON request on stdin once; one JSON line before and after each."""
     req = json.loads(sys.stdin.read())
-    from device_agent.runtime import RuntimeNotFound, load_runtime, quiet_native_stderr
+    from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime, quiet_native_stderr
 
     try:
         rt = load_runtime(req.get("runtime"))
@@ -317,7 +317,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
     A delegate that crashes or hangs its child is reported as not loading; the rest are probed
     in a fresh child.
     """
-    from device_agent.worker import _kill, _limit_memory, child_command, json_lines
+    from edgeship.device_agent.worker import _kill, _limit_memory, child_command, json_lines
 
     results: Dict[str, Dict[str, Any]] = {}
     todo = sorted(allowed)
@@ -325,7 +325,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
         req = {"runtime": runtime, "delegates": [{"name": n, "library": allowed[n]} for n in todo]}
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        proc = subprocess.Popen(child_command("device_agent.delegates", "probe_main"), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(child_command("edgeship.device_agent.delegates", "probe_main"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                 preexec_fn=_limit_memory(memory_limit))
         assert proc.stdin is not None and proc.stdout is not None

@@ -95,7 +95,7 @@ class Runtime:
     def custom_ops(self) -> Tuple[str, ...]:
         """The custom ops this runtime resolves without help (the agent registers none of its own)."""
         if self.name == "tflite_micro":
-            from device_agent.micro_ops import CUSTOM_OPS
+            from edgeship.device_agent.micro_ops import CUSTOM_OPS
 
             return tuple(CUSTOM_OPS)
         return TFLITE_CUSTOM_OPS
@@ -116,7 +116,7 @@ def _load(name: str) -> Runtime:
         mod = importlib.import_module("tflite_runtime.interpreter")
         version = getattr(importlib.import_module("tflite_runtime"), "__version__", None) or _dist_version("tflite-runtime")
     elif name == "tflite_micro":  # the microcontroller-class runtime: used only when asked for
-        micro = importlib.import_module("device_agent.micro")
+        micro = importlib.import_module("edgeship.device_agent.micro")
         return Runtime("tflite_micro", micro.version(), micro.MicroRuntime, micro.load_delegate)
     elif name == "tensorflow":
         tf = importlib.import_module("tensorflow")

@@ -26,8 +26,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from device_agent import npzfile
-from device_agent.delegates import DelegateRequired
+from edgeship import import_root
+from edgeship.device_agent import npzfile
+from edgeship.device_agent.delegates import DelegateRequired
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -61,7 +62,7 @@ def _peak_rss_kib() -> int:
 
 def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, Any]:
     """Interpreter with the requested threads and delegates; says what was applied, what it took, what fell back."""
-    from device_agent import delegates as external
+    from edgeship.device_agent import delegates as external
 
     specs = req.get("delegates") or []
     delegates, report, notes = external.load(rt, specs)
@@ -142,7 +143,7 @@ def _arena_of(rt: Any, req: Dict[str, Any]) -> Optional[int]:
     """The tensor arena TFLM is given for this run (None for other runtimes)."""
     if rt.name != "tflite_micro":
         return None
-    from device_agent.micro import DEFAULT_ARENA_UPPER
+    from edgeship.device_agent.micro import DEFAULT_ARENA_UPPER
 
     return int(req.get("arena_size") or DEFAULT_ARENA_UPPER)
 
@@ -261,9 +262,9 @@ def child_main() -> None:
 
 
 def _run(req: Dict[str, Any]) -> Dict[str, Any]:
-    from device_agent.evaluate import EvalInputError, LatencyStats, check_reference, evaluate, match_inputs, signature_io
-    from device_agent.quant import quantize
-    from device_agent.runtime import RuntimeNotFound, load_runtime
+    from edgeship.device_agent.evaluate import EvalInputError, LatencyStats, check_reference, evaluate, match_inputs, signature_io
+    from edgeship.device_agent.quant import quantize
+    from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime
 
     model = Path(req["model_path"]).read_bytes()
     if hashlib.sha256(model).hexdigest() != req["model_sha256"]:
@@ -430,20 +431,13 @@ def json_lines(buf: bytes) -> "tuple[List[Dict[str, Any]], bytes]":
     return out, rest
 
 
-def _package_root() -> str:
-    """Where `device_agent` is importable from: a directory, or the agent zipapp itself."""
-    if ".pyz" in __file__:
-        return __file__.split(".pyz")[0] + ".pyz"
-    return str(Path(__file__).resolve().parent.parent) if "__file__" in globals() else ""
-
-
 def child_command(module: str, function: str) -> List[str]:
     """argv of a fresh Python (this one) that runs ``module.function()`` from this agent's code.
 
     A new interpreter, not a fork: the parent may hold threads and native state (TensorFlow,
     TFLM) that a forked child must not inherit.
     """
-    code = f"import sys; sys.path.insert(0, {_package_root()!r}); from {module} import {function}; {function}()"
+    code = f"import sys; sys.path.insert(0, {import_root()!r}); from {module} import {function}; {function}()"
     return [sys.executable, "-c", code]
 
 
@@ -475,7 +469,7 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if memory_limit > 0:  # for launchers that apply the limit outside the child (emu-pi: qemu ignores RLIMIT_AS)
         env["EDGESHIP_WORKER_MEMORY_LIMIT"] = str(memory_limit)
-    proc = subprocess.Popen(child_command("device_agent.worker", "child_main"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(child_command("edgeship.device_agent.worker", "child_main"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
     try:
         return _supervise(proc, request, timeout, memory_limit, progress, cancelled)

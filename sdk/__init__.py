@@ -3,6 +3,6 @@
 Importing it is cheap: TensorFlow is only imported by the converters, when they run.
 """
 
-from device_agent import __version__
+from edgeship.device_agent import __version__
 
 __all__ = ["__version__"]

@@ -12,20 +12,24 @@ import io
 import zipfile
 from pathlib import Path
 
-import device_agent
+import edgeship
+from edgeship import device_agent
 
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
-_MAIN = b"import sys\nfrom device_agent.__main__ import main\nsys.exit(main())\n"
+_MAIN = b"import sys\nfrom edgeship.device_agent.__main__ import main\nsys.exit(main())\n"
 
 
 def build_zipapp() -> bytes:
-    """The agent package (device_agent/*.py) plus a __main__, as zipapp bytes."""
-    pkg = Path(device_agent.__file__).resolve().parent
+    """edgeship/__init__.py and the agent package (edgeship/device_agent/*.py) plus a __main__, as zipapp bytes.
+
+    The agent keeps its installed name, edgeship.device_agent, on the board too.
+    """
+    pkg = Path(device_agent.__file__).parent
     buf = io.BytesIO()
     buf.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        entries = [("__main__.py", _MAIN)] + [
-            (f"device_agent/{p.name}", p.read_bytes()) for p in sorted(pkg.glob("*.py"))]
+        entries = [("__main__.py", _MAIN), ("edgeship/__init__.py", Path(edgeship.__file__).read_bytes())] + [
+            (f"edgeship/device_agent/{p.name}", p.read_bytes()) for p in sorted(pkg.glob("*.py"))]
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED

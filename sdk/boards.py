@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sdk.client import LinkProfile, Session
-from sdk.errors import UsageError
+from edgeship.sdk.client import LinkProfile, Session
+from edgeship.sdk.errors import UsageError
 
 AGENT_DIR = ".edgeship"
 
@@ -121,7 +121,7 @@ class Board:
         address = spec.partition("?")[0]
         if "@" in address or ":" in address or "." in address:
             return cls._parse_ssh(spec, "ssh://" + spec)
-        from sdk.transport.ssh import is_host_alias
+        from edgeship.sdk.transport.ssh import is_host_alias
 
         if is_host_alias(address):
             return cls._parse_ssh(spec, "ssh://" + spec)
@@ -189,17 +189,17 @@ def _check_store(board: str, store: str) -> None:
 def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
     """Connect to a board's agent and say hello."""
     if board.transport == "local":
-        from sdk.transport.local import DEFAULT_STORE, LocalStream
+        from edgeship.sdk.transport.local import DEFAULT_STORE, LocalStream
 
         python = board.python if board.spec is not None and board.python else sys.executable
         session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args, python=python))
     elif board.transport == "emulated":
-        from sdk.emulate.services import open_emulated
+        from edgeship.sdk.emulate.services import open_emulated
 
         stream, rate = open_emulated(board)
         session = Session(stream, LinkProfile.for_rate(rate))
     elif board.transport == "serial":
-        from sdk.transport.serial import open_serial
+        from edgeship.sdk.transport.serial import open_serial
 
         session = Session(open_serial(board.url, board.baud), LinkProfile.for_rate(board.bytes_per_second))
     else:
@@ -214,7 +214,7 @@ def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
 
 def connect_ssh(board: Board, *, accept_new_host: bool = False) -> Any:
     """An authenticated SSH connection (paramiko client) to an SSH board, host key checked."""
-    from sdk.transport.ssh import connect, resolve_target
+    from edgeship.sdk.transport.ssh import connect, resolve_target
 
     # The ssh config fills in what the board leaves open (HostName, User, Port, IdentityFile,
     # ProxyJump, known_hosts files); nothing from it reaches the remote command line.
@@ -229,8 +229,8 @@ def place_agent(client: Any, *, check_only: bool = False) -> tuple[str, str, boo
     Placed (0600, in a private AGENT_DIR) when missing, different, or writable by others;
     ``check_only`` only says whether it would be. The board re-checks the hash before it runs it.
     """
-    from sdk.agentbuild import build_zipapp
-    from sdk.transport.ssh import private_dir, put_file, remote_file
+    from edgeship.sdk.agentbuild import build_zipapp
+    from edgeship.sdk.transport.ssh import private_dir, put_file, remote_file
 
     agent = build_zipapp()
     sha = hashlib.sha256(agent).hexdigest()
@@ -250,7 +250,7 @@ def place_agent(client: Any, *, check_only: bool = False) -> tuple[str, str, boo
 
 
 def _open_ssh(board: Board, accept_new_host: bool) -> Any:
-    from sdk.transport.ssh import open_exec
+    from edgeship.sdk.transport.ssh import open_exec
 
     client = connect_ssh(board, accept_new_host=accept_new_host)
     try:

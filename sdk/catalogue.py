@@ -17,16 +17,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdk.errors import CatalogueError, UsageError
+from edgeship.sdk.errors import CatalogueError, UsageError
 
 SCHEMA_VERSION = 1
 def _shipped() -> Path:
-    """boards.yaml beside the packages (a checkout, an editable install), else the installed copy."""
-    import sys
+    """The shipped boards.yaml: package data of `edgeship`, wherever that is installed (a wheel, --user,
+    pipx, an editable install); in a checkout, edgeship/boards.yaml links to the top-level file, named here."""
+    from importlib.resources import files
 
-    here = Path(__file__).resolve().parent.parent / "boards.yaml"
-    installed = Path(sys.prefix) / "share" / "edgeship" / "boards.yaml"
-    return here if here.exists() or not installed.exists() else installed
+    return Path(str(files("edgeship") / "boards.yaml")).resolve()
 
 
 SHIPPED = _shipped()
@@ -195,7 +194,7 @@ def resolve(spec: str, user_file: Path | None = None) -> Any:
 
     A catalogue name comes first: a Host alias of ~/.ssh/config with the same name is not used.
     """
-    from sdk.boards import Board
+    from edgeship.sdk.boards import Board
 
     if "://" in spec:
         return Board.parse(spec)
@@ -212,7 +211,7 @@ def resolve(spec: str, user_file: Path | None = None) -> Any:
 
 def entry_for(address: str, *, description: str | None = None, runtime: str | None = None) -> dict[str, Any]:
     """A catalogue entry (plain data, as boards.yaml holds it) for a board given in any inline form."""
-    from sdk.boards import Board
+    from edgeship.sdk.boards import Board
 
     board = Board.parse(address)
     entry: dict[str, Any] = {"description": description or f"added with edgeship boards add ({address})",

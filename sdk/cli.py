@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from device_agent import __version__
-from sdk.errors import EdgeshipError, UsageError
+from edgeship.device_agent import __version__
+from edgeship.sdk.errors import EdgeshipError, UsageError
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -75,7 +75,7 @@ def _debug() -> bool:
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
     if exc is not None and _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    from sdk.report import safe_text
+    from edgeship.sdk.report import safe_text
 
     # Lines (an SSH stderr tail) joined with " | "; each part escaped, as it may quote what a board sent.
     one_line = " | ".join(safe_text(part.strip()) for part in message.splitlines() if part.strip())
@@ -89,7 +89,7 @@ def _emit_json(data: Any) -> None:
 
 def _printable(value: Any) -> Any:
     """A board's document with every string made safe to print (sdk.report.safe_text), for the text output."""
-    from sdk.report import safe_text
+    from edgeship.sdk.report import safe_text
 
     if isinstance(value, str):
         return safe_text(value)
@@ -116,7 +116,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from sdk.report import safe_text
+    from edgeship.sdk.report import safe_text
 
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col in columns:
@@ -155,7 +155,7 @@ def _integer_verdict(facts: dict[str, Any]) -> str:
 
 def _float_ops(ops: list[str], tensors: list[str], limit: int) -> str:
     """'1 float op: NEG#20 (ln_1/Neg)': the ops that stayed float, with the tensor (layer) each makes."""
-    from converters.manifest import named_float_ops
+    from edgeship.converters.manifest import named_float_ops
 
     return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + named_float_ops(ops, tensors, limit)
 
@@ -259,8 +259,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     The bundle holds model.tflite, manifest.json and ops/ (selective op registration
     for TFLite and TFLite Micro). It is written atomically: on any error, nothing is left.
     """
-    from converters.recipe import Recipe
-    from converters.source import refuse_tflite
+    from edgeship.converters.recipe import Recipe
+    from edgeship.converters.source import refuse_tflite
 
     refuse_tflite(model)  # before the recipe's own checks: a .tflite needs `bundle`, not other options
     r = Recipe.from_name(
@@ -271,10 +271,10 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, worker_timeout=worker_timeout,
         keep_float=keep_float, int8_strict=int8_strict)
     if not model.exists():
-        from sdk.errors import ModelNotFoundError
+        from edgeship.sdk.errors import ModelNotFoundError
 
         raise ModelNotFoundError(f"{model}: no such file or directory")
-    from converters.convert import convert as run
+    from edgeship.converters.convert import convert as run
 
     result = run(model, r, out, signature=signature, batch=batch, eval_data=eval_data, output=output, force=force,
                  progress=_progress(not quiet and not as_json), custom_objects=custom_objects)
@@ -307,7 +307,7 @@ def bundle(model: Path, out: Path, force: bool, quiet: bool, as_json: bool) -> N
     named), min runtime, and what the model computes in; ops/ registers its operators. Then
     check, push, bench, eval and report work on it like on a converted bundle.
     """
-    from converters.bundle import bundle_tflite
+    from edgeship.converters.bundle import bundle_tflite
 
     result = bundle_tflite(model, out, force=force, progress=_progress(not quiet and not as_json))
     m = result.manifest
@@ -344,7 +344,7 @@ def _show_bundle(path: Path, m: Any) -> None:
 @json_option
 def inspect(path: Path, as_json: bool) -> None:
     """Describe a .tflite file, a .keras/.h5 model or a SavedModel directory."""
-    from converters.inspect import inspect_path
+    from edgeship.converters.inspect import inspect_path
 
     info = inspect_path(path)
     if as_json:
@@ -406,15 +406,15 @@ def _model_file(path: Path) -> Path:
 @json_option
 def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: bool) -> None:
     """The union of the operators of several models (.tflite files or bundles), and its registration code."""
-    from converters.opsgen import OpSet, render_micro, render_tflite
-    from converters.tflite_model import TFLiteModel
+    from edgeship.converters.opsgen import OpSet, render_micro, render_tflite
+    from edgeship.converters.tflite_model import TFLiteModel
 
     loaded = [(_model_file(p).name if not p.is_dir() else f"{p.name}/model.tflite", TFLiteModel.from_path(_model_file(p)))
               for p in models]
     opset = OpSet.of(loaded)
     if out is not None:
         if out.exists() and not out.is_dir():
-            from sdk.errors import BundleError
+            from edgeship.sdk.errors import BundleError
 
             raise BundleError(f"{out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
@@ -460,7 +460,7 @@ def eval_host(model: Path, data: Path, output: str | None, state: str, threads: 
     Inputs are quantized and outputs dequantized with the model's own scale and zero point.
     This is the reference every board result is compared with.
     """
-    from sdk.hosteval import eval_host as run
+    from edgeship.sdk.hosteval import eval_host as run
 
     report = run(model, data, output=output, threads=threads, runtime=runtime, state=state)
     if as_json:
@@ -504,7 +504,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     RMSE/scale near 0.29 is plain rounding; much more marks a layer that quantizes badly.
     Keep such layers in float with `convert --recipe int8 --keep-float LAYER,...` (or auto:N).
     """
-    from converters.quantdebug import debug_quantization
+    from edgeship.converters.quantdebug import debug_quantization
 
     if top < 0:
         raise UsageError("--top must be 0 (all layers) or more")
@@ -519,7 +519,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
         out.write_text(json.dumps(doc, indent=2) + "\n")
         written = out
     else:
-        from sdk.fleet import write_result
+        from edgeship.sdk.fleet import write_result
 
         written = write_result(doc, Path(".edgeship/results"))
     if as_json:
@@ -589,7 +589,7 @@ class _Bars:
 
 def _default_board() -> str | None:
     """The board of $EDGESHIP_BOARD (commands given no board), if set."""
-    from sdk.catalogue import BOARD_ENV_VAR
+    from edgeship.sdk.catalogue import BOARD_ENV_VAR
 
     return os.environ.get(BOARD_ENV_VAR, "").strip() or None
 
@@ -600,7 +600,7 @@ def _board_spec(given: str | None) -> str:
 
 
 def _board(spec: str | None) -> Any:
-    from sdk.catalogue import BOARD_ENV_VAR, resolve
+    from edgeship.sdk.catalogue import BOARD_ENV_VAR, resolve
 
     if spec is None and _default_board() is not None:
         try:
@@ -618,7 +618,7 @@ def _board(spec: str | None) -> Any:
 @json_option
 def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Place a bundle's model on a board (resumes an interrupted push; skips an unchanged model)."""
-    from sdk.device import push as run
+    from edgeship.sdk.device import push as run
 
     with _Bars(not (quiet or as_json)) as bars:
         doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload)
@@ -635,7 +635,7 @@ def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: boo
 
 def named_delegates(specs: tuple[str, ...], required: bool) -> list[dict[str, Any]]:
     """--delegate NAME[:k=v,...] values as a run's `delegates`: names from the board's allow-list, never paths."""
-    from device_agent.delegates import NAME
+    from edgeship.device_agent.delegates import NAME
 
     out: list[dict[str, Any]] = []
     for d in specs:
@@ -697,7 +697,7 @@ def _with(options: list[Any]) -> Callable[[Any], Any]:
 
 
 def _report_run(doc: dict[str, Any]) -> None:
-    from sdk.report import memory_text
+    from edgeship.sdk.report import memory_text
 
     doc = _printable(doc)  # what the board sent, escaped: runtime names, messages, notes
     r = doc["result"]
@@ -745,7 +745,7 @@ def _report_run(doc: dict[str, Any]) -> None:
 
 
 def _fleet_boards(board_spec: str | None, all_boards: bool) -> list[Any]:
-    from sdk.catalogue import load_catalogue
+    from edgeship.sdk.catalogue import load_catalogue
 
     if all_boards:
         return [_board(n) for n, s in load_catalogue().items() if not s.example]
@@ -800,10 +800,10 @@ class _LiveTable:
 def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | None, accept_new_host: bool, quiet: bool,
                  as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
-    from sdk.device import check_gates, run_on_board
-    from sdk.errors import GateError, ResultsError
-    from sdk.fleet import run_fleet, write_result
-    from sdk.report import memory_text
+    from edgeship.sdk.device import check_gates, run_on_board
+    from edgeship.sdk.errors import GateError, ResultsError
+    from edgeship.sdk.fleet import run_fleet, write_result
+    from edgeship.sdk.report import memory_text
 
     boards = _fleet_boards(board_spec, all_boards)
     if not boards:
@@ -859,7 +859,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
     missed = [o.board for o in outcomes if o.gate]
     unsaved = [o for o in outcomes if o.results_error]
     if failed:
-        from sdk.errors import TransportError
+        from edgeship.sdk.errors import TransportError
 
         raise TransportError(f"{len(failed)} of {len(outcomes)} boards failed: {', '.join(failed)}"
                              + (f"; missed gates: {', '.join(missed)}" if missed else ""))
@@ -911,9 +911,9 @@ def eval_board(bundle: Path, board_spec: str | None, data: Path, runs: int | Non
     opts = _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate)
     opts["state"] = state
     if output is not None:  # checked once here, not once per board of a fleet
-        from converters.tflite_model import TFLiteModel
-        from sdk.device import load_bundle
-        from sdk.hosteval import scored_output
+        from edgeship.converters.tflite_model import TFLiteModel
+        from edgeship.sdk.device import load_bundle
+        from edgeship.sdk.hosteval import scored_output
 
         manifest, model = load_bundle(bundle)
         opts["output"] = scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest, output)
@@ -932,7 +932,7 @@ def agent() -> None:
               help="Where to write the zipapp.")
 def agent_build(out: Path) -> None:
     """Write the agent as one zipapp file (stdlib + numpy + a TFLite runtime on the board)."""
-    from sdk.agentbuild import write_zipapp
+    from edgeship.sdk.agentbuild import write_zipapp
 
     path, sha = write_zipapp(out)
     click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]}); run it with: python3 {path.name} --stdio")
@@ -941,8 +941,8 @@ def agent_build(out: Path) -> None:
 @agent.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def agent_serve(args: tuple[str, ...]) -> None:
-    """Run the agent here: --stdio, or --serial PATH [--baud N] (see `python -m device_agent --help`)."""
-    from device_agent.__main__ import main as agent_main
+    """Run the agent here: --stdio, or --serial PATH [--baud N] (see `python -m edgeship.device_agent --help`)."""
+    from edgeship.device_agent.__main__ import main as agent_main
 
     sys.exit(agent_main(list(args)))
 
@@ -962,7 +962,7 @@ def _where(state: dict[str, Any]) -> str:
 @json_option
 def emulate_setup(as_json: bool) -> None:
     """Provision the emulated boards (idempotent; the emu-pi root is cached), and say what was done."""
-    from sdk.emulate import pi
+    from edgeship.sdk.emulate import pi
 
     root = pi.provision(pi.DEFAULT_CACHE, progress=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
     doc = {"emu-pi": {"root": str(root.root), "provisioned": root.provisioned, "download_bytes": root.download_bytes,
@@ -981,8 +981,8 @@ def emulate_setup(as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def emulate_up(names: tuple[str, ...]) -> None:
     """Start emulated boards in the background."""
-    from sdk.catalogue import load_catalogue
-    from sdk.emulate import services
+    from edgeship.sdk.catalogue import load_catalogue
+    from edgeship.sdk.emulate import services
 
     boards = load_catalogue()
     for name in names:
@@ -998,8 +998,8 @@ def emulate_up(names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def emulate_down(names: tuple[str, ...]) -> None:
     """Stop emulated boards started with `emulate up`."""
-    from sdk.catalogue import load_catalogue
-    from sdk.emulate import services
+    from edgeship.sdk.catalogue import load_catalogue
+    from edgeship.sdk.emulate import services
 
     boards = load_catalogue()
     for name in names:
@@ -1012,7 +1012,7 @@ def emulate_down(names: tuple[str, ...]) -> None:
 @json_option
 def emulate_status(as_json: bool) -> None:
     """Which emulated boards are kept up."""
-    from sdk.emulate import services
+    from edgeship.sdk.emulate import services
 
     states = {name: services.running(name) for name in services.EMULATORS}
     if as_json:
@@ -1029,7 +1029,7 @@ def boards() -> None:
 
 def _source(path: Path, short: bool = True) -> str:
     """Where a board's entry comes from: built-in, or the file (short: ~ for home, as `boards list` shows it)."""
-    from sdk.catalogue import SHIPPED
+    from edgeship.sdk.catalogue import SHIPPED
 
     if path == SHIPPED:
         return "built-in"
@@ -1044,7 +1044,7 @@ def _source(path: Path, short: bool = True) -> str:
 @json_option
 def boards_list(as_json: bool) -> None:
     """The boards: built-in ones, your boards file's, and --boards'; each with the file it comes from."""
-    from sdk.catalogue import load_sources
+    from edgeship.sdk.catalogue import load_sources
 
     boards = load_sources()
     if as_json:
@@ -1059,7 +1059,7 @@ def boards_list(as_json: bool) -> None:
 
 def _named(given: str | None, what: str) -> str:
     """A BOARD argument as given, else $EDGESHIP_BOARD; else a usage error that says both ways."""
-    from sdk.catalogue import BOARD_ENV_VAR
+    from edgeship.sdk.catalogue import BOARD_ENV_VAR
 
     name = given or _default_board()
     if name is None:
@@ -1072,7 +1072,7 @@ def _named(given: str | None, what: str) -> str:
 @json_option
 def boards_show(board_spec: str | None, as_json: bool) -> None:
     """Everything the catalogue says about one board (default: $EDGESHIP_BOARD), and which file says it."""
-    from sdk.catalogue import BOARD_ENV_VAR, load_sources
+    from edgeship.sdk.catalogue import BOARD_ENV_VAR, load_sources
 
     name = _named(board_spec, "")
     boards = load_sources()
@@ -1099,7 +1099,7 @@ def boards_show(board_spec: str | None, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace a board of that name in your boards file.")
 def boards_add(name: str, address: str, runtime: str | None, description: str | None, force: bool) -> None:
     """Add a board to your boards file (~/.config/edgeship/boards.yaml, XDG rules), keeping what it holds."""
-    from sdk.catalogue import add_board, entry_for
+    from edgeship.sdk.catalogue import add_board, entry_for
 
     path, kept = add_board(name, entry_for(address, description=description, runtime=runtime), force=force)
     click.echo(f"{name}: written to {path}" + ("" if kept else " (rewritten from its data: its comments could "
@@ -1117,9 +1117,9 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 
     Exits 1 when a board is unreachable or cannot run models (no numpy or no TFLite runtime on it).
     """
-    from sdk.boards import open_session
-    from sdk.catalogue import load_catalogue
-    from sdk.client import cannot_run
+    from edgeship.sdk.boards import open_session
+    from edgeship.sdk.catalogue import load_catalogue
+    from edgeship.sdk.client import cannot_run
 
     names = list(board_specs)
     if all_boards:
@@ -1167,7 +1167,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
             if info.get("problem") and len(names) > 1:
                 click.echo(f"  {info['problem']}")
     if failed or unready:
-        from sdk.errors import BoardNotReadyError, TransportError
+        from edgeship.sdk.errors import BoardNotReadyError, TransportError
 
         if len(names) == 1 and unready:
             raise BoardNotReadyError(results[0]["problem"])
@@ -1190,7 +1190,7 @@ def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: b
     SSH boards are set up over SSH (idempotent: a second run changes nothing); for serial boards
     the steps, with a systemd unit, are printed.
     """
-    from sdk.setup import setup_board
+    from edgeship.sdk.setup import setup_board
 
     doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=device,
                       say=_progress(not as_json))
@@ -1246,11 +1246,11 @@ def _names(delegates: Any) -> list[str]:
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown report here.")
 def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None) -> None:
     """Compare result documents (files or directories) across boards and recipes."""
-    from sdk.report import load_results, render_html, render_markdown
+    from edgeship.sdk.report import load_results, render_html, render_markdown
 
     rep = load_results(list(results))
     if html_out is None and md_out is None:
-        from sdk.report import safe_text
+        from edgeship.sdk.report import safe_text
 
         click.echo("\n".join(safe_text(line) for line in render_markdown(rep).splitlines()))  # boards wrote some of it
         return
@@ -1273,10 +1273,10 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
 @json_option
 def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], require_delegate: bool, as_json: bool) -> None:
     """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
-    from sdk.compat import IncompatibleError, custom_ops
-    from sdk.compat import check as run_check
-    from sdk.compat import notes as check_notes
-    from sdk.device import load_bundle
+    from edgeship.sdk.compat import IncompatibleError, custom_ops
+    from edgeship.sdk.compat import check as run_check
+    from edgeship.sdk.compat import notes as check_notes
+    from edgeship.sdk.device import load_bundle
 
     manifest, model = load_bundle(bundle)
     board = _board(board_spec)
@@ -1285,7 +1285,7 @@ def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], requi
     remarks = check_notes(manifest, board.spec)
     arena = None
     if board.spec is not None and board.spec.runtime == "tflite_micro" and not problems:
-        from sdk.compat import micro_arena_needed
+        from edgeship.sdk.compat import micro_arena_needed
 
         arena_size = board.spec.constraints.arena_bytes
         arena = {"needed": micro_arena_needed(model, arena_size), "size": arena_size}

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip
-from sdk.errors import AgentError, BoardProtocolError, Cancelled, LinkError
-from sdk.replies import check_error, check_reply
+from edgeship.device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip
+from edgeship.sdk.errors import AgentError, BoardProtocolError, Cancelled, LinkError
+from edgeship.sdk.replies import check_error, check_reply
 
 Progress = Callable[[int, int], None]
 

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from converters.manifest import Manifest, named_float_ops
-from sdk.errors import EdgeshipError
+from edgeship.converters.manifest import Manifest, named_float_ops
+from edgeship.sdk.errors import EdgeshipError
 
 log = logging.getLogger(__name__)
 STRICT_ADVICE = "--recipe int8 --io int8 --int8-strict (or qat) to see which layers stop a fully integer model, and change them"
@@ -47,7 +47,7 @@ def _version(text: str | None) -> tuple[int, ...] | None:
 
 def _level(spec: Any, runtime: dict[str, Any] | None) -> tuple[str | None, str]:
     """(the TFLite level the board's runtime implements, how to name that runtime in a message)."""
-    from device_agent.runtime import tflite_level
+    from edgeship.device_agent.runtime import tflite_level
 
     if runtime and runtime.get("name"):
         name, version = str(runtime["name"]), runtime.get("version")
@@ -62,8 +62,8 @@ def _level(spec: Any, runtime: dict[str, Any] | None) -> tuple[str | None, str]:
 
 def _available_custom_ops(spec: Any, runtime: dict[str, Any] | None) -> set[str]:
     """Custom ops the board resolves: what its catalogue entry declares, plus what its runtime registers."""
-    from device_agent.micro_ops import CUSTOM_OPS as MICRO_CUSTOM_OPS
-    from device_agent.runtime import TFLITE_CUSTOM_OPS
+    from edgeship.device_agent.micro_ops import CUSTOM_OPS as MICRO_CUSTOM_OPS
+    from edgeship.device_agent.runtime import TFLITE_CUSTOM_OPS
 
     declared = set(spec.custom_ops) if spec is not None else set()
     if runtime is not None and runtime.get("custom_ops") is not None:
@@ -83,7 +83,7 @@ def micro_probe(model: bytes, arena: int | None) -> Any:
 
     `check` tests the arena and then reports it; the cache plans the model once for both.
     """
-    from device_agent import micro
+    from edgeship.device_agent import micro
 
     return micro.probe(model, arena_size=arena)
 
@@ -95,7 +95,7 @@ def micro_arena_needed(model: bytes, arena: int | None = None) -> int:
 
 def _need_after_crash(model: bytes, crash: Any, arena: int | None) -> str:
     """When TFLM crashed at the board's own arena: the arena the model needs (a search with no board size), as advice."""
-    from device_agent import micro
+    from edgeship.device_agent import micro
 
     if arena is None or crash.arena_size != arena:
         return ""
@@ -112,7 +112,7 @@ def _micro_problems(model: bytes, arena: int | None, integer: bool) -> list[Prob
     The TFLM interpreters are built in a child process (``micro.probe``): a TFLM crash is a
     problem of this board, never the death of edgeship (and of a fleet run's other boards).
     """
-    from device_agent import micro
+    from edgeship.device_agent import micro
 
     try:
         found = micro_probe(model, arena)
@@ -184,7 +184,7 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
     custom_ops); without it the catalogue entry stands in for it. `delegates` are the run's
     named delegates ({name, required}); `board_delegates` the agent's hello `external_delegates`.
     """
-    from device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
+    from edgeship.device_agent.micro_ops import BUILTIN_OPS as MICRO_BUILTIN_OPS
 
     problems: list[Problem] = delegate_problems(spec, delegates, board_delegates)
     micro = spec is not None and spec.runtime == "tflite_micro"  # TFLM matches ops by code, not version

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from converters.data import load_npz
-from converters.manifest import MODEL_FILE, Manifest
-from converters.tflite_model import TFLiteModel
-from sdk.boards import Board, open_session
-from sdk.client import Session, UploadResult, cannot_run
-from sdk.compat import ensure_compatible
-from sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, RunError
-from sdk.hosteval import scored_output
+from edgeship.converters.data import load_npz
+from edgeship.converters.manifest import MODEL_FILE, Manifest
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.boards import Board, open_session
+from edgeship.sdk.client import Session, UploadResult, cannot_run
+from edgeship.sdk.compat import ensure_compatible
+from edgeship.sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, RunError
+from edgeship.sdk.hosteval import scored_output
 
 RESULT_SCHEMA_VERSION = 1
 UploadProgress = Callable[[str, int, int], None]
@@ -94,8 +94,8 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray | None,
                    runtime: str | None = None, output: str | None = None, state: str = "reset") -> dict[str, Any]:
     """What the host's interpreter says on the same data (the `output` labels score): what a board is compared with."""
-    from device_agent.evaluate import EvalInputError, evaluate
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import EvalInputError, evaluate
+    from edgeship.device_agent.runtime import load_runtime
 
     rt = load_runtime(runtime)
     try:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError
+from edgeship.sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError
 
 Update = Callable[[str, dict[str, Any]], None]
 
@@ -81,8 +81,8 @@ def run_fleet(kind: str, bundle: Path, boards: list[Any], *, data: Path | None, 
     board's session; the boards' threads end within about a quarter of a second of
     talking, and the exception goes on.
     """
-    from sdk.client import cancel_scope
-    from sdk.device import check_gates, run_on_board
+    from edgeship.sdk.client import cancel_scope
+    from edgeship.sdk.device import check_gates, run_on_board
 
     say = on_update or (lambda _b, _s: None)
     stop = threading.Event()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from converters.data import load_npz
-from converters.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
-from converters.tflite_model import TFLiteModel
-from sdk.errors import BundleError, CorruptModelError, DatasetError, EdgeshipError, UsageError
+from edgeship.converters.data import load_npz
+from edgeship.converters.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import BundleError, CorruptModelError, DatasetError, EdgeshipError, UsageError
 
 
 def scored_output(model: TFLiteModel, manifest: Manifest | None, requested: str | None) -> str:
@@ -52,8 +52,8 @@ def eval_host(model_path: Path, data_path: Path, *, output: str | None = None, t
     `output` names the output that y scores (see `scored_output` for the default); `state`
     says whether variable tensors are reset before every sample (device_agent.evaluate).
     """
-    from device_agent.evaluate import EvalInputError, evaluate
-    from device_agent.runtime import RuntimeNotFound, load_runtime
+    from edgeship.device_agent.evaluate import EvalInputError, evaluate
+    from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime
 
     model_path = Path(model_path)
     if model_path.is_dir():

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from sdk.errors import BoardProtocolError
+from edgeship.sdk.errors import BoardProtocolError
 
 MAX_TEXT = 2000  # characters of any board string the host keeps; longer ones are clipped
 MAX_DEPTH = 8  # nesting of fields the table does not name

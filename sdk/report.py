@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import UsageError
+from edgeship.sdk.errors import UsageError
 
 # Characters a terminal acts on: C0 and C1 controls, DEL, and the bidirectional overrides that reorder a line.
 _BIDI = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}

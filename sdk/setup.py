@@ -31,9 +31,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from sdk import boards
-from sdk.boards import Board
-from sdk.errors import BoardSetupError, UsageError
+from edgeship.sdk import boards
+from edgeship.sdk.boards import Board
+from edgeship.sdk.errors import BoardSetupError, UsageError
 
 VENV_DIR = "venv"  # under the board's edgeship directory
 PROBE_TIMEOUT_S = 120.0  # the probe imports the runtimes: seconds on a Pi, more under emulation
@@ -233,7 +233,7 @@ def probe_command(python: str) -> str:
 
 def run_probe(client: Any, board: Board) -> Probe:
     """Run the probe with the board's Python and read its answer (validated: the board is not trusted)."""
-    from sdk.transport.ssh import run_command
+    from edgeship.sdk.transport.ssh import run_command
 
     status, out = run_command(client, probe_command(board.python), timeout=PROBE_TIMEOUT_S,
                               label=f"{board.python} -c <edgeship probe>")
@@ -394,7 +394,7 @@ def setup_board(board: Board, *, dry_run: bool = False, accept_new_host: bool = 
                "edgeship starts it on this machine (`edgeship emulate setup` prepares the emulated boards)")
         raise UsageError(f"board {board.name!r} ({board.transport}): {how}, so it needs no setup. "
                          f"`boards setup` prepares SSH boards (and prints the steps for serial ones).")
-    from sdk.transport.ssh import run_command
+    from edgeship.sdk.transport.ssh import run_command
 
     client = boards.connect_ssh(board, accept_new_host=accept_new_host)
     try:
@@ -430,7 +430,7 @@ def setup_board(board: Board, *, dry_run: bool = False, accept_new_host: bool = 
 
 def _install(client: Any, board: Board, plan: Plan, say: Callable[[str], None]) -> tuple[str, ...]:
     """pip-install the first candidate that has wheels and then imports; BoardSetupError with what to do otherwise."""
-    from sdk.transport.ssh import run_command
+    from edgeship.sdk.transport.ssh import run_command
 
     for i, packages in enumerate(plan.candidates):
         command = pip_command(plan.python, packages)

@@ -41,8 +41,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def convert_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., object]:
     """Convert the digits model with a recipe (cached per recipe/io/batch), evaluating on the test split."""
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     cache: dict[tuple[str, str, int], object] = {}
     root = tmp_path_factory.mktemp("bundles")
@@ -85,8 +85,8 @@ class Converted:
     """One zoo cell's bundle: the manifest as edgeship wrote it and the flatbuffer's own account."""
 
     def __init__(self, z: Any, bundle: Path) -> None:
-        from converters.manifest import Manifest
-        from converters.tflite_model import TFLiteModel
+        from edgeship.converters.manifest import Manifest
+        from edgeship.converters.tflite_model import TFLiteModel
 
         self.zoo = z
         self.bundle = bundle
@@ -100,8 +100,8 @@ class Converted:
 def converted(zoo: Callable[[str], Any], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Converted]:
     """(family, recipe) -> its bundle, converted once per session (test_zoo.py and test_zoo_boards.py share them);
     a failed conversion fails every test that asks for it."""
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     root = tmp_path_factory.mktemp("zoo-bundles")
     cache: dict[tuple[str, str], Converted | BaseException] = {}

@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from device_agent.protocol import MSG, Link, LinkFailed, LinkTimeout, Message, ProtocolError, encode_frame
-from device_agent.streams import FdStream, StreamClosed
+from edgeship.device_agent.protocol import MSG, Link, LinkFailed, LinkTimeout, Message, ProtocolError, encode_frame
+from edgeship.device_agent.streams import FdStream, StreamClosed
 
 
 class LooseMessage(Message):

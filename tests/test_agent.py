@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device_agent.protocol import MSG, Message, encode_frame
-from device_agent.store import Store
-from sdk.client import Session
-from sdk.errors import AgentError, LinkError
-from sdk.transport.local import LocalStream
+from edgeship.device_agent.protocol import MSG, Message, encode_frame
+from edgeship.device_agent.store import Store
+from edgeship.sdk.client import Session
+from edgeship.sdk.errors import AgentError, LinkError
+from edgeship.sdk.transport.local import LocalStream
 
 RUN_STATUSES = {"ok", "invalid", "op_version", "unsupported_op", "crashed", "timeout", "out_of_memory", "bad_dataset"}
 
@@ -137,7 +137,7 @@ def test_unknown_frame_type_and_oversize_frame_get_error_frames(agent: Session, 
 
 
 def test_an_oversize_first_frame_is_answered_too(tmp_path: Path) -> None:
-    from device_agent.protocol import Link
+    from edgeship.device_agent.protocol import Link
 
     stream = LocalStream(tmp_path / "store", ("--max-frame", str(64 * 1024)))
     link = Link(stream, role="host", rto=0.5)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sdk.client import Session
+from edgeship.sdk.client import Session
 from tests.test_agent import open_agent
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from sdk.agentbuild import write_zipapp
-from sdk.client import Session
-from sdk.transport.local import LocalStream
+from edgeship.sdk.agentbuild import write_zipapp
+from edgeship.sdk.client import Session
+from edgeship.sdk.transport.local import LocalStream
 from tests.conftest import ROOT
 
 AGENT_PYTHON = ROOT / ".venv-agent" / "bin" / "python"

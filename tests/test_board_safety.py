@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from device_agent import micro
-from device_agent.agent import Agent, AgentConfig
-from device_agent.protocol import Message
+from edgeship.device_agent import micro
+from edgeship.device_agent.agent import Agent, AgentConfig
+from edgeship.device_agent.protocol import Message
 from tests import helpers_models
 from tests.conftest import run_cli
 
@@ -38,7 +38,7 @@ def conv_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_planning_in_process_really_crashes(conv_int8: Path) -> None:
-    code = ("import sys; from device_agent import micro; "
+    code = ("import sys; from edgeship.device_agent import micro; "
             f"micro.arena_needed(open(sys.argv[1], 'rb').read(), upper={CRASHING_SEARCH_UPPER})")
     proc = subprocess.run([sys.executable, "-c", code, str(conv_int8)], capture_output=True, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)

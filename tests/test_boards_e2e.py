@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sdk.emulate.sshd import Sshd
+from edgeship.sdk.emulate.sshd import Sshd
 from tests.conftest import run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert

@@ -26,10 +26,10 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner, Result
 
-from sdk import boards
-from sdk.cli import main
-from sdk.emulate.sshd import Sshd
-from sdk.setup import LITERT, PROBE, TFLITE_RUNTIME, probe_command, runtime_candidates
+from edgeship.sdk import boards
+from edgeship.sdk.cli import main
+from edgeship.sdk.emulate.sshd import Sshd
+from edgeship.sdk.setup import LITERT, PROBE, TFLITE_RUNTIME, probe_command, runtime_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PYTHON = "/usr/bin/python3"  # has the venv module; the bare board venv is made from it

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sdk.catalogue import SHIPPED, load_catalogue, load_file, resolve
-from sdk.errors import CatalogueError
+from edgeship.sdk.catalogue import SHIPPED, load_catalogue, load_file, resolve
+from edgeship.sdk.errors import CatalogueError
 from tests.conftest import run_cli
 
 GOOD_BOARD = "    description: a board\n    transport: ssh\n    ssh: {host: example.org, user: me}\n"

@@ -9,7 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from sdk.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, main
+from edgeship.sdk.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, main
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 

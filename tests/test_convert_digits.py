@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.manifest import Manifest
-from converters.tflite_model import TFLiteModel
+from edgeship.converters.manifest import Manifest
+from edgeship.converters.tflite_model import TFLiteModel
 from tests.conftest import run_cli
 
 DYNAMIC_SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK"}

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.convert import convert
-from converters.manifest import Manifest
-from converters.recipe import Recipe
-from converters.tflite_model import TFLiteModel
-from sdk.errors import ConversionError
+from edgeship.converters.convert import convert
+from edgeship.converters.manifest import Manifest
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import ConversionError
 from tests.conftest import EDGESHIP
 
 STEPS, FEATURES = 8, 8
@@ -31,7 +31,7 @@ STEPS, FEATURES = 8, 8
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lstm.keras, gru.keras, attention.keras (Keras 3), fused_lstm.h5 and stateful_lstm.h5 (tf_keras), data."""
-    from converters._tf import tensorflow
+    from edgeship.converters._tf import tensorflow
 
     tensorflow()
     import keras
@@ -85,8 +85,8 @@ def _cli(*args: str, tmpdir: Path) -> subprocess.CompletedProcess[str]:
 
 def _outputs(data: bytes, x: np.ndarray, reset: bool) -> np.ndarray:
     """The model's first output for each sample, one invocation each (state reset before each when asked)."""
-    from device_agent.quant import dequantize, quantize
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.quant import dequantize, quantize
+    from edgeship.device_agent.runtime import load_runtime
 
     it = load_runtime().interpreter(data)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
@@ -117,8 +117,8 @@ def test_a_converter_crash_is_one_line_and_leaves_nothing_behind(zoo: Path, tmp_
 
 def test_one_converter_child_serves_the_process_and_a_crashed_one_is_replaced(zoo: Path, tmp_path: Path) -> None:
     """Conversions in one process share a converter child (TensorFlow imported once); a crash is not reused."""
-    from converters import isolated
-    from sdk.errors import ConverterCrashError
+    from edgeship.converters import isolated
+    from edgeship.sdk.errors import ConverterCrashError
 
     def idle_pid() -> int | None:
         return isolated._idle[0]._proc.pid if isolated._idle else None
@@ -143,7 +143,7 @@ def test_one_converter_child_serves_the_process_and_a_crashed_one_is_replaced(zo
 @pytest.mark.parametrize("recipe", ["float32", "float16", "dynamic"])
 def test_recurrent_models_convert_static_and_agree_with_keras(zoo: Path, tmp_path: Path, name: str,
                                                               recipe: str) -> None:
-    from converters.source import load_source
+    from edgeship.converters.source import load_source
 
     result = convert(zoo / name, Recipe.from_name(recipe), tmp_path / "b")
     data = result.model_path.read_bytes()
@@ -188,7 +188,7 @@ def test_a_fused_lstm_is_marked_stateful_because_its_runs_depend_on_each_other(z
 
 
 def test_int8_of_a_fused_lstm_is_fully_integer_and_still_stateful(zoo: Path, tmp_path: Path) -> None:
-    from converters.source import load_source
+    from edgeship.converters.source import load_source
 
     result = convert(zoo / "fused_lstm.h5", Recipe.from_name("int8", calibration=zoo / "calib.npz"), tmp_path / "b")
     m = result.manifest
@@ -208,10 +208,10 @@ def test_a_stateful_keras_lstm_names_its_resource_variables(zoo: Path, tmp_path:
 def test_int8_attention_is_the_raw_converters_model_with_its_float_op_named(zoo: Path, tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from converters import data as datasets
-    from converters.source import load_source
-    from sdk.catalogue import load_catalogue
-    from sdk.compat import check
+    from edgeship.converters import data as datasets
+    from edgeship.converters.source import load_source
+    from edgeship.sdk.catalogue import load_catalogue
+    from edgeship.sdk.compat import check
 
     proc = _cli("convert", str(zoo / "attention.keras"), "-r", "int8", "--calib", str(zoo / "calib.npz"),
                 "-o", str(tmp_path / "b"), tmpdir=tmp_path)
@@ -256,9 +256,9 @@ def test_int8_strict_still_converts_digits_fully_integer(digits: Path, tmp_path:
 
 
 def test_int16x8_digits_has_int16_activations_and_boards_say_what_runs_it(digits: Path, tmp_path: Path) -> None:
-    from device_agent.runtime import load_runtime
-    from sdk.catalogue import load_catalogue
-    from sdk.compat import check, notes
+    from edgeship.device_agent.runtime import load_runtime
+    from edgeship.sdk.catalogue import load_catalogue
+    from edgeship.sdk.compat import check, notes
 
     proc = _cli("convert", str(digits / "digits.keras"), "-r", "int16x8", "--calib", str(digits / "train.npz"),
                 "--eval", str(digits / "test.npz"), "-o", str(tmp_path / "b"), "--json", tmpdir=tmp_path)

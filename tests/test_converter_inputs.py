@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.convert import convert
-from converters.recipe import Recipe
-from converters.tflite_model import TFLiteModel
-from sdk.errors import UnsupportedLayerError
+from edgeship.converters.convert import convert
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import UnsupportedLayerError
 from tests.conftest import run_cli
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.manifest import Manifest
+from edgeship.converters.manifest import Manifest
 from tests.conftest import ROOT, run_cli
 from tests.test_report import rendered_images
 
@@ -37,7 +37,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def outlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with outlier.keras, train.npz and test.npz."""
-    from converters._tf import tensorflow
+    from edgeship.converters._tf import tensorflow
 
     tensorflow()
     import keras
@@ -87,8 +87,8 @@ def debug_doc(outlier: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def plain_int8(outlier: Path) -> Manifest:
     """The same model through the ordinary int8 recipe: the accuracy --keep-float must win back."""
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     recipe = Recipe.int8(outlier / "train.npz")
     return convert(outlier / "outlier.keras", recipe, outlier / "plain-int8", eval_data=outlier / "test.npz").manifest
@@ -178,8 +178,8 @@ def test_unknown_layer_is_a_one_line_usage_error_listing_the_layers(outlier: Pat
 
 
 def test_int8_only_board_refuses_a_keep_float_bundle(outlier: Path, kept_auto: Manifest, plain_int8: Manifest) -> None:
-    from sdk.catalogue import resolve
-    from sdk.compat import check
+    from edgeship.sdk.catalogue import resolve
+    from edgeship.sdk.compat import check
 
     spec = resolve("emu-mcu").spec
     assert spec.constraints.int8_only

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from sdk.client import Session
-from sdk.errors import AgentError
+from edgeship.sdk.client import Session
+from edgeship.sdk.errors import AgentError
 from tests.conftest import ROOT, run_cli
 from tests.test_agent import open_agent
 
@@ -166,7 +166,7 @@ def test_paths_blobs_unknown_names_and_oversize_options_are_refused_and_nothing_
 def _start(tmp_path: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The agent's start-up with these flags (stdin closed: it serves nothing and exits)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(home or tmp_path))
-    return subprocess.run([sys.executable, "-m", "device_agent", "--stdio", "--store", str(tmp_path / "store"), *args],
+    return subprocess.run([sys.executable, "-m", "edgeship.device_agent", "--stdio", "--store", str(tmp_path / "store"), *args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, env=env)
 
 

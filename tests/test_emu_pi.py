@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sdk.client import Session
-from sdk.device import host_reference
-from sdk.emulate import pi
-from sdk.errors import EdgeshipError
+from edgeship.sdk.client import Session
+from edgeship.sdk.device import host_reference
+from edgeship.sdk.emulate import pi
+from edgeship.sdk.errors import EdgeshipError
 from tests.conftest import run_cli
 
 CACHE = pi.DEFAULT_CACHE  # the cache the emu-pi board itself uses: one provisioning per machine

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.tflite_model import TFLiteModel
+from edgeship.converters.tflite_model import TFLiteModel
 from tests.conftest import run_cli
 
 SOURCE_INPUTS = ["zleft", "aright"]  # the source's order; TFLite sorts them
@@ -118,9 +118,9 @@ def test_an_unknown_output_is_one_line_naming_the_outputs(two_heads: Path, bundl
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edgeship: error:"), r.stderr
         assert "'digits'" in lines[0] and "digit" in lines[0] and "parity" in lines[0]
-    from converters.convert import convert
-    from converters.recipe import Recipe
-    from sdk.errors import UsageError
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
+    from edgeship.sdk.errors import UsageError
 
     with pytest.raises(UsageError, match="no output 'digits'; its outputs: digit, parity"):
         convert(two_heads / "two.keras", Recipe.from_name("float32"), two_heads / "never",
@@ -129,8 +129,8 @@ def test_an_unknown_output_is_one_line_naming_the_outputs(two_heads: Path, bundl
 
 
 def test_saved_model_signature_keys_are_the_names(two_io_saved_model: Path, tmp_path: Path) -> None:
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     result = convert(two_io_saved_model, Recipe.from_name("float32"), tmp_path / "b", signature="predict")
     m = result.manifest
@@ -147,9 +147,9 @@ def test_one_output_model_is_named_by_its_layer(convert_digits: Any) -> None:
 
 
 def test_agent_refuses_an_output_option_that_is_not_a_bounded_name(convert_digits: Any, tmp_path: Path) -> None:
-    from sdk.client import Session
-    from sdk.errors import AgentError
-    from sdk.transport.local import LocalStream
+    from edgeship.sdk.client import Session
+    from edgeship.sdk.errors import AgentError
+    from edgeship.sdk.transport.local import LocalStream
 
     model = convert_digits("int8").model_path.read_bytes()
     session = Session(LocalStream(tmp_path / "store", ()))

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device_agent import micro
-from device_agent.evaluate import evaluate, signature_io
-from device_agent.quant import quantize
-from device_agent.runtime import Runtime
+from edgeship.device_agent import micro
+from edgeship.device_agent.evaluate import evaluate, signature_io
+from edgeship.device_agent.quant import quantize
+from edgeship.device_agent.runtime import Runtime
 from tests.conftest import run_cli
 
 
@@ -66,7 +66,7 @@ def test_evaluate_on_tflm_matches_eval_host(int8_bundle: Path, int8_model: bytes
 
 
 def test_outputs_agree_with_litert_sample_for_sample(int8_model: bytes, test_split: dict[str, np.ndarray]) -> None:
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.runtime import load_runtime
 
     host = load_runtime().interpreter(int8_model)  # make test installs LiteRT; its absence is a failure
     tflm = micro.MicroRuntime(model_content=int8_model)
@@ -195,7 +195,7 @@ def test_the_interpreter_surface_the_agent_uses(int8_model: bytes, needed: int) 
 
 def test_runtime_shim_and_worker_build_it_unchanged(int8_bundle: Path, needed: int) -> None:
     """runtime.Runtime and worker._build_interpreter take MicroRuntime as they take tf.lite's Interpreter."""
-    from device_agent.worker import _build_interpreter
+    from edgeship.device_agent.worker import _build_interpreter
 
     rt = Runtime("tflite_micro", micro.version(), micro.MicroRuntime, micro.load_delegate)
     model = (int8_bundle / "model.tflite").read_bytes()

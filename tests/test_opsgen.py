@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.opsgen import (
+from edgeship.converters.opsgen import (
     OpRange,
     OpSet,
     custom_register_name,
@@ -28,8 +28,8 @@ from converters.opsgen import (
     render_tflite,
     write_ops_dir,
 )
-from converters.tflite_model import TFLiteModel
-from device_agent import __version__
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.device_agent import __version__
 from tests import helpers_models as hm
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -173,8 +173,8 @@ def test_micro_op_table_agrees_with_tflite_micro() -> None:
     """device_agent/micro_ops.py against TFLM itself, for ops on both sides of the line (a real load each)."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    from converters._schema_enums import BUILTIN_OPERATORS
-    from device_agent.micro_ops import BUILTIN_OPS, CUSTOM_OPS
+    from edgeship.converters._schema_enums import BUILTIN_OPERATORS
+    from edgeship.device_agent.micro_ops import BUILTIN_OPS, CUSTOM_OPS
 
     gen = hm.load_module("tools/gen_tflm_ops.py", "gen_tflm_ops")
     codes = {name: code for code, name in BUILTIN_OPERATORS.items()}

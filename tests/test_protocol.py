@@ -14,7 +14,7 @@ from collections import deque
 
 import pytest
 
-from device_agent.protocol import ACK, MSG, Link, LinkFailed, Message, ProtocolError, encode_frame
+from edgeship.device_agent.protocol import ACK, MSG, Link, LinkFailed, Message, ProtocolError, encode_frame
 
 
 class Pipe:

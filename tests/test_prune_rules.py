@@ -93,8 +93,8 @@ def test_small_dense_layers_stay_weight_by_weight_and_a_lost_float_model_is_repo
 
 def test_a_large_dense_layer_gets_blocks_of_16_and_the_small_ones_do_not(data: tuple[Path, Path],
                                                                          tmp_path: Path) -> None:
-    from converters.convert import convert
-    from converters.recipe import Recipe
+    from edgeship.converters.convert import convert
+    from edgeship.converters.recipe import Recipe
 
     train, test = data
     d = np.load(train)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.convert import ConversionResult, convert
-from converters.recipe import Recipe
-from converters.tflite_model import TFLiteModel
-from sdk.errors import DatasetError, UnsupportedLayerError
+from edgeship.converters.convert import ConversionResult, convert
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import DatasetError, UnsupportedLayerError
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -166,8 +166,8 @@ def test_qat_takes_batchnorm_and_folds_it(made: Callable[[str], Path], tmp_path:
 def test_unsupported_layers_are_asked_after_the_layout_transform() -> None:
     import tf_keras
 
-    from converters import qat
-    from converters.optimize import qat_scheme
+    from edgeship.converters import qat
+    from edgeship.converters.optimize import qat_scheme
 
     layers = tf_keras.layers
 
@@ -257,8 +257,8 @@ def two_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _head_accuracy(result: ConversionResult, folder: Path) -> dict[str, float]:
-    from device_agent.evaluate import evaluate
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import evaluate
+    from edgeship.device_agent.runtime import load_runtime
 
     test = np.load(folder / "test.npz")
     out = evaluate(load_runtime().interpreter(result.model_path.read_bytes()), {"image": test["x"]}).outputs
@@ -316,7 +316,7 @@ def test_qat_is_within_half_a_point_of_float(made: Callable[[str], Path], tmp_pa
 
 
 def test_debug_quant_and_convert_agree_on_fully_integer(made: Callable[[str], Path], tmp_path: Path) -> None:
-    from converters.quantdebug import debug_quantization
+    from edgeship.converters.quantdebug import debug_quantization
 
     model = made("conv_bn")
     report = debug_quantization(model, model.parent / "train.npz", model.parent / "test.npz", trials=0)
@@ -355,8 +355,8 @@ class Scale(keras.layers.Layer):
 def test_custom_layers_need_their_module(tmp_path: Path) -> None:
     import importlib.util
 
-    from device_agent.evaluate import evaluate
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import evaluate
+    from edgeship.device_agent.runtime import load_runtime
 
     (tmp_path / "user_layers.py").write_text(CUSTOM_LAYER)
     spec = importlib.util.spec_from_file_location("user_layers_for_saving", tmp_path / "user_layers.py")

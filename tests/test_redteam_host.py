@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from sdk.client import Session, _wire_form
-from sdk.emulate.sshd import Sshd
-from sdk.errors import AgentError, BoardProtocolError, LinkError
-from sdk.transport.local import LocalStream
+from edgeship.sdk.client import Session, _wire_form
+from edgeship.sdk.emulate.sshd import Sshd
+from edgeship.sdk.errors import AgentError, BoardProtocolError, LinkError
+from edgeship.sdk.transport.local import LocalStream
 from tests.conftest import EDGESHIP, ROOT
 from tests.hostile_agent import MODES, NASTY
 

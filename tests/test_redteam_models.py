@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.data import load_npz
-from converters.inspect import inspect_tflite
-from device_agent import npzfile
-from sdk.client import Session
-from sdk.errors import CorruptModelError, DatasetError
-from sdk.transport.local import LocalStream
+from edgeship.converters.data import load_npz
+from edgeship.converters.inspect import inspect_tflite
+from edgeship.device_agent import npzfile
+from edgeship.sdk.client import Session
+from edgeship.sdk.errors import CorruptModelError, DatasetError
+from edgeship.sdk.transport.local import LocalStream
 from tests import helpers_crafted as hc
 from tests.conftest import EDGESHIP
 
@@ -207,7 +207,7 @@ def test_the_npz_loader_stays_bounded_on_a_deflate_bomb(tmp_path: Path) -> None:
     bomb.write_bytes(hc.deflate_bomb(1 << 30))
     assert bomb.stat().st_size < 2 << 20
     # VmHWM, this process's own peak (ru_maxrss would carry over the forking pytest's, across exec)
-    code = ("import sys; from converters.data import load_npz; from sdk.errors import DatasetError\n"
+    code = ("import sys; from edgeship.converters.data import load_npz; from edgeship.sdk.errors import DatasetError\n"
             "try:\n    load_npz(sys.argv[1])\nexcept DatasetError as exc:\n    print(exc)\n"
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     out = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=60,

@@ -27,13 +27,13 @@ from urllib.parse import quote
 import paramiko
 import pytest
 
-from sdk import boards
-from sdk.agentbuild import build_zipapp
-from sdk.boards import Board, open_session
-from sdk.emulate.sshd import Sshd
-from sdk.errors import HostKeyError, LinkError, UsageError
-from sdk.transport import ssh as ssh_transport
-from sdk.transport.ssh import SSHTarget, connect
+from edgeship.sdk import boards
+from edgeship.sdk.agentbuild import build_zipapp
+from edgeship.sdk.boards import Board, open_session
+from edgeship.sdk.emulate.sshd import Sshd
+from edgeship.sdk.errors import HostKeyError, LinkError, UsageError
+from edgeship.sdk.transport import ssh as ssh_transport
+from edgeship.sdk.transport.ssh import SSHTarget, connect
 from tests.conftest import in_thread, run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
@@ -146,7 +146,7 @@ def test_cert_authority_unknown_marker_and_malformed_lines_are_skipped(sshd: Ssh
         "10.8.8.8 sk-ssh-future@example.com QUFBQQ==",  # a key type paramiko does not read: kept as unreadable
     ]
     known.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.DEBUG, logger="sdk.transport.ssh"), \
+    with caplog.at_level(logging.DEBUG, logger="edgeship.sdk.transport.ssh"), \
             pytest.raises(HostKeyError, match="is not known"):  # no entry for this host: unknown, not a crash
         bounded(lambda: connect(target(sshd, known)))
     warned = {r.getMessage().split(": ")[0] for r in caplog.records if r.levelno == logging.WARNING}

@@ -1,6 +1,6 @@
 """Red team: the agent's store under kill -9, two agents on one store, quota and disk limits, tampering.
 
-Every scenario drives real agent processes (`python -m device_agent --stdio --store DIR`) and
+Every scenario drives real agent processes (`python -m edgeship.device_agent --stdio --store DIR`) and
 counts deaths (an agent that exited without being killed or told `bye`), hangs (a request
 without an answer, or the scenario's watchdog firing), corrupt installs (a file in `blobs/`
 that does not hash to its name), losses (a push that should have completed and did not) and
@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from device_agent.protocol import Link, Message
-from sdk.client import LinkProfile, Session
-from sdk.errors import AgentError, LinkError
-from sdk.transport.local import LocalStream
+from edgeship.device_agent.protocol import Link, Message
+from edgeship.sdk.client import LinkProfile, Session
+from edgeship.sdk.errors import AgentError, LinkError
+from edgeship.sdk.transport.local import LocalStream
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHDOG_SECONDS = 60.0  # per scenario: past it every agent is killed and the scenario counts a hang
@@ -44,7 +44,7 @@ class AgentStream(LocalStream):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         old = os.umask(umask) if umask is not None else None
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "device_agent", "--stdio", "--store", str(store), *args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgeship.device_agent", "--stdio", "--store", str(store), *args],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
         finally:
             if old is not None:
@@ -570,7 +570,7 @@ def test_a_raw_link_gets_error_frames_for_hostile_store_requests(lab: Lab, tmp_p
 
 def test_the_worker_refuses_a_dataset_that_changed_after_the_store_checked_it(tmp_path: Path) -> None:
     """The worker re-hashes what it loads: a dataset swapped between `store.get` and the run is refused."""
-    from device_agent.worker import _run
+    from edgeship.device_agent.worker import _run
 
     model, dataset = os.urandom(1000), os.urandom(1000)
     (tmp_path / "m").write_bytes(model)

@@ -24,10 +24,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from device_agent.protocol import ACK, HEADER_SIZE, MSG, Link, LinkFailed, LinkTimeout, Message, ProtocolError, encode_frame
-from device_agent.streams import FdStream, StreamClosed
-from device_agent.worker import run_in_worker
-from sdk.client import LinkProfile, Session
+from edgeship.device_agent.protocol import ACK, HEADER_SIZE, MSG, Link, LinkFailed, LinkTimeout, Message, ProtocolError, encode_frame
+from edgeship.device_agent.streams import FdStream, StreamClosed
+from edgeship.device_agent.worker import run_in_worker
+from edgeship.sdk.client import LinkProfile, Session
 
 SEED = 20261201
 BOUND = 10.0  # seconds: an answer later than this is a hang
@@ -78,7 +78,7 @@ class AgentProc:
         self.err_path = tmp / f"agent-{transport}.err"
         self._err = self.err_path.open("ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        base = [sys.executable, "-m", "device_agent", "--store", str(self.store), *args]
+        base = [sys.executable, "-m", "edgeship.device_agent", "--store", str(self.store), *args]
         if transport == "stdio":
             to_agent, from_agent = os.pipe(), os.pipe()  # the test owns its ends: one close each
             self.proc = subprocess.Popen([*base, "--stdio"], stdin=to_agent[0], stdout=from_agent[1],
@@ -567,13 +567,13 @@ def test_list_pages_a_big_store_and_no_reply_outgrows_a_small_frame(tmp_path: Pa
 def test_boards_ping_after_a_host_died_mid_bench_shows_the_board(tmp_path: Path, tiny_model: bytes) -> None:
     """The issue's case end to end, through the paced relay at 115200 baud and pyserial: `boards ping --json` after a
     host died mid-bench prints the agent's hello (it printed the dead run's progress), and a push then works."""
-    from sdk.boards import Board, open_session
-    from sdk.emulate.relay import SerialRelay
+    from edgeship.sdk.boards import Board, open_session
+    from edgeship.sdk.emulate.relay import SerialRelay
     from tests.conftest import run_cli
 
     with SerialRelay(115200, seed=SEED) as relay:
         err = (tmp_path / "agent.err").open("wb")
-        agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", relay.board_port, "--baud", "115200",
+        agent = subprocess.Popen([sys.executable, "-m", "edgeship.device_agent", "--serial", relay.board_port, "--baud", "115200",
                                   "--store", str(tmp_path / "store"), "--run-timeout", "60"], stderr=err, cwd=ROOT)
         try:
             url = f"serial://{relay.host_port}?baud=115200"

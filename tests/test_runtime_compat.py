@@ -17,13 +17,13 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.tools import flatbuffer_utils as fu
 
-from converters.manifest import MODEL_FILE, Manifest, model_facts
-from converters.recipe import Recipe
-from converters.tflite_model import TFLiteModel
-from device_agent import runtime
-from device_agent.agent import Agent, AgentConfig
-from device_agent.protocol import Message
-from sdk.boards import Board, open_session
+from edgeship.converters.manifest import MODEL_FILE, Manifest, model_facts
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.device_agent import runtime
+from edgeship.device_agent.agent import Agent, AgentConfig
+from edgeship.device_agent.protocol import Message
+from edgeship.sdk.boards import Board, open_session
 from tests import helpers_models as hm
 from tests.conftest import run_cli
 
@@ -32,7 +32,7 @@ UNREACHABLE = "    transport: ssh\n    ssh: {host: 127.0.0.1, port: 9}\n"  # not
 
 @pytest.fixture(scope="module")
 def dynamic_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converters.convert import convert
+    from edgeship.converters.convert import convert
 
     out = tmp_path_factory.mktemp("dyn") / "digits-dynamic"
     convert(digits / "digits.keras", Recipe.from_name("dynamic"), out)
@@ -63,7 +63,7 @@ def _local(name: str, tmp_path: Path, extra: str = "") -> str:
 def test_litert_level_is_the_tensorflow_release_whose_schema_it_ships() -> None:
     import ai_edge_litert.schema_py_generated as litert_schema
 
-    from converters._schema_enums import BUILTIN_OPERATORS  # generated from TensorFlow 2.21's schema
+    from edgeship.converters._schema_enums import BUILTIN_OPERATORS  # generated from TensorFlow 2.21's schema
 
     ops = {v: k for k, v in vars(litert_schema.BuiltinOperator).items() if k.isupper()}
     assert ops == BUILTIN_OPERATORS  # same op set as TF 2.21: the evidence for LITERT_TFLITE_LEVEL
@@ -206,8 +206,8 @@ def _densify_model() -> bytes:
 
 
 def test_densify_gets_no_add_call_and_tflm_really_lacks_it() -> None:
-    from converters.opsgen import OpSet, render_micro
-    from device_agent import micro
+    from edgeship.converters.opsgen import OpSet, render_micro
+    from edgeship.device_agent import micro
 
     model = _densify_model()
     parsed = TFLiteModel.from_bytes(model)

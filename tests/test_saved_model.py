@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.convert import convert
-from converters.recipe import Recipe
-from converters.tflite_model import TFLiteModel
-from sdk.errors import SignatureNotFoundError, UnsupportedLayerError
+from edgeship.converters.convert import convert
+from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import SignatureNotFoundError, UnsupportedLayerError
 from tests.conftest import run_cli
 
 RECIPES = {
@@ -39,8 +39,8 @@ def test_two_io_signature_converts_with_every_recipe(two_io_saved_model: Path, t
     # The converted model computes what the SavedModel computes.
     import tensorflow as tf
 
-    from device_agent.evaluate import evaluate
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import evaluate
+    from edgeship.device_agent.runtime import load_runtime
 
     data = dict(np.load(calib))
     ref = tf.saved_model.load(str(two_io_saved_model)).signatures["predict"](

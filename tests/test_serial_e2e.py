@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from sdk.boards import Board, open_session
-from sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
-from sdk.errors import LinkError
+from edgeship.sdk.boards import Board, open_session
+from edgeship.sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
+from edgeship.sdk.errors import LinkError
 from tests.conftest import run_cli
 
 BAUD = 115200
@@ -25,7 +25,7 @@ BAUD = 115200
 def line(tmp_path: Path) -> Any:
     """A relay between two ptys, with the agent serving on the board end."""
     with SerialRelay(BAUD, seed=11) as relay:
-        agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", relay.board_port, "--baud", str(BAUD),
+        agent = subprocess.Popen([sys.executable, "-m", "edgeship.device_agent", "--serial", relay.board_port, "--baud", str(BAUD),
                                   "--store", str(tmp_path / "store")], stderr=subprocess.PIPE)
         try:
             yield relay, tmp_path / "store"

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
-from sdk.errors import LinkError, TransportError, UsageError
-from sdk.transport.serial import SerialStream, open_serial
+from edgeship.sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
+from edgeship.sdk.errors import LinkError, TransportError, UsageError
+from edgeship.sdk.transport.serial import SerialStream, open_serial
 
 FAST = 1_000_000  # 100 kB/s: paced, but quick enough for the functional tests
 # Every byte value, then the ones a cooked tty would eat or rewrite: NUL, LF, CR, ^C, XON/XOFF, 0xff.

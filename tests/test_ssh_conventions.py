@@ -24,12 +24,12 @@ from urllib.parse import quote
 import paramiko
 import pytest
 
-from sdk import boards
-from sdk.boards import Board, open_session
-from sdk.catalogue import resolve
-from sdk.emulate.sshd import Sshd
-from sdk.errors import HostKeyError, TransportError, UsageError
-from sdk.transport.ssh import connect, is_host_alias, resolve_target
+from edgeship.sdk import boards
+from edgeship.sdk.boards import Board, open_session
+from edgeship.sdk.catalogue import resolve
+from edgeship.sdk.emulate.sshd import Sshd
+from edgeship.sdk.errors import HostKeyError, TransportError, UsageError
+from edgeship.sdk.transport.ssh import connect, is_host_alias, resolve_target
 from tests.conftest import run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
@@ -149,7 +149,7 @@ def test_host_alias_gives_hostname_user_port_and_identity_file(sshd: Sshd, home:
 
 def test_include_lines_are_named_in_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_config(home, "Include ~/.ssh/config.d/*\nHost mypi\n  HostName 127.0.0.1\n")
-    with caplog.at_level("WARNING", logger="sdk.transport.ssh"):
+    with caplog.at_level("WARNING", logger="edgeship.sdk.transport.ssh"):
         assert is_host_alias("mypi") and not is_host_alias("elsewhere")
     assert any("does not follow Include" in r.getMessage() for r in caplog.records)
 
@@ -344,10 +344,10 @@ def test_malformed_addresses_are_usage_errors(spec: str, home: Path) -> None:
 
 
 def test_cli_pings_a_serial_board_by_its_device_path(tmp_path: Path) -> None:
-    from sdk.emulate.relay import SerialRelay
+    from edgeship.sdk.emulate.relay import SerialRelay
 
     with SerialRelay(115200) as relay:
-        agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", relay.board_port, "--baud",
+        agent = subprocess.Popen([sys.executable, "-m", "edgeship.device_agent", "--serial", relay.board_port, "--baud",
                                   "115200", "--store", str(tmp_path / "store")], stderr=subprocess.DEVNULL)
         try:
             assert relay.host_port.startswith("/dev/")

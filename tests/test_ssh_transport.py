@@ -23,9 +23,9 @@ from typing import Any
 import paramiko
 import pytest
 
-from sdk.emulate.sshd import Sshd, free_port, keygen
-from sdk.errors import AuthError, HostKeyError, LinkError
-from sdk.transport.ssh import SSHTarget, connect, open_exec, put_file, remote_sha256
+from edgeship.sdk.emulate.sshd import Sshd, free_port, keygen
+from edgeship.sdk.errors import AuthError, HostKeyError, LinkError
+from edgeship.sdk.transport.ssh import SSHTarget, connect, open_exec, put_file, remote_sha256
 from tests.conftest import in_thread
 
 MB = 1024 * 1024

@@ -44,7 +44,7 @@ BUILD = textwrap.dedent("""
 # Runs main(args) the way the console script does, minus sys.exit, then reports what got imported.
 PROBE = textwrap.dedent("""
     import contextlib, io, json, sys
-    from sdk.cli import main
+    from edgeship.sdk.cli import main
 
     out = io.StringIO()
     code = 0
@@ -90,7 +90,7 @@ def test_help_does_not_import_tensorflow() -> None:
     assert report["exit_code"] == 0
     assert "Usage:" in report["stdout"] and "inspect" in report["stdout"]
     modules = report["modules"]
-    assert "sdk.cli" in modules  # the probe really ran the CLI
+    assert "edgeship.sdk.cli" in modules  # the probe really ran the CLI
     for name in HEAVY:
         assert name not in modules, f"edgeship --help imported {name}"
     assert _heavy(modules) == []
@@ -101,14 +101,14 @@ def test_inspect_tflite_does_not_import_tensorflow(tiny_tflite: Path) -> None:
     assert report["exit_code"] == 0
     assert "TFLite model" in report["stdout"] and "FULLY_CONNECTED" in report["stdout"]
     modules = report["modules"]
-    assert "converters.inspect" in modules and "converters.tflite_model" in modules
+    assert "edgeship.converters.inspect" in modules and "edgeship.converters.tflite_model" in modules
     for name in HEAVY:
         assert name not in modules, f"edgeship inspect x.tflite imported {name}"
     assert _heavy(modules) == []
 
 
 def test_inspect_json_of_tiny_tflite(tiny_tflite: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "sdk.cli", "inspect", "--json", str(tiny_tflite)],
+    proc = subprocess.run([sys.executable, "-m", "edgeship.sdk.cli", "inspect", "--json", str(tiny_tflite)],
                           capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
@@ -125,5 +125,5 @@ def test_bundle_tflite_does_not_import_tensorflow(tiny_tflite: Path, tmp_path: P
     report = _run_in_fresh_interpreter("bundle", str(tiny_tflite), "--out", str(tmp_path / "b"), "--quiet")
     assert report["exit_code"] == 0
     assert "prebuilt, float32" in report["stdout"] and (tmp_path / "b" / "manifest.json").exists()
-    assert "converters.bundle" in report["modules"]
+    assert "edgeship.converters.bundle" in report["modules"]
     assert _heavy(report["modules"]) == []

@@ -66,8 +66,8 @@ def test_tflite_micro_runtime_resets_state_too(lstm_bundle: tuple[Path, Any]) ->
     """TFLite Micro (reference kernels, float LSTM) resets through MicroRuntime.reset_all_variables."""
     import numpy as np
 
-    from device_agent.evaluate import evaluate
-    from device_agent.micro import MicroRuntime
+    from edgeship.device_agent.evaluate import evaluate
+    from edgeship.device_agent.micro import MicroRuntime
 
     bundle, z = lstm_bundle
     host = _eval_host(bundle, z.test)
@@ -107,7 +107,7 @@ def test_tflite_micro_board_resets_state_too(lstm_bundle: tuple[Path, Any], tmp_
 
 
 def test_agent_refuses_an_unknown_state() -> None:
-    from device_agent.agent import _state
+    from edgeship.device_agent.agent import _state
 
     assert _state(None) == "reset"
     assert _state("keep") == "keep"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.tflite_model import TFLiteModel
-from sdk.errors import CorruptModelError, ModelNotFoundError
+from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.errors import CorruptModelError, ModelNotFoundError
 from tests import helpers_models as hm
 
 MODELS = {
@@ -48,7 +48,7 @@ def test_schema_enums_match_installed_tensorflow_schema() -> None:
 
 
 def test_schema_enums_cover_the_schema_classes() -> None:
-    from converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
+    from edgeship.converters._schema_enums import BUILTIN_OPERATORS, TENSOR_TYPES
 
     schema = hm.schema()
     assert BUILTIN_OPERATORS[schema.BuiltinOperator.CUMSUM] == "CUMSUM"

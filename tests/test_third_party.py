@@ -161,7 +161,7 @@ def test_token_id_inputs_are_generated_in_range(boards: Path) -> None:
     assert manifest["inputs"][0]["dtype"] == "int32"
     result = _bench(bundle, "local", boards / "results")  # ids over the whole int32 range would fail GATHER
     assert result["generated_inputs"][0]["values"] == "uniform int32 0..63"
-    from device_agent.worker import GENERATED_INT_HIGH, generated_inputs
+    from edgeship.device_agent.worker import GENERATED_INT_HIGH, generated_inputs
 
     assert GENERATED_INT_HIGH <= helpers_third_party.VOCAB
     details = [{"index": 0, "dtype": np.int32, "shape": [1, 6], "quantization": (0.0, 0)},
@@ -209,8 +209,8 @@ def test_corrupt_truncated_and_misdirected_files_are_one_clear_line(tmp_path: Pa
 def test_precision_is_what_the_tensors_show() -> None:
     import tensorflow as tf
 
-    from converters.bundle import precision_of
-    from converters.tflite_model import TFLiteModel
+    from edgeship.converters.bundle import precision_of
+    from edgeship.converters.tflite_model import TFLiteModel
 
     rng = np.random.default_rng(3)
     w = tf.constant(rng.normal(size=(64, 32)).astype(np.float32))  # big enough for the converter to quantize

@@ -216,8 +216,8 @@ def test_a_board_without_a_runtime_says_so_in_one_line_and_ping_exits_1(env: dic
 
 
 def test_the_agent_without_numpy_answers_hello_and_refuses_runs(tmp_path: Path, bare_python: Path) -> None:
-    from sdk.client import Session, cannot_run
-    from sdk.transport.local import LocalStream
+    from edgeship.sdk.client import Session, cannot_run
+    from edgeship.sdk.transport.local import LocalStream
 
     session = Session(LocalStream(tmp_path / "store", python=bare_python))
     try:
@@ -232,7 +232,7 @@ def test_the_agent_without_numpy_answers_hello_and_refuses_runs(tmp_path: Path, 
 
 
 def test_an_ssh_board_without_numpy_is_named_too(env: dict[str, str], bare_python: Path, tmp_path: Path) -> None:
-    from sdk.emulate.sshd import Sshd
+    from edgeship.sdk.emulate.sshd import Sshd
 
     with Sshd(tmp_path / "sshd") as server:  # a real sshd on loopback in front of the numpy-less Python
         url = (f"ssh://{server.user}@127.0.0.1:{server.port}?python={bare_python}&key={server.user_key_path}"

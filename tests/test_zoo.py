@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.manifest import Manifest
-from converters.tflite_model import TFLiteModel
+from edgeship.converters.manifest import Manifest
+from edgeship.converters.tflite_model import TFLiteModel
 from tests.conftest import QAT_GOAL, Converted, run_cli
 from tests.zoo import FAMILIES, TWO_IO_OUTPUTS, ZooModel, accuracy, raw_convert
 

@@ -441,8 +441,8 @@ def accuracy(flatbuffer: bytes, z: ZooModel, output: str | None = None, data: Pa
     its outputs output_0, output_1, ... in the source's order, so that name stands in for it.
     Returns (accuracy, the output name scored).
     """
-    from device_agent.evaluate import evaluate, signature_io
-    from device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import evaluate, signature_io
+    from edgeship.device_agent.runtime import load_runtime
 
     interpreter = load_runtime().interpreter(flatbuffer)
     _, outs = signature_io(interpreter)

@@ -48,7 +48,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    from converters._schema_enums import BUILTIN_OPERATORS
+    from edgeship.converters._schema_enums import BUILTIN_OPERATORS
     from tests import helpers_models
 
     dense = bytes(helpers_models.dense_relu_model())

@@ -59,10 +59,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdk.errors import EdgeshipError
+from edgeship.sdk.errors import EdgeshipError
 
 if TYPE_CHECKING:
-    from sdk.transport.local import LocalStream
+    from edgeship.sdk.transport.local import LocalStream
 
 __all__ = [
     "DEBS",
@@ -212,7 +212,7 @@ def agent_command(root: PiRoot, agent_pyz: Path, store: Path, extra_args: Sequen
 
 def agent_zipapp(root: PiRoot) -> Path:
     """This edgeship's agent zipapp, written once per content hash under the cache (agents/agent-<sha>.pyz)."""
-    from sdk.agentbuild import build_zipapp
+    from edgeship.sdk.agentbuild import build_zipapp
 
     data = build_zipapp()
     path = root.cache / "agents" / f"agent-{hashlib.sha256(data).hexdigest()[:16]}.pyz"
@@ -224,7 +224,7 @@ def agent_zipapp(root: PiRoot) -> Path:
 
 def open_stream(root: PiRoot, store: Path, *, agent: Path | None = None, extra_args: Sequence[str] = ()) -> LocalStream:
     """Pipes to the agent zipapp (``agent``, or this edgeship's) running on the emulated board."""
-    from sdk.transport.local import LocalStream
+    from edgeship.sdk.transport.local import LocalStream
 
     pyz = agent if agent is not None else agent_zipapp(root)
     return LocalStream(store, tuple(extra_args), python=root.python[0], agent=pyz, env=dict(root.env))

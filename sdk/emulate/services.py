@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import EdgeshipError, UsageError
+from edgeship import import_root
+from edgeship.sdk.errors import EdgeshipError, UsageError
 
 STATE_DIR = Path(os.environ.get("EDGESHIP_EMULATE_DIR", "~/.edgeship/emulate")).expanduser()
 EMULATORS = ("emu-serial", "emu-pi")
@@ -34,12 +35,12 @@ class EmuSerial:
         self.agent: subprocess.Popen[bytes] | None = None
 
     def start(self) -> dict[str, Any]:
-        from sdk.emulate.relay import SerialRelay
+        from edgeship.sdk.emulate.relay import SerialRelay
 
         self.relay = SerialRelay(self.baud)
-        root = str(Path(__file__).resolve().parents[2])
+        root = import_root()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        self.agent = subprocess.Popen([sys.executable, "-m", "device_agent", "--serial", self.relay.board_port,
+        self.agent = subprocess.Popen([sys.executable, "-m", "edgeship.device_agent", "--serial", self.relay.board_port,
                                        "--baud", str(self.baud), "--store", str(self.store)],
                                       stderr=subprocess.DEVNULL, env=env)
         return {"url": self.relay.host_port, "baud": self.baud}
@@ -93,8 +94,8 @@ class EmuPi:
         self.sshd: Any = None
 
     def start(self) -> dict[str, Any]:
-        from sdk.emulate import pi
-        from sdk.emulate.sshd import Sshd
+        from edgeship.sdk.emulate import pi
+        from edgeship.sdk.emulate.sshd import Sshd
 
         root = pi.provision(pi.DEFAULT_CACHE)
         work = STATE_DIR / "emu-pi-sshd"
@@ -145,9 +146,9 @@ def up(name: str, store: Path, baud: int = 115200, timeout: float = 30.0) -> dic
     state = running(name)
     if state is not None:
         return state
-    root = str(Path(__file__).resolve().parents[2])
+    root = import_root()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "sdk.emulate", "serve", name, str(store), str(baud)],
+    proc = subprocess.Popen([sys.executable, "-m", "edgeship.sdk.emulate", "serve", name, str(store), str(baud)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
@@ -212,7 +213,7 @@ def open_emulated(board: Any) -> tuple[Any, float | None]:
     try:
         if name == "emu-pi":
             return _OwnedStream(_pi_stream(state, Path(spec.store.dir)), service), None
-        from sdk.transport.serial import open_serial
+        from edgeship.sdk.transport.serial import open_serial
 
         return _OwnedStream(open_serial(state["url"], int(state["baud"])), service), int(state["baud"]) / 10
     except BaseException:
@@ -223,7 +224,7 @@ def open_emulated(board: Any) -> tuple[Any, float | None]:
 
 def _pi_stream(state: dict[str, Any], store: Path) -> Any:
     """The agent on the emulated Pi, through the same SSH transport a real Pi uses."""
-    from sdk.boards import Board, _open_ssh
+    from edgeship.sdk.boards import Board, _open_ssh
 
     board = Board("emu-pi", "ssh", host=state["host"], port=int(state["port"]), user=state["user"],
                   key=Path(state["key"]), known_hosts=Path(state["known_hosts"]), python=state["python"], store=store)

@@ -13,22 +13,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdk.errors import LinkError
+from edgeship import import_root
+from edgeship.sdk.errors import LinkError
 
 DEFAULT_STORE = Path(os.environ.get("EDGESHIP_LOCAL_STORE", "~/.edgeship/local-board")).expanduser()
 
 
 class LocalStream:
-    """Pipes to `python -m device_agent --stdio`."""
+    """Pipes to `python -m edgeship.device_agent --stdio`."""
 
     def __init__(self, store: Path = DEFAULT_STORE, extra_args: tuple[str, ...] = (), *,
                  python: str | Path = sys.executable, agent: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         """Run the agent package (or, given `agent`, a built zipapp) with `python`."""
         if env is None:
-            root = str(Path(__file__).resolve().parents[2])
+            root = import_root()
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        entry = [str(agent)] if agent is not None else ["-m", "device_agent"]
+        entry = [str(agent)] if agent is not None else ["-m", "edgeship.device_agent"]
         try:
             self.proc = subprocess.Popen(
                 [str(python), *entry, "--stdio", "--store", str(store), *extra_args],

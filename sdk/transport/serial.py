@@ -21,7 +21,7 @@ from typing import Any
 
 import serial
 
-from sdk.errors import LinkError, UsageError
+from edgeship.sdk.errors import LinkError, UsageError
 
 DEFAULT_BAUD = 115200
 DEFAULT_WRITE_TIMEOUT = 5.0

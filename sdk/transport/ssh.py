@@ -61,7 +61,7 @@ import paramiko
 from paramiko.hostkeys import InvalidHostKey
 from paramiko.pkey import UnknownKeyType
 
-from sdk.errors import AuthError, HostKeyError, LinkError, TransportError
+from edgeship.sdk.errors import AuthError, HostKeyError, LinkError, TransportError
 
 __all__ = [
     "RemoteFile",
