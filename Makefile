@@ -26,7 +26,7 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[convert,dev,micro]'
+	$(PY) -m pip install --quiet -e '.[host,convert,dev,micro]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # System tools the transport tests drive for real: OpenSSH's sshd and socat. Only `test`
