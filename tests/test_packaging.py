@@ -51,16 +51,29 @@ def _run(argv: list[Any], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The wheel `pip wheel` builds from a copy of the checkout's sources (links kept), and pip's -v log."""
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout's sources, links kept: builds write build/ and *.egg-info beside them."""
     src = tmp_path_factory.mktemp("src")
     for name in SOURCES:
         if (ROOT / name).is_dir() and not (ROOT / name).is_symlink():
             shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, src / name, follow_symlinks=False)
+    return src
+
+
+def _setuptools_warnings(log: str) -> list[str]:
+    """setuptools' warnings (a deprecated table, a package it would drop, a license classifier, the editable
+    finder's notice) as they reach pip's output: "...: SetuptoolsDeprecationWarning: ...",
+    "...: BuildBackendWarning: ...", or distutils' "warning: ..." lines."""
+    return [line for line in log.splitlines() if re.search(r"\w+Warning: |^\s*warning: ", line)]
+
+
+@pytest.fixture(scope="module")
+def built(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel `pip wheel` builds from the sources, and pip's -v log."""
     out = tmp_path_factory.mktemp("wheel")
-    proc = _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "-v", "-w", out], env=_env())
+    proc = _run([sys.executable, "-m", "pip", "wheel", sources, "--no-deps", "-v", "-w", out], env=_env())
     (wheel,) = out.glob("edgeship-*-py3-none-any.whl")
     return wheel, proc.stdout + proc.stderr
 
@@ -87,11 +100,26 @@ def test_wheel_holds_one_top_level_name_the_license_and_the_catalogue(built: tup
     assert "License-Expression: Apache-2.0" in meta and "License-File: LICENSE" in meta
     assert "Classifier: Programming Language :: Python :: 3.9" in meta
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0, January 2004" in (ROOT / "LICENSE").read_text()
-    # setuptools' warnings (a deprecated table, a package it would drop, a license classifier) reach pip's
-    # -v log as "...: SetuptoolsDeprecationWarning: ..." or "...: BuildBackendWarning: ...", distutils' as "warning: ...".
     assert "Successfully built edgeship" in log
-    warnings = [line for line in log.splitlines() if re.search(r"\w+Warning: |^\s*warning: ", line)]
+    warnings = _setuptools_warnings(log)
     assert warnings == []
+
+
+def test_editable_install_is_one_path_line_and_quiet(sources: Path, tmp_path: Path) -> None:
+    """What `make install` does (pip install -e): no setuptools warning, and edgeship imports from the checkout."""
+    venv = tmp_path / "dev"
+    _run([sys.executable, "-m", "venv", venv])
+    python = venv / "bin" / "python"
+    proc = _run([python, "-m", "pip", "install", "--no-deps", "-e", sources], env=_env(), cwd=tmp_path)
+    assert _setuptools_warnings(proc.stdout + proc.stderr) == []
+    (pth,) = _site_packages(venv).glob("__editable__.edgeship-*.pth")
+    assert pth.read_text().split() == [str(sources.resolve())]
+    # (no dependencies installed: what needs none of them)
+    code = ("import importlib.resources, pathlib, edgeship.device_agent.protocol as p; print(p.__file__); "
+            "print(pathlib.Path(str(importlib.resources.files('edgeship') / 'boards.yaml')).resolve())")
+    where = _run([python, "-c", code], env=_env(), cwd=tmp_path)
+    src = sources.resolve()
+    assert where.stdout.split() == [str(src / "edgeship" / "device_agent" / "protocol.py"), str(src / "boards.yaml")]
 
 
 def test_user_install_lists_the_shipped_boards(built: tuple[Path, str], tmp_path: Path) -> None:
