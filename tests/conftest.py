@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgeship-tests-config-")
 atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 os.environ["EDGESHIP_SSH_CONFIG"] = "none"
-for _name in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS"):
+for _name in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS", "SSH_AUTH_SOCK"):  # an ssh-agent must not log tests in
     os.environ.pop(_name, None)
 ROOT = Path(__file__).resolve().parent.parent
 EDGESHIP = Path(sys.executable).parent / "edgeship"
@@ -180,6 +180,16 @@ def in_thread(fn: Callable[[], Any], timeout: float) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def one_error_line(stderr: str) -> str:
+    """The CLI's stderr holds exactly one `edgeship: error:` line and no traceback; other lines are warnings."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("edgeship: error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
+    return errors[0]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -36,11 +36,6 @@ BASE_PYTHON = "/usr/bin/python3"  # has the venv module; the bare board venv is 
 STEP_TIMEOUT = 240.0
 
 
-@pytest.fixture(autouse=True)
-def _no_ssh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-
-
 @pytest.fixture
 def bare_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A real sshd, a bare Python behind it, this test's own board directory; yields the board URL and paths."""

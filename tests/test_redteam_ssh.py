@@ -34,15 +34,10 @@ from edgeship.sdk.emulate.sshd import Sshd
 from edgeship.sdk.errors import HostKeyError, LinkError, UsageError
 from edgeship.sdk.transport import ssh as ssh_transport
 from edgeship.sdk.transport.ssh import SSHTarget, connect
-from tests.conftest import in_thread, run_cli
+from tests.conftest import in_thread, one_error_line, run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
 STEP_TIMEOUT = 60.0
-
-
-@pytest.fixture(autouse=True)
-def _no_ssh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
 
 @pytest.fixture
@@ -76,16 +71,6 @@ def other_key_fields(tmp_path: Path, name: str) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private)], check=True,
                    capture_output=True)
     return " ".join(Path(str(private) + ".pub").read_text().split()[:2])
-
-
-def one_error_line(stderr: str) -> str:
-    """The CLI's stderr holds exactly one `edgeship: error:` line, no traceback; other lines are warnings."""
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("edgeship: error:")]
-    assert len(errors) == 1, stderr
-    assert "Traceback" not in stderr, stderr
-    assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
-    return errors[0]
 
 
 # -- boards over the real sshd, with this test's own agent directory --------------------------------

@@ -15,7 +15,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -30,39 +29,15 @@ from edgeship.sdk.catalogue import resolve
 from edgeship.sdk.emulate.sshd import Sshd
 from edgeship.sdk.errors import HostKeyError, TransportError, UsageError
 from edgeship.sdk.transport.ssh import connect, is_host_alias, resolve_target
-from tests.conftest import run_cli
+from tests.conftest import in_thread, one_error_line, run_cli
 
 PYTHON = sys.executable  # the board's interpreter: this venv has numpy and ai-edge-litert
 STEP_TIMEOUT = 60.0
 
 
 def bounded(fn: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> Any:
-    """Run fn in a daemon thread; fail (not hang) if it is still running after timeout; re-raise its error."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"still blocked after {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def one_error_line(stderr: str) -> str:
-    """The CLI's stderr holds exactly one `edgeship: error:` line and no traceback."""
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("edgeship: error:")]
-    assert len(errors) == 1, stderr
-    assert "Traceback" not in stderr, stderr
-    assert all(line.startswith(("edgeship: error:", "edgeship: WARNING:")) for line in lines), stderr
-    return errors[0]
+    """fn's value, failing (not hanging) if it runs past timeout."""
+    return in_thread(fn, timeout)
 
 
 @pytest.fixture

@@ -31,12 +31,6 @@ from tests.conftest import in_thread
 MB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _no_ssh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's agent must not log these tests in (or out) with keys of its own."""
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     with Sshd(tmp_path / "sshd") as server:
