@@ -139,9 +139,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _age(st: os.stat_result) -> float:
-    """Seconds since a file was last written (wall clock, because file times are wall clock)."""
-    return time.time() - st.st_mtime
+def _age(mtime: float) -> float:
+    """Seconds since a file time (``st_mtime``). Wall clock on purpose: file times are wall clock, and the
+    age must mean the same to every agent on the store, so a monotonic clock cannot be compared with them."""
+    return time.time() - mtime
 
 
 def _zlib_bound(size: int) -> int:
@@ -260,7 +261,7 @@ class Store:
                     st = p.lstat()
                 except FileNotFoundError:
                     continue
-                if pid == os.getpid() or not _pid_alive(pid) or _age(st) > STALE_TMP_SECONDS:
+                if pid == os.getpid() or not _pid_alive(pid) or _age(st.st_mtime) > STALE_TMP_SECONDS:
                     if stat.S_ISDIR(st.st_mode):
                         shutil.rmtree(p, ignore_errors=True)
                     else:
@@ -336,7 +337,7 @@ class Store:
     @staticmethod
     def _in_progress(begin: Optional[Begin], written: float) -> bool:
         """An upload written (or begun) in the last ACTIVE_SECONDS, or reserved by another live agent."""
-        if time.time() - written < ACTIVE_SECONDS:  # wall clock, because file times are wall clock
+        if _age(written) < ACTIVE_SECONDS:
             return True
         return begin is not None and begin.pid != os.getpid() and _pid_alive(begin.pid)
 
@@ -463,7 +464,7 @@ class Store:
             restart = not part.exists() or part.stat().st_size > wire_size  # absent, or longer than it can be
             if old is not None and (old.size, old.wire_size) != (size, wire_size):
                 written = max(part.stat().st_mtime, self._begin_path(part).stat().st_mtime)
-                if old.pid != os.getpid() and _pid_alive(old.pid) and time.time() - written < ACTIVE_SECONDS:
+                if old.pid != os.getpid() and _pid_alive(old.pid) and _age(written) < ACTIVE_SECONDS:
                     raise StoreError("upload_busy", f"another agent is receiving {sha256[:12]} with other sizes "
                                                     f"({old.size} bytes, {old.wire_size} on the wire); try again later")
                 restart = True  # an abandoned upload of another wire form: start over
