@@ -225,25 +225,29 @@ def scrub(text: str, name: str, library: str) -> str:
     return " ".join(text.split())[:300]
 
 
-def load(rt: Any, specs: List[Dict[str, Any]]) -> Tuple[List[Any], List[Dict[str, Any]], List[str]]:
-    """Load the requested delegates: (delegate objects, [{name, options, loaded, applied}], notes); DelegateRequired."""
+def load(rt: Any, resolved: List[Dict[str, Any]]) -> Tuple[List[Any], List[Dict[str, Any]], List[str]]:
+    """Load the requested delegates: (delegate objects, [{name, options, loaded, applied}], notes); DelegateRequired.
+
+    ``resolved`` is what AllowList.resolve made of the request: each entry's ``library`` is the board's
+    allow-list path for its name, never a value from the wire.
+    """
     from edgeship.device_agent.runtime import quiet_native_stderr
 
     objects: List[Any] = []
     report: List[Dict[str, Any]] = []
     notes: List[str] = []
-    for spec in specs:
+    for entry in resolved:
         try:
             with quiet_native_stderr():
-                objects.append(rt.load_delegate(spec["library"], dict(spec.get("options") or {})))
-            report.append({"name": spec["name"], "options": spec.get("options") or {}, "loaded": True, "applied": True})
+                objects.append(rt.load_delegate(entry["library"], dict(entry.get("options") or {})))
+            report.append({"name": entry["name"], "options": entry.get("options") or {}, "loaded": True, "applied": True})
         except (ValueError, OSError, RuntimeError, AttributeError) as exc:
-            why = scrub(f"{type(exc).__name__}: {exc}", spec["name"], spec["library"])
-            report.append({"name": spec["name"], "options": spec.get("options") or {}, "loaded": False,
+            why = scrub(f"{type(exc).__name__}: {exc}", entry["name"], entry["library"])
+            report.append({"name": entry["name"], "options": entry.get("options") or {}, "loaded": False,
                            "applied": False})
-            if spec.get("required"):
-                raise DelegateRequired(f"delegate {spec['name']} failed to load ({why}) and the request requires it") from exc
-            notes.append(f"delegate {spec['name']} failed to load ({why}); running without it")
+            if entry.get("required"):
+                raise DelegateRequired(f"delegate {entry['name']} failed to load ({why}) and the request requires it") from exc
+            notes.append(f"delegate {entry['name']} failed to load ({why}); running without it")
     return objects, report, notes
 
 
