@@ -225,9 +225,11 @@ def _error(err: dict[str, str]) -> Exception:
     cls = getattr(errors, err.get("type", ""), None)
     if err.get("type") == "internal":
         return RuntimeError(f"the converter process failed: {err['message']}")
+    option = err.get("option") or None
+    detail = err.get("detail", err["message"]) if option else err["message"]
     if isinstance(cls, type) and issubclass(cls, EdgeshipError) and cls.__init__ is EdgeshipError.__init__:
-        return cls(err["message"])
-    return ConversionError(err["message"])
+        return cls(detail, option=option)
+    return ConversionError(detail, option=option)
 
 
 # --- the child -------------------------------------------------------------------------------
@@ -260,7 +262,8 @@ def _run_job(work: Path) -> None:
         doc: dict[str, Any] = {"fallback": converted.fallback.model_dump() if converted.fallback else None,
                                "mixed_reason": converted.mixed_reason}
     except EdgeshipError as exc:
-        doc = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        doc = {"error": {"type": type(exc).__name__, "message": str(exc), "detail": exc.detail,
+                         "option": exc.option}}
     except Exception as exc:  # a bug: the parent reports it as an internal error
         traceback.print_exc()
         doc = {"error": {"type": "internal", "message": f"{type(exc).__name__}: {exc}"}}

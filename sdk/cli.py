@@ -49,7 +49,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeshipError as exc:
-            _fail(str(exc), exc.exit_code, exc)
+            _fail(_cli_wording(self, ctx, exc), exc.exit_code, exc)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             note = f"; {_INTERRUPTED_NOTE}" if ctx.invoked_subcommand in ("push", "bench", "eval") else ""
             if isinstance(exc, Terminated):
@@ -66,6 +66,28 @@ class _Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _flag(command: click.Command, option: str) -> str | None:
+    """The long flag of ``command`` (or of a command under it) whose parameter is named ``option``."""
+    for param in command.params:
+        if param.name == option and isinstance(param, click.Option):
+            return max(param.opts, key=len)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            flag = _flag(sub, option)
+            if flag:
+                return flag
+    return None
+
+
+def _cli_wording(group: click.Group, ctx: click.Context, exc: EdgeshipError) -> str:
+    """An error about one argument, worded with the command's flag (the library names its parameter)."""
+    if not exc.option:
+        return str(exc)
+    command = group.get_command(ctx, ctx.invoked_subcommand or "")
+    flag = (_flag(command, exc.option) if command is not None else None) or _flag(group, exc.option)
+    return f"{flag or exc.option}: {exc.detail}"
 
 
 def _debug() -> bool:

@@ -33,6 +33,10 @@ paramiko, pyserial, zipfile, ...) are translated once, where they happen, with
     └── GateError                 a result missed a CI gate (exit code 3)
 
 Callers dispatch on these types, never on message text.
+
+An error about one argument carries ``option``: the library's parameter name (``calib_samples``).
+``str(err)`` then reads ``calib_samples: <detail>``; the CLI shows the same detail after the
+command's flag (``--calib-samples: <detail>``), so library messages never name CLI flags.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ class EdgeshipError(Exception):
     """Base of all edgeship errors; ``str(err)`` is a complete, user-facing sentence."""
 
     exit_code: int = 1
+
+    def __init__(self, message: str = "", *args: object, option: str | None = None) -> None:
+        super().__init__(message, *args)
+        self.detail = message
+        self.option = option
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.detail}" if self.option else str(self.detail)
 
 
 class UsageError(EdgeshipError):
@@ -73,8 +85,8 @@ class DynamicShapeError(ModelError):
 class UnsupportedLayerError(ModelError):
     """Layers that stop a Keras 3 -> tf_keras rebuild or quantization-aware training."""
 
-    def __init__(self, message: str, layers: list[str]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, layers: list[str], *, option: str | None = None) -> None:
+        super().__init__(message, option=option)
         self.layers = layers
 
 
@@ -89,8 +101,8 @@ class ConversionError(EdgeshipError):
 class ConverterCrashError(ConversionError):
     """TensorFlow's converter crashed (in its own process, so edgeship lives on); ``signal`` is what killed it."""
 
-    def __init__(self, message: str, signal: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, signal: int, *, option: str | None = None) -> None:
+        super().__init__(message, option=option)
         self.signal = signal
 
 
@@ -130,6 +142,7 @@ class AgentError(TransportError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
+        self.args = (code, message)  # what pickling (and copy) rebuilds it from
         self.code = code
 
 
@@ -154,8 +167,9 @@ class Cancelled(EdgeshipError):
 class RunError(EdgeshipError):
     """The board ran the request but the model did not run: invalid, crashed, timeout, out of memory, bad dataset."""
 
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: str, message: str, *, option: str | None = None) -> None:
+        super().__init__(message, option=option)
+        self.args = (status, message)
         self.status = status
 
 
