@@ -4,6 +4,10 @@ Inputs are quantized with the model's own scale/zero-point, outputs dequantized,
 one output's argmax (chosen by name, never by position: the converter may reorder
 outputs) is compared with the labels. Timing is taken around
 ``invoke()`` only, with ``perf_counter_ns``, on the machine that runs the model.
+
+The metrics are here once for both sides: top-1, latency statistics, agreement of two
+models' outputs (`compare`: a board's with the host's, or int8 with float) and the
+confusion matrix.
 """
 
 from __future__ import annotations
@@ -60,6 +64,42 @@ class LatencyStats:
         p = np.percentile(ms, [50, 90, 95, 99])
         return cls(len(ms), float(ms.mean()), float(ms.std()), float(ms.min()), float(p[0]), float(p[1]),
                    float(p[2]), float(p[3]), float(ms.max()))
+
+    def to_json(self) -> Dict[str, Any]:
+        """The result documents' latency_ms: count, then mean/std/min/percentiles/max in milliseconds."""
+        return {"count": self.count, "mean": self.mean_ms, "std": self.std_ms, "min": self.min_ms,
+                "p50": self.p50_ms, "p90": self.p90_ms, "p95": self.p95_ms, "p99": self.p99_ms, "max": self.max_ms}
+
+
+def confusion(predicted: Any, labels: Any, max_classes: int = 64) -> Optional[List[List[int]]]:
+    """Confusion matrix (rows: true class, columns: predicted), for up to max_classes classes."""
+    n = int(max(predicted.max(initial=0), labels.max(initial=0))) + 1
+    if n > max_classes or labels.min(initial=0) < 0:
+        return None
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (labels.reshape(-1), predicted.reshape(-1)), 1)
+    return matrix.tolist()
+
+
+def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
+    """Agreement of a model's (dequantized) outputs with reference outputs: a board's with the host's, int8 with float.
+
+    argmax agreement, RMSE, max abs error and cosine (mean, min) over samples; an "error"
+    entry instead when the shapes differ or either side has NaN or infinity.
+    """
+    a = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if a.shape != b.shape:
+        return {"error": f"reference has shape {b.shape[1:]} per sample, outputs {a.shape[1:]}"}
+    for what, values in (("the model's outputs", a), ("the host's reference outputs", b)):
+        if not np.all(np.isfinite(values)):  # a model can make NaN from finite inputs (LOG of a negative, say)
+            return {"error": f"{what} contain NaN or infinity in {int(np.sum(~np.isfinite(values).all(1)))} of "
+                             f"{len(values)} samples; no agreement is computed"}
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    return {"argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+            "rmse": float(np.sqrt(np.mean((a - b) ** 2))), "max_abs_error": float(np.max(np.abs(a - b))),
+            "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
 
 
 @dataclass(frozen=True)
@@ -133,7 +173,7 @@ def check_labels(labels: np.ndarray, samples: int) -> None:
 
 
 def check_reference(reference: np.ndarray, samples: int) -> None:
-    """Host reference outputs agreement can use: real numbers, one row per sample (NaN: see worker.compare)."""
+    """Host reference outputs agreement can use: real numbers, one row per sample (NaN: see compare)."""
     reference = np.asarray(reference)
     if not (np.issubdtype(reference.dtype, np.floating) or np.issubdtype(reference.dtype, np.integer)):
         raise EvalInputError(f"reference outputs are {reference.dtype}; they must be real numbers")

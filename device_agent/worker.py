@@ -262,7 +262,16 @@ def child_main() -> None:
 
 
 def _run(req: Dict[str, Any]) -> Dict[str, Any]:
-    from edgeship.device_agent.evaluate import EvalInputError, LatencyStats, check_reference, evaluate, match_inputs, signature_io
+    from edgeship.device_agent.evaluate import (
+        EvalInputError,
+        LatencyStats,
+        check_reference,
+        compare,
+        confusion,
+        evaluate,
+        match_inputs,
+        signature_io,
+    )
     from edgeship.device_agent.quant import quantize
     from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime
 
@@ -385,35 +394,7 @@ def _downsample(samples_ns: List[int], keep: int = 500) -> List[float]:
 
 
 def _lat(s: Any) -> Dict[str, Any]:
-    return {"count": s.count, "mean": s.mean_ms, "std": s.std_ms, "min": s.min_ms, "p50": s.p50_ms,
-            "p90": s.p90_ms, "p95": s.p95_ms, "p99": s.p99_ms, "max": s.max_ms}
-
-
-def confusion(predicted: Any, labels: Any, max_classes: int = 64) -> Optional[List[List[int]]]:
-    """Confusion matrix (rows: true class, columns: predicted), for up to max_classes classes."""
-    n = int(max(predicted.max(initial=0), labels.max(initial=0))) + 1
-    if n > max_classes or labels.min(initial=0) < 0:
-        return None
-    matrix = np.zeros((n, n), dtype=np.int64)
-    np.add.at(matrix, (labels.reshape(-1), predicted.reshape(-1)), 1)
-    return matrix.tolist()
-
-
-def compare(outputs: Any, reference: Any) -> Dict[str, Any]:
-    """Agreement of a board's (dequantized) outputs with the host's reference outputs."""
-    a = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
-    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-    if a.shape != b.shape:
-        return {"error": f"reference has shape {b.shape[1:]} per sample, outputs {a.shape[1:]}"}
-    for what, values in (("the model's outputs", a), ("the host's reference outputs", b)):
-        if not np.all(np.isfinite(values)):  # a model can make NaN from finite inputs (LOG of a negative, say)
-            return {"error": f"{what} contain NaN or infinity in {int(np.sum(~np.isfinite(values).all(1)))} of "
-                             f"{len(values)} samples; no agreement is computed"}
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
-    return {"argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-            "rmse": float(np.sqrt(np.mean((a - b) ** 2))), "max_abs_error": float(np.max(np.abs(a - b))),
-            "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+    return s.to_json()  # type: ignore[no-any-return]
 
 
 # -------------------------------------------------------------------------------- parent side
