@@ -94,16 +94,12 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray | None,
                    runtime: str | None = None, output: str | None = None, state: str = "reset") -> dict[str, Any]:
     """What the host's interpreter says on the same data (the `output` labels score): what a board is compared with."""
-    from edgeship.device_agent.evaluate import EvalInputError, evaluate
-    from edgeship.device_agent.runtime import load_runtime
+    from edgeship.sdk.hosteval import evaluate_on_host
 
-    rt = load_runtime(runtime)
-    try:
-        result = evaluate(rt.interpreter(model), data, labels, output=output, state=state)
-    except EvalInputError as exc:
-        raise DatasetError(str(exc)) from exc
+    run = evaluate_on_host(model, data, labels, output=output, state=state, runtime=runtime)
+    result = run.result
     return {"outputs": result.outputs[result.output], "output": result.output, "accuracy": result.accuracy,
-            "runtime": {"name": rt.name, "version": rt.version}}
+            "runtime": run.runtime}
 
 
 def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = None,
