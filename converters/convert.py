@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from edgeship.converters import data as datasets
-from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters import isolated
 from edgeship.converters.manifest import (
     MODEL_FILE,
     OPS_DIR,
     Accuracy,
-    FloatFallback,
     Manifest,
     SourceInfo,
     model_facts,
@@ -36,8 +33,9 @@ from edgeship.converters.manifest import (
 from edgeship.converters.opsgen import OpSet, write_ops_dir
 from edgeship.converters.recipe import Recipe
 from edgeship.converters.source import SourceModel, load_source
+from edgeship.converters.tflite_converter import representative_data
 from edgeship.converters.tflite_model import TFLiteModel
-from edgeship.sdk.errors import BundleError, ConversionError, DatasetError, EdgeshipError, UsageError
+from edgeship.sdk.errors import BundleError, ConversionError, DatasetError, UsageError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -67,48 +65,6 @@ def _tool_versions(recipe: Recipe) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def _representative(features: dict[str, np.ndarray], names: list[str],
-                    batch: int) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
-    """A representative_dataset yielding dicts of static-batch-sized chunks keyed by signature input name."""
-    n = len(next(iter(features.values())))
-
-    def gen() -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, n - batch + 1, batch):
-            yield {name: features[name][start : start + batch] for name in names}
-
-    return gen
-
-
-def _configure(converter: Any, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-               strict: bool = True) -> None:
-    """Apply a recipe to a TFLiteConverter: the only place converter flags are set.
-
-    For the integer recipes, `strict` restricts the converter to integer kernels
-    (TFLITE_BUILTINS_INT8, or the 16x8 set); without it the converter is told only what a
-    plain TFLiteConverter is (optimizations, representative data, I/O types), so it keeps
-    float the ops it cannot quantize, as the raw converter does.
-    """
-    tf = tensorflow()
-    if recipe.name == "float32":
-        return
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if recipe.name == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif recipe.integer:
-        if representative is None:
-            raise ConversionError(f"recipe {recipe.name} needs representative data")  # guarded by Recipe; kept explicit
-        converter.representative_dataset = representative
-        if recipe.name == "int16x8":
-            int16x8 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            # TFLite's own way to let 16x8 keep unsupported ops float: add the float builtins.
-            converter.target_spec.supported_ops = [int16x8] if strict else [int16x8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        elif strict:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[recipe.io]
-        converter.inference_input_type = io
-        converter.inference_output_type = io
 
 
 def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> None:
@@ -147,117 +103,13 @@ def _dynamic_hint(model: TFLiteModel, dynamic: list[str]) -> str:
     return "it cannot be made static; export the model with fully defined shapes"
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """The converter's C++ prints to fd 1; keep stdout clean for --json output."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-@dataclass(frozen=True)
-class Converted:
-    """What the TFLite converter made: the flatbuffer, what --keep-float left in float, and for an
-    integer recipe that could not stay all-integer, why (the model is then the raw converter's mixed one)."""
-
-    flatbuffer: bytes
-    fallback: FloatFallback | None = None
-    mixed_reason: str | None = None
-
-
 def _run_converter(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-                   model_name: str = "the model", child: Any = None) -> Converted:
+                   model_name: str = "the model", child: Any = None) -> isolated.Converted:
     """Convert in a child process (converters.isolated; `child`: one started earlier), so a crash of
     TensorFlow's converter is an error here."""
-    from edgeship.converters import isolated
-
     if child is not None:
         return child.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
-    return isolated.convert(saved_model, key, recipe, representative, model_name)  # type: ignore[no-any-return]
-
-
-def convert_here(saved_model: Path, key: str, recipe: Recipe,
-                 representative: Callable[[], Iterator[Any]] | None) -> Converted:
-    """Run TFLiteConverter on a static SavedModel, in this process: the child of converters.isolated calls it.
-
-    An integer recipe is converted strictly first (integer kernels only). When that fails or
-    leaves ops in float, and --int8-strict is not set, the model is converted again as a plain
-    TFLiteConverter would (optimizations and representative data only), which keeps float what it
-    cannot quantize: edgeship never does worse than the raw converter.
-    """
-    if recipe.keeps_float:
-        from edgeship.converters import quantdebug
-
-        assert representative is not None  # int8 recipes always have one
-        converter = _converter(saved_model, key, recipe, representative, strict=True)
-        with _translated(recipe):
-            kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float, recipe.keep_float_auto)
-        fallback = FloatFallback(layers=list(kept.layers), requested=recipe.keep_float_text,
-                                 int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
-        return Converted(kept.flatbuffer, fallback)
-    if not recipe.integer:
-        return Converted(_convert_once(saved_model, key, recipe, representative, strict=False))
-    try:
-        flatbuffer = _convert_once(saved_model, key, recipe, representative, strict=True)
-        model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
-        if not model.float_ops() or recipe.int8_strict:
-            return Converted(flatbuffer)  # _check_result refuses float ops under --int8-strict, naming them
-        reason = f"the converter left op(s) float: {named_float_ops(model.float_ops(), model.float_op_tensors())}"
-    except ConversionError as exc:
-        if recipe.int8_strict:
-            raise
-        reason = f"the strict integer conversion failed ({exc})"
-    log.info("recipe %s: %s; converting as the plain TFLite converter does", recipe.name, reason)
-    return Converted(_convert_once(saved_model, key, recipe, representative, strict=False), mixed_reason=reason)
-
-
-def _converter(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-               strict: bool) -> Any:
-    tf = tensorflow()
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[key])
-    _configure(converter, recipe, representative, strict)
-    return converter
-
-
-def _convert_once(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-                  strict: bool) -> bytes:
-    converter = _converter(saved_model, key, recipe, representative, strict)
-    with _translated(recipe):
-        return bytes(converter.convert())
-
-
-@contextlib.contextmanager
-def _translated(recipe: Recipe) -> Iterator[None]:
-    """The converter's exceptions as one ConversionError line; edgeship's own errors pass through."""
-    try:
-        yield
-    except EdgeshipError:  # ours already names the problem (an unknown --keep-float layer, say)
-        raise
-    except Exception as exc:  # ConverterError, ValueError, RuntimeError: all are "the converter refused"
-        msg = first_line(exc)
-        for line in str(exc).splitlines():  # the MLIR error worth showing is usually an 'error:' line
-            if "error:" in line:
-                msg = _without_location(line.split("error:", 1)[1].strip())
-                break
-        raise ConversionError(f"TFLite converter failed for recipe {recipe.name}: {msg}") from exc
-
-
-def _without_location(message: str) -> str:
-    """An MLIR diagnostic without its leading loc(...) (pages of call sites): "'tf.Erf' op is neither ..."."""
-    if not message.startswith("loc("):
-        return message
-    depth = 0
-    for i in range(3, len(message)):  # from the "(" of "loc("
-        depth += {"(": 1, ")": -1}.get(message[i], 0)
-        if depth == 0:
-            return message[i + 1 :].lstrip(": ").strip() or message
-    return message
+    return isolated.convert(saved_model, key, recipe, representative, model_name)
 
 
 def _prepare_output(out: Path, force: bool) -> Path:
@@ -321,9 +173,7 @@ def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
     exporting the model; a fine-tuning recipe starts it when it needs it, not minutes before."""
     if recipe.finetunes:
         return contextlib.nullcontext(None)
-    from edgeship.converters.isolated import converter
-
-    return converter()
+    return isolated.converter()
 
 
 def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: str, batch: int,
@@ -357,7 +207,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
                                            recipe.calibration)
         if len(next(iter(picked.values()))) < batch:
             raise DatasetError(f"{recipe.calibration}: fewer calibration samples than one batch of --batch {batch}")
-        representative = _representative(picked, names, batch)
+        representative = representative_data(picked, names, batch)
         say(f"calibrating on {len(next(iter(picked.values())))} samples from {recipe.calibration}")
     if recipe.finetunes:
         convert_model, tuned_representative = _finetuned_model(source, recipe, names, batch, strategy, say)
@@ -401,7 +251,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
 def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batch: int, strategy: Any,
                      say: Progress) -> tuple[Any, Callable[[], Iterator[Any]]]:
     """The source model after the recipe's fine-tuning stages (pruning, clustering, QAT), and data to calibrate it."""
-    from edgeship.converters import optimize, qat
+    from edgeship.converters import finetune, qat
 
     train = recipe.train
     assert train is not None  # Recipe guarantees it for every fine-tuning recipe
@@ -416,10 +266,31 @@ def _finetuned_model(source: SourceModel, recipe: Recipe, names: list[str], batc
     with strategy.scope():
         tfk_model = qat.to_tf_keras(model, flavour, sample)
     inputs = [x[t.name.split(":")[0]] for t in tfk_model.inputs] if len(tfk_model.inputs) > 1 else x[names[0]]
-    tuned = optimize.finetune(tfk_model, recipe, optimize.TrainData(inputs, y), strategy, say)
+    tuned = _finetune(tfk_model, recipe, finetune.TrainData(inputs, y), strategy, say)
     # Layers QAT left float (and every layer of a pruned/clustered int8 model) need ranges: the training data gives them.
     picked = datasets.pick_calibration(x, 200, False, train)
-    return tuned, _representative(picked, names, batch)
+    return tuned, representative_data(picked, names, batch)
+
+
+def _finetune(model: Any, recipe: Recipe, data: Any, strategy: Any, say: Progress) -> Any:
+    """Run the recipe's stages on a tf_keras model in tfmot's collaborative order: prune, cluster (keeping the
+    zeros), QAT (with a scheme that keeps both); returns the model to convert. `data`: a finetune.TrainData."""
+    from edgeship.converters import finetune, optimize, qat
+
+    c = recipe.compression
+    loss = finetune.loss_for(model, data.y, recipe.qat.loss if recipe.qat else "auto")
+    pruned = clustered = False
+    if c is not None and c.sparsity is not None:
+        model = optimize.prune(model, c, data, strategy, say, loss)
+        pruned = True
+    if c is not None and c.clusters is not None:
+        model = optimize.cluster(model, c, data, strategy, say, loss, preserve_sparsity=pruned)
+        clustered = True
+    if recipe.qat is not None:
+        say(f"quantization-aware fine-tuning for {recipe.qat.epochs} epoch(s) on {recipe.qat.train}")
+        model = qat.quantize_and_finetune(model, recipe.qat, data, strategy, say,
+                                          scheme=optimize.qat_scheme(pruned, clustered))
+    return model
 
 
 def _scored_output(source: SourceModel, output: str | None, eval_data: Path | None) -> str:
@@ -440,22 +311,19 @@ def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, n
 
     All three score the same output, found by name: the converter may reorder outputs.
     """
-    from edgeship.device_agent.evaluate import EvalInputError, evaluate, top1
-    from edgeship.device_agent.runtime import load_runtime
+    from edgeship.device_agent.evaluate import top1
+    from edgeship.sdk.hosteval import evaluate_on_host
 
-    runtime = load_runtime()
-    interpreter = runtime.interpreter(flatbuffer)
-    try:
-        result = evaluate(interpreter, features, y, output=output)
-    except EvalInputError as exc:
-        raise DatasetError(f"{data_path}: {exc}") from exc
+    run = evaluate_on_host(flatbuffer, features, y, output=output, model_name="the converted model",
+                           data_name=str(data_path))
+    result = run.result
     float_acc = top1(source.predict(features, batch)[output], y)
     tuned_acc = top1(source.predict(features, batch, tuned)[output], y) if tuned is not None else None
     warnings = []
     if tuned_acc is not None and float_acc - tuned_acc > FINETUNE_LOSS_WARN:
         warnings.append(_finetune_warning(recipe, float_acc, tuned_acc, result.samples, data_path))
     return Accuracy(data=str(data_path), samples=result.samples, output=output, model=float(result.accuracy or 0.0),
-                    float_model=float_acc, finetuned_float_model=tuned_acc, runtime=f"{runtime.name} {runtime.version}",
+                    float_model=float_acc, finetuned_float_model=tuned_acc, runtime=run.runtime_text,
                     warnings=warnings)
 
 

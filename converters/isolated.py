@@ -2,7 +2,7 @@
 
 Quantizing a recurrent model (a Keras 3 LSTM or GRU with --recipe int8) segfaults
 TensorFlow's converter, the raw one too. `convert` therefore runs the conversion
-(converters.convert.convert_here: from_saved_model, the recipe's flags and convert, or the
+(`convert_here`: from_saved_model, the recipe's flags and convert, or the
 quantization debugger for --keep-float) in a fresh Python started with subprocess, never
 forked: TensorFlow's thread pools do not survive a fork. Parent and child talk through
 files in a private temporary directory; the child starts early (ConverterProcess), imports
@@ -41,14 +41,17 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeship import import_root
-from edgeship.converters.manifest import FloatFallback
+from edgeship.converters import tflite_converter
+from edgeship.converters.manifest import FloatFallback, named_float_ops
 from edgeship.converters.recipe import Recipe
+from edgeship.converters.tflite_model import TFLiteModel
 from edgeship.device_agent import npzfile
 from edgeship.sdk import errors
 from edgeship.sdk.errors import ConversionError, ConverterCrashError, EdgeshipError
@@ -61,6 +64,16 @@ MODEL_FILE = "model.tflite"
 RESULT_FILE = "result.json"
 LOG_FILE = "child.log"
 MAX_JOBS = 25  # a child's memory grows with each converted graph: retire it after this many
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What the TFLite converter made: the flatbuffer, what --keep-float left in float, and for an
+    integer recipe that could not stay all-integer, why (the model is then the raw converter's mixed one)."""
+
+    flatbuffer: bytes
+    fallback: FloatFallback | None = None
+    mixed_reason: str | None = None
 
 
 class ConverterProcess:
@@ -109,10 +122,8 @@ class ConverterProcess:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def convert(self, saved_model: Path, key: str, recipe: Recipe,
-                representative: Callable[[], Iterator[Any]] | None, model_name: str) -> Any:
-        """converters.convert.convert_here(...) in the child; returns its Converted."""
-        from edgeship.converters.convert import Converted
-
+                representative: Callable[[], Iterator[Any]] | None, model_name: str) -> Converted:
+        """`convert_here(...)` in the child; returns its Converted."""
         if not self.alive:
             raise RuntimeError("this converter process cannot take another job")
         self.jobs += 1
@@ -163,6 +174,52 @@ class ConverterProcess:
             shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def convert_here(saved_model: Path, key: str, recipe: Recipe,
+                 representative: Callable[[], Iterator[Any]] | None) -> Converted:
+    """Run TFLiteConverter on a static SavedModel, in this process: the child of converters.isolated calls it.
+
+    An integer recipe is converted strictly first (integer kernels only). When that fails or
+    leaves ops in float, and --int8-strict is not set, the model is converted again as a plain
+    TFLiteConverter would (optimizations and representative data only), which keeps float what it
+    cannot quantize: edgeship never does worse than the raw converter.
+    """
+    if recipe.keeps_float:
+        from edgeship.converters import quantdebug  # imports TensorFlow's debugger: only for --keep-float
+
+        assert representative is not None  # int8 recipes always have one
+        converter = tflite_converter.converter_for(saved_model, key, recipe, representative, strict=True)
+        with tflite_converter.translated(_failed(recipe)):
+            kept = quantdebug.quantize_selectively(converter, representative, recipe.keep_float, recipe.keep_float_auto)
+        fallback = FloatFallback(layers=list(kept.layers), requested=recipe.keep_float_text,
+                                 int8_size=kept.int8_size, size_cost=len(kept.flatbuffer) - kept.int8_size)
+        return Converted(kept.flatbuffer, fallback)
+    if not recipe.integer:
+        return Converted(_convert_once(saved_model, key, recipe, representative, strict=False))
+    try:
+        flatbuffer = _convert_once(saved_model, key, recipe, representative, strict=True)
+        model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
+        if not model.float_ops() or recipe.int8_strict:
+            return Converted(flatbuffer)  # _check_result refuses float ops under --int8-strict, naming them
+        reason = f"the converter left op(s) float: {named_float_ops(model.float_ops(), model.float_op_tensors())}"
+    except ConversionError as exc:
+        if recipe.int8_strict:
+            raise
+        reason = f"the strict integer conversion failed ({exc})"
+    log.info("recipe %s: %s; converting as the plain TFLite converter does", recipe.name, reason)
+    return Converted(_convert_once(saved_model, key, recipe, representative, strict=False), mixed_reason=reason)
+
+
+def _convert_once(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
+                  strict: bool) -> bytes:
+    converter = tflite_converter.converter_for(saved_model, key, recipe, representative, strict)
+    with tflite_converter.translated(_failed(recipe)):
+        return bytes(converter.convert())
+
+
+def _failed(recipe: Recipe) -> str:
+    return f"TFLite converter failed for recipe {recipe.name}"
+
+
 _idle: list[ConverterProcess] = []  # at most one healthy child waiting for this process's next conversion
 
 
@@ -202,8 +259,8 @@ def converter() -> Iterator[ConverterProcess]:
 
 
 def convert(saved_model: Path, key: str, recipe: Recipe, representative: Callable[[], Iterator[Any]] | None,
-            model_name: str) -> Any:
-    """converters.convert.convert_here(...) run in a child process; returns its Converted."""
+            model_name: str) -> Converted:
+    """`convert_here(...)` run in a child process; returns its Converted."""
     with converter() as child:
         return child.convert(saved_model, key, recipe, representative, model_name)
 
@@ -248,15 +305,13 @@ def main(argv: list[str]) -> int:
 
 def _run_job(work: Path) -> None:
     """One conversion: the job's files in, the model and result.json out."""
-    from edgeship.converters.convert import _representative, convert_here
-
     try:
         job = pickle.loads((work / JOB_FILE).read_bytes())  # written by our parent, in a private directory
         representative = None
         if job["representative"]:
             data = npzfile.load(work / DATA_FILE)  # our parent's own file; read like any other npz all the same
             arrays = {name: data[f"arr_{i}"] for i, name in enumerate(job["names"])}
-            representative = _representative(arrays, job["names"], job["batch"])
+            representative = tflite_converter.representative_data(arrays, job["names"], job["batch"])
         converted = convert_here(Path(job["saved_model"]), job["key"], job["recipe"], representative)
         (work / MODEL_FILE).write_bytes(converted.flatbuffer)
         doc: dict[str, Any] = {"fallback": converted.fallback.model_dump() if converted.fallback else None,

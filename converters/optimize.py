@@ -1,9 +1,10 @@
-"""Fine-tuning before conversion: pruning, clustering and QAT, in tfmot's collaborative order.
+"""Compression before conversion: pruning and clustering, and the QAT scheme that keeps what they made.
 
-The order is tfmot's collaborative optimization: prune (prune_low_magnitude), then
+convert runs the stages in tfmot's collaborative order: prune (prune_low_magnitude), then
 cluster with the sparsity preserved (cluster_weights(preserve_sparsity=True)), then QAT
-with a scheme that preserves both. Each stage fine-tunes on the user's training data
-and strips its wrappers, so the next stage (and the converter) sees a plain tf_keras model.
+(converters.qat) with a scheme that preserves both (`qat_scheme`). Each stage fine-tunes on
+the user's training data with the shared loop (converters.finetune) and strips its wrappers,
+so the next stage (and the converter) sees a plain tf_keras model.
 
 Every stage runs under a tf.distribute strategy (converters.distribute), so the same code
 trains on one device, on all local devices, or across machines described by TF_CONFIG.
@@ -13,14 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from edgeship.converters._tf import first_line
-from edgeship.converters.recipe import STAGE_DEFAULTS, Compression, Recipe
-from edgeship.sdk.errors import DatasetError, UnsupportedLayerError
+from edgeship.converters.finetune import TrainData, fit, steps_per_epoch
+from edgeship.converters.recipe import STAGE_DEFAULTS, Compression
+from edgeship.sdk.errors import UnsupportedLayerError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -28,77 +27,6 @@ DEFAULT_BLOCK = 16  # zero runs of 16 input weights: contiguous in TFLite's (out
 # Automatic blocks only on Dense layers big enough not to be wrecked by them (measured; docs/converters.md):
 BLOCK_MIN_INPUTS = 256  # at least 16 blocks per output unit, so no unit loses all of its inputs at once
 BLOCK_MIN_WEIGHTS = 16384  # output heads and small layers (a few thousand weights) stay weight by weight
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """Training inputs (one array, or a list in the model's input order) and labels.
-
-    `y` is one array for a one-output model, or a list with one array per output in the
-    model's output order (each output then gets its own loss).
-    """
-
-    x: Any
-    y: np.ndarray | list[np.ndarray]
-
-    @property
-    def size(self) -> int:
-        return len(self.y[0]) if isinstance(self.y, list) else len(self.y)
-
-
-def fit(model: Any, data: TrainData, *, stage: str, epochs: int, learning_rate: float, batch_size: int,
-        validation_split: float, strategy: Any, say: Progress, loss: Any, callbacks: list[Any] | None = None,
-        early_stopping: bool = False) -> None:
-    """Compile and fine-tune `model` under `strategy`, with `batch_size` as the global batch.
-
-    The data becomes a tf.data pipeline sharded by data (not by file), so MultiWorkerMirroredStrategy
-    gives each worker its share; validation data is held out by a seeded split, the same on every worker.
-    """
-    import tensorflow as tf
-    import tf_keras
-
-    n = data.size
-    if n < 2:
-        raise DatasetError(f"{stage} needs training samples; the data has fewer than 2")
-    order = np.random.default_rng(0).permutation(n)
-    n_val = held_out(n, validation_split)
-    train_idx, val_idx = order[n_val:], order[:n_val]
-
-    def dataset(idx: np.ndarray, shuffle: bool) -> Any:
-        xs = [a[idx] for a in data.x] if isinstance(data.x, list) else data.x[idx]
-        ys = tuple(a[idx] for a in data.y) if isinstance(data.y, list) else data.y[idx]
-        ds = tf.data.Dataset.from_tensor_slices((tuple(xs) if isinstance(xs, list) else xs, ys))
-        if shuffle:
-            ds = ds.shuffle(len(idx), seed=0, reshuffle_each_iteration=True)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return ds.batch(batch_size).with_options(options)
-
-    with strategy.scope():
-        model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
-
-    class _Report(tf_keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            logs = logs or {}
-            say(f"{stage} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}"
-                   + (f", val_loss {logs['val_loss']:.4f}" if "val_loss" in logs else ""))
-
-    cbs = [*(callbacks or []), _Report()]
-    if early_stopping and n_val:
-        cbs.append(tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True))
-    tf_keras.utils.set_random_seed(0)
-    model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False) if n_val else None, epochs=epochs,
-              verbose=0, callbacks=cbs)
-
-
-def held_out(n: int, validation_split: float) -> int:
-    """How many of n samples the seeded validation split holds out."""
-    return round(n * validation_split) if validation_split > 0 else 0
-
-
-def steps_per_epoch(data: TrainData, batch_size: int, validation_split: float) -> int:
-    """Optimizer steps in one epoch at a global batch of `batch_size` (what the pruning schedule counts)."""
-    return max(1, -(-(data.size - held_out(data.size, validation_split)) // batch_size))
 
 
 def _stage_settings(c: Compression, stage: str) -> tuple[int, float]:
@@ -209,22 +137,3 @@ def qat_scheme(pruned: bool, clustered: bool) -> Any:
     if clustered:
         return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=pruned)
     return combine.Default8BitPrunePreserveQuantizeScheme()
-
-
-def finetune(model: Any, recipe: Recipe, data: TrainData, strategy: Any, say: Progress) -> Any:
-    """Run the recipe's stages on a tf_keras model: prune, cluster, QAT; returns the model to convert."""
-    from edgeship.converters import qat
-
-    c = recipe.compression
-    loss = qat.loss_for(model, data.y, recipe.qat.loss if recipe.qat else "auto")
-    pruned = clustered = False
-    if c is not None and c.sparsity is not None:
-        model = prune(model, c, data, strategy, say, loss)
-        pruned = True
-    if c is not None and c.clusters is not None:
-        model = cluster(model, c, data, strategy, say, loss, preserve_sparsity=pruned)
-        clustered = True
-    if recipe.qat is not None:
-        say(f"quantization-aware fine-tuning for {recipe.qat.epochs} epoch(s) on {recipe.qat.train}")
-        model = qat.quantize_and_finetune(model, recipe.qat, data, strategy, say, scheme=qat_scheme(pruned, clustered))
-    return model

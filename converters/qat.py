@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.converters._tf import first_line
+from edgeship.converters.finetune import TrainData, fit, loss_for
 from edgeship.converters.recipe import QATOptions
 from edgeship.sdk.errors import UnsupportedLayerError
 
@@ -165,47 +166,15 @@ def unsupported_layers(model: Any, scheme: Any = None, keep_float: Collection[st
             and not registry.supports(layer)]
 
 
-def _output_layer(model: Any, index: int) -> Any:
-    history = getattr(model.outputs[index], "_keras_history", None)
-    return getattr(history, "layer", None) or model.layers[-1]
-
-
-def loss_for(model: Any, y: np.ndarray | list[np.ndarray], name: str) -> Any:
-    """The loss to fine-tune with: `name`, or for "auto" one per output that fits its labels and output layer.
-
-    `y` is one label array per model output (a bare array for a one-output model); the result
-    is one loss, or a list in the model's output order.
-    """
-    import tf_keras
-
-    if name != "auto":
-        return name
-    losses = []
-    for index, labels in enumerate(y if isinstance(y, list) else [y]):
-        last = _output_layer(model, index)
-        probabilities = (getattr(last, "activation", None) is tf_keras.activations.softmax
-                         or type(last).__name__ == "Softmax")
-        width = model.outputs[index].shape[-1]
-        if np.issubdtype(labels.dtype, np.integer) and (labels.ndim == 1 or labels.shape[-1] == 1):
-            losses.append(tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
-        elif labels.ndim == 2 and labels.shape[-1] == width and np.allclose(labels.sum(axis=-1), 1.0):
-            losses.append(tf_keras.losses.CategoricalCrossentropy(from_logits=not probabilities))
-        else:
-            losses.append(tf_keras.losses.MeanSquaredError())
-    return losses if isinstance(y, list) else losses[0]
-
-
-def quantize_and_finetune(model: Any, options: QATOptions, data: Any, strategy: Any,
+def quantize_and_finetune(model: Any, options: QATOptions, data: TrainData, strategy: Any,
                           progress: Callable[[str], None], scheme: Any = None) -> Any:
     """Wrap a tf_keras model with fake-quant (tfmot quantize_model) and fine-tune it under `strategy`.
 
     `scheme` is a tfmot QuantizeScheme that preserves what pruning or clustering made; None is
-    tfmot's default 8-bit scheme. `data` is a converters.optimize.TrainData.
+    tfmot's default 8-bit scheme.
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras
-
-    from edgeship.converters.optimize import fit
 
     leave = set(options.leave_float)
     unknown = leave - {layer.name for layer in model.layers}

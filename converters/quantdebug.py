@@ -15,7 +15,6 @@ as a path component (Keras 3 graphs add a ``_N`` suffix to it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -29,17 +28,25 @@ from typing import Any
 import numpy as np
 
 from edgeship.converters import data as datasets
-from edgeship.converters._tf import first_line, tensorflow
+from edgeship.converters._tf import tensorflow
+from edgeship.converters.tflite_converter import (
+    Representative,
+    converter_for,
+    representative_data,
+    stdout_to_stderr,
+    translated,
+)
 from edgeship.converters.tflite_model import TFLiteModel
-from edgeship.sdk.errors import ConversionError, DatasetError, EdgeshipError, UsageError
+from edgeship.sdk.errors import ConversionError, DatasetError, UsageError
+from edgeship.sdk.hosteval import evaluate_on_host, host_runtime
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-Representative = Callable[[], Iterator[dict[str, np.ndarray]]]
 
 IDEAL_RMSE_OVER_SCALE = 1 / math.sqrt(12)  # uniform rounding error of one quantization step
 RESULT_KIND = "debug-quant"
 _NUMERIC_VERIFY = "NumericVerify"
+_DEBUGGER_FAILED = "the quantization debugger failed"
 _SUFFIX = re.compile(r"_\d+$")
 
 
@@ -343,17 +350,6 @@ def _original(names: list[str], candidates: list[Any]) -> Any:
     return max(extended, key=lambda t: len(t.name), default=None)
 
 
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Third-party failures of the debugger as ConversionError; edgeship's own errors pass through."""
-    try:
-        yield
-    except EdgeshipError:
-        raise
-    except Exception as exc:  # ConverterError, ValueError, RuntimeError: all mean the debugger refused
-        raise ConversionError(f"{what} failed: {first_line(exc)}") from exc
-
-
 def quantize_selectively(converter: Any, representative: Representative, keep: Sequence[str],
                          auto: int | None) -> SelectiveResult:
     """Quantize to int8 with the layers `keep` names, and the `auto` worst ones, left in float.
@@ -362,7 +358,7 @@ def quantize_selectively(converter: Any, representative: Representative, keep: S
     dataset, inference types); `representative` yields dicts keyed by signature input name,
     and is also the data the worst layers are ranked on.
     """
-    with _translated("the quantization debugger"):
+    with translated(_DEBUGGER_FAILED):
         dbg = _Debugger(converter, representative)
         chosen = resolve(keep, dbg.node_names)
         if auto:
@@ -396,10 +392,10 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
     """
     from importlib import metadata
 
-    from edgeship.converters.convert import _configure, _representative, _stdout_to_stderr
     from edgeship.converters.recipe import Recipe
     from edgeship.converters.source import load_source, path_sha256
-    from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime, quiet_native_stderr
+    from edgeship.device_agent.evaluate import compare, top1
+    from edgeship.device_agent.runtime import quiet_native_stderr
 
     say = progress or (lambda _msg: None)
     if batch < 1:
@@ -424,44 +420,41 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
     count = len(next(iter(picked.values())))
     if count < batch:
         raise DatasetError(f"{calib}: fewer calibration samples than one batch of --batch {batch}")
-    representative = _representative(picked, names, batch)
+    representative = representative_data(picked, names, batch)
 
-    tf = tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgeship-static-") as tmp:
         say("exporting a static-shape graph")
         saved, key = source.export_static(Path(tmp) / "static", batch, None)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[key])
-        _configure(converter, recipe, representative)
+        converter = converter_for(saved, key, recipe, representative)
         say(f"calibrating on {count} samples from {calib} and running the debugger")
-        with _translated("the quantization debugger"), quiet_native_stderr(), _stdout_to_stderr():
+        with translated(_DEBUGGER_FAILED), quiet_native_stderr(), stdout_to_stderr():
             dbg = _Debugger(converter, representative)
             layers = dbg.layer_errors()
             int8 = dbg.quantize([])
             trial_models = [(k, [e.node for e in layers[:k]]) for k in range(1, min(trials, len(layers) - 1) + 1)]
             trial_models_bytes = [(k, kept, dbg.quantize(kept)) for k, kept in trial_models]
 
-    try:
-        runtime = load_runtime()
-    except RuntimeNotFound as exc:
-        raise EdgeshipError(str(exc)) from exc
+    runtime = host_runtime()
     int8_acc = float_acc = None
     output_error: dict[str, float | None] = {"rmse": None, "max_abs_error": None, "argmax_agreement": None}
     results: list[Trial] = []
     if eval_data is not None and eval_features is not None and labels is not None:
         say(f"evaluating float and int8 on {eval_data}")
         first = source.outputs[0]
+
+        def accuracy_of(flatbuffer: bytes, name: str) -> tuple[np.ndarray, float]:
+            result = evaluate_on_host(flatbuffer, eval_features, labels, output=first, model_name=name,
+                                      data_name=str(eval_data)).result
+            return result.outputs[first], float(result.accuracy or 0.0)
+
         reference = source.predict(eval_features, batch)[first]
-        int8_out, int8_acc = _evaluate(runtime, int8, eval_features, labels, first, Path(eval_data))
-        float_acc = _accuracy(reference, labels)
-        diff = int8_out.astype(np.float64) - reference.astype(np.float64)
-        n = len(labels)
-        output_error = {"rmse": float(np.sqrt(np.mean(diff ** 2))), "max_abs_error": float(np.max(np.abs(diff))),
-                        "argmax_agreement": float(np.mean(int8_out.reshape(n, -1).argmax(1)
-                                                          == reference.reshape(n, -1).argmax(1)))}
+        int8_out, int8_acc = accuracy_of(int8, "the fully int8 model")
+        float_acc = top1(reference, labels)
+        agreement = compare(int8_out, reference)  # the board-vs-host agreement, here int8 vs float
+        output_error = {k: agreement.get(k) for k in output_error}
         for k, kept, flat in trial_models_bytes:
             say(f"evaluating with the {k} worst layer(s) in float")
-            _, acc = _evaluate(runtime, flat, eval_features, labels, first, Path(eval_data))
-            results.append(Trial(k, kept, acc, len(flat)))
+            results.append(Trial(k, kept, accuracy_of(flat, f"the int8 model with {k} layer(s) in float")[1], len(flat)))
     else:
         results = [Trial(k, kept, None, len(flat)) for k, kept, flat in trial_models_bytes]
 
@@ -473,20 +466,3 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
         int8_accuracy=int8_acc, output_error=output_error, int8_size=len(int8),
         runtime={"name": runtime.name, "version": runtime.version}, tensorflow=metadata.version("tensorflow"),
         trials=results, integer=TFLiteModel.from_bytes(int8, source="debug-quant int8 model").integer_facts())
-
-
-def _evaluate(runtime: Any, flatbuffer: bytes, features: dict[str, np.ndarray], labels: np.ndarray, output: str,
-              data_path: Path) -> tuple[np.ndarray, float]:
-    """The model's dequantized first output over the eval data, and its top-1 accuracy."""
-    from edgeship.device_agent.evaluate import EvalInputError, evaluate
-
-    try:
-        result = evaluate(runtime.interpreter(flatbuffer), features, labels, output=output)
-    except EvalInputError as exc:
-        raise DatasetError(f"{data_path}: {exc}") from exc
-    return result.outputs[output], float(result.accuracy or 0.0)
-
-
-def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    n = len(labels)
-    return float(np.mean(outputs.reshape(n, -1).argmax(axis=1) == np.asarray(labels).reshape(n)))

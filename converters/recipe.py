@@ -3,7 +3,7 @@
 A Recipe says what the converter must produce (float32, float16, dynamic-range,
 full-integer int8, int16 activations with int8 weights, quantization-aware-trained int8)
 and with which data; it is applied to TFLiteConverter in exactly one place
-(converters.convert._configure).
+(converters.tflite_converter.configure).
 """
 
 from __future__ import annotations
