@@ -78,12 +78,12 @@ def _check_result(model: TFLiteModel, recipe: Recipe, source: SourceModel) -> No
         float_ops = model.float_ops()
         if float_ops and recipe.int8_strict:
             named = named_float_ops(float_ops, model.float_op_tensors())
-            raise ConversionError(f"recipe {recipe.name} --int8-strict: the converter left {len(float_ops)} op(s) "
-                                  f"float: {named}; drop --int8-strict to accept a model with these ops in float, "
-                                  f"or change the layers they come from")
+            raise ConversionError(f"the converter left {len(float_ops)} op(s) float: {named}; without it, recipe "
+                                  f"{recipe.name} accepts a model with these ops in float, or change the layers they "
+                                  f"come from", option="int8_strict")
         for name, t in model.inputs + model.outputs:
             if t.dtype != recipe.io:
-                raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, --io asked for {recipe.io}")
+                raise ConversionError(f"recipe {recipe.name}: tensor {name!r} is {t.dtype}, not {recipe.io}", option="io")
 
 
 def _dynamic_hint(model: TFLiteModel, dynamic: list[str]) -> str:
@@ -117,7 +117,7 @@ def _prepare_output(out: Path, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
-        raise BundleError(f"{out}: exists and is not empty; pass --force to replace it")
+        raise BundleError(f"{out}: exists and is not empty; set it to replace the directory", option="force")
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
 
@@ -155,7 +155,7 @@ def convert(
     """
     say = progress or (lambda _msg: None)
     if batch < 1:
-        raise UsageError("--batch must be at least 1")
+        raise UsageError(f"must be at least 1 (got {batch})", option="batch")
     staging = _prepare_output(Path(out), force)
     try:
         with _early_converter(recipe) as child:
@@ -206,7 +206,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
         picked = datasets.pick_calibration(features, recipe.calib_samples, recipe.calib_samples_explicit,
                                            recipe.calibration)
         if len(next(iter(picked.values()))) < batch:
-            raise DatasetError(f"{recipe.calibration}: fewer calibration samples than one batch of --batch {batch}")
+            raise DatasetError(f"{recipe.calibration}: fewer calibration samples than one batch ({batch})")
         representative = representative_data(picked, names, batch)
         say(f"calibrating on {len(next(iter(picked.values())))} samples from {recipe.calibration}")
     if recipe.finetunes:
@@ -221,7 +221,7 @@ def _convert_into(model_path: Path, recipe: Recipe, staging: Path, signature: st
     flatbuffer, fallback = converted.flatbuffer, converted.fallback
     if converted.mixed_reason:
         say(f"{converted.mixed_reason}; made the plain TFLite converter's mixed model instead "
-            f"(--int8-strict refuses it)")
+            f"(int8_strict refuses it)")
 
     model = TFLiteModel.from_bytes(flatbuffer, source="converted model")
     _check_result(model, recipe, source)
@@ -294,15 +294,15 @@ def _finetune(model: Any, recipe: Recipe, data: Any, strategy: Any, say: Progres
 
 
 def _scored_output(source: SourceModel, output: str | None, eval_data: Path | None) -> str:
-    """The source output the --eval labels score: --output when given (it must exist), else the first."""
+    """The source output the eval data's labels score: `output` when given (it must exist), else the first."""
     from edgeship.device_agent.evaluate import EvalInputError, pick_output
 
     if output is not None and eval_data is None:
-        raise UsageError("--output picks the output that --eval's labels score; give --eval DATA.npz too")
+        raise UsageError("picks the output that the eval data's labels score; give eval_data too", option="output")
     try:
         return pick_output(source.outputs, output)
     except EvalInputError as exc:
-        raise UsageError(f"--output: {exc}") from exc
+        raise UsageError(str(exc), option="output") from exc
 
 
 def _host_accuracy(source: SourceModel, flatbuffer: bytes, features: dict[str, np.ndarray], y: Any,
@@ -335,10 +335,10 @@ def _finetune_warning(recipe: Recipe, float_acc: float, tuned_acc: float, sample
                                     ("QAT", recipe.qat is not None)) if on]
     hints = []
     if c is not None and c.sparsity is not None:
-        hints.append("a lower --sparsity" + (" or --prune-block 1" if c.block != 1 else ""))
+        hints.append("a lower sparsity" + (" or prune_block 1" if c.block != 1 else ""))
     if c is not None and c.clusters is not None:
-        hints.append("more --clusters")
-    hints.append("more --epochs")
+        hints.append("more clusters")
+    hints.append("more epochs")
     return (f"the fine-tuned float model ({', '.join(stages)}) scores {tuned_acc * 100:.2f}% on {samples} samples of "
             f"{data_path}, {(float_acc - tuned_acc) * 100:.2f} points below the source's {float_acc * 100:.2f}%: "
             f"fine-tuning lost it before conversion; try {', '.join(hints)}")

@@ -158,7 +158,7 @@ class ConverterProcess:
         result = job_dir / RESULT_FILE
         if rc is not None or not result.exists():
             raise ConversionError(f"the TFLite converter process exited with status {rc} while converting "
-                                  f"{model_name} with recipe {recipe.name}, without a result; rerun with --debug "
+                                  f"{model_name} with recipe {recipe.name}, without a result; rerun with EDGESHIP_DEBUG=1 "
                                   f"to see its output")
         self.healthy = self.jobs < MAX_JOBS
         doc = json.loads(result.read_text())

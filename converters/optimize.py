@@ -55,7 +55,7 @@ def _block_for(layer: Any, block: int | None) -> tuple[int, int]:
     size = block if block is not None else DEFAULT_BLOCK
     if size > 1 and fan_in % size:
         if block is not None:
-            log.warning("--prune-block %d does not divide %s's %d inputs; pruning it weight by weight",
+            log.warning("pruning block %d does not divide %s's %d inputs; pruning it weight by weight",
                         size, layer.name, fan_in)
         return (1, 1)
     return (size, 1)

@@ -179,8 +179,8 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: TrainData, stra
     leave = set(options.leave_float)
     unknown = leave - {layer.name for layer in model.layers}
     if unknown:
-        raise UnsupportedLayerError(f"--qat-leave-float names no such layer: {', '.join(sorted(unknown))}",
-                                    sorted(unknown))
+        raise UnsupportedLayerError(f"names no such layer: {', '.join(sorted(unknown))}", sorted(unknown),
+                                    option="leave_float")
     keep_float = set(leave)
     for _ in model.layers:  # leaving a layer float can unpair a Conv+BN, so ask again until nothing changes
         blocked = unsupported_layers(model, scheme, keep_float)
@@ -188,8 +188,8 @@ def quantize_and_finetune(model: Any, options: QATOptions, data: TrainData, stra
             break
         if not options.leave_unsupported_float:
             raise UnsupportedLayerError(
-                "QAT cannot wrap these layers: " + ", ".join(blocked) + "; pass --qat-leave-unsupported to train "
-                "them in float (the converter then calibrates them)", blocked)
+                "QAT cannot wrap these layers: " + ", ".join(blocked) + "; set it to train them in float (the "
+                "converter then calibrates them)", blocked, option="leave_unsupported_float")
         keep_float |= {u.split(" ")[0] for u in blocked}
     quantize = tfmot.quantization.keras
     with strategy.scope():

@@ -196,16 +196,16 @@ def _select(name: str, nodes: Sequence[str]) -> list[str]:
     exact = [n for n in nodes if name in _components(n)]
     scoped = [n for n in nodes if n not in exact and any(suffixed.fullmatch(c) for c in _components(n))]
     if exact and scoped:
-        raise UsageError(f"--keep-float: {name!r} is ambiguous: it names node(s) {_listing(exact)} and, as a Keras 3 "
-                         f"scope ({name}_N), {_listing(scoped)}; give the node name instead")
+        raise UsageError(f"{name!r} is ambiguous: it names node(s) {_listing(exact)} and, as a Keras 3 "
+                         f"scope ({name}_N), {_listing(scoped)}; give the node name instead", option="keep_float")
     found = exact or scoped
     if not found:
         aliases = {n: alias(n, nodes) for n in nodes}
         valid = sorted({a for a in aliases.values() if a})
         unnamed = [n for n, a in aliases.items() if not a]
-        raise UsageError(f"--keep-float: no layer or node named {name!r}; the quantized layers are "
+        raise UsageError(f"no layer or node named {name!r}; the quantized layers are "
                          f"{', '.join(valid) or 'unnamed'}" + (f", and nodes {_listing(unnamed)}" if unnamed else "")
-                         + " (`edgeship debug-quant` lists every node name)")
+                         + " (`edgeship debug-quant` lists every node name)", option="keep_float")
     return found
 
 
@@ -364,11 +364,11 @@ def quantize_selectively(converter: Any, representative: Representative, keep: S
         if auto:
             ranked = [e.node for e in dbg.layer_errors() if e.node not in chosen]
             if auto > len(ranked):
-                raise UsageError(f"--keep-float auto:{auto}: the model has only {len(dbg.nodes)} quantized layers")
+                raise UsageError(f"auto:{auto}: the model has only {len(dbg.nodes)} quantized layers", option="keep_float")
             chosen += ranked[:auto]
         if len(chosen) >= len(dbg.nodes):
-            raise UsageError(f"--keep-float would leave all {len(dbg.nodes)} quantized layers in float; "
-                             f"use --recipe float32 instead")
+            raise UsageError(f"would leave all {len(dbg.nodes)} quantized layers in float; "
+                             f"use recipe float32 instead", option="keep_float")
         log.info("keeping in float: %s", ", ".join(chosen))
         flatbuffer = dbg.quantize(chosen)
         int8 = dbg.quantize([])
@@ -376,7 +376,7 @@ def quantize_selectively(converter: Any, representative: Representative, keep: S
     # A kept op that feeds a model output hands its name to the QUANTIZE after it and gets a digit appended.
     missed = [n for n in chosen if not any(t == n or (t.startswith(n) and t[len(n):].isdigit()) for t in float_tensors)]
     if missed:
-        raise ConversionError(f"--keep-float: the quantizer did not leave {_listing(missed)} in float")
+        raise ConversionError(f"the quantizer did not leave {_listing(missed)} in float", option="keep_float")
     return SelectiveResult(flatbuffer=flatbuffer, layers=chosen, int8_size=len(int8))
 
 
@@ -399,9 +399,9 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
 
     say = progress or (lambda _msg: None)
     if batch < 1:
-        raise UsageError("--batch must be at least 1")
+        raise UsageError(f"must be at least 1 (got {batch})", option="batch")
     if trials < 0:
-        raise UsageError("--try-float must be 0 or more")
+        raise UsageError(f"must be 0 or more (got {trials})", option="trials")
     recipe = Recipe.int8(Path(calib), io=io, samples=samples, image_range=image_range)
     say(f"loading {model_path}")
     source = load_source(Path(model_path), signature)
@@ -419,7 +419,7 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
     picked = datasets.pick_calibration(features, recipe.calib_samples, recipe.calib_samples_explicit, Path(calib))
     count = len(next(iter(picked.values())))
     if count < batch:
-        raise DatasetError(f"{calib}: fewer calibration samples than one batch of --batch {batch}")
+        raise DatasetError(f"{calib}: fewer calibration samples than one batch ({batch})")
     representative = representative_data(picked, names, batch)
 
     with tempfile.TemporaryDirectory(prefix="edgeship-static-") as tmp:

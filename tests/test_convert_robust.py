@@ -240,7 +240,7 @@ def test_int8_attention_is_the_raw_converters_model_with_its_float_op_named(zoo:
     assert f"fully integer: no (1 float op: {node} ({manifest.integer.float_op_tensors[0]}))" in proc.stdout
     assert f"the converter left op(s) float: {node}" in proc.stderr  # the progress line says it too
 
-    with pytest.raises(ConversionError, match=r"--int8-strict: the converter left 1 op\(s\) float: NEG#\d+ \("):
+    with pytest.raises(ConversionError, match=r"^int8_strict: the converter left 1 op\(s\) float: NEG#\d+ \("):
         convert(zoo / "attention.keras", Recipe.from_name("int8", calibration=zoo / "calib.npz", int8_strict=True),
                 tmp_path / "strict")
     assert not (tmp_path / "strict").exists()

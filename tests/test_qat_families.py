@@ -212,7 +212,7 @@ def test_leave_unsupported_keeps_conv1d_float_and_still_folds_bn_elsewhere(tmp_p
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "train.npz", x=rng.normal(size=(96, 16, 2)).astype(np.float32), y=rng.integers(0, 3, 96))
     train = tmp_path / "train.npz"
-    with pytest.raises(UnsupportedLayerError, match=r"c1d \(Conv1D\); pass --qat-leave-unsupported") as err:
+    with pytest.raises(UnsupportedLayerError, match=r"^leave_unsupported_float: QAT cannot wrap these layers: c1d \(Conv1D\);") as err:
         convert(tmp_path / "m.keras", Recipe.quantization_aware(train, epochs=1), tmp_path / "b")
     assert err.value.layers == ["c1d (Conv1D)"]  # the BN after the Conv2D is no longer on the list
     result = convert(tmp_path / "m.keras", Recipe.quantization_aware(train, epochs=1, leave_unsupported_float=True),
