@@ -7,6 +7,7 @@ exactly as on a board, and a line that is cut or closed ends in LinkError, never
 
 from __future__ import annotations
 
+import ast
 import os
 import threading
 import time
@@ -154,3 +155,23 @@ def test_opened_streams_are_streams(tmp_path: Path) -> None:
         assert session.info["agent_version"]
     finally:
         session.close()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a source file imports, at module level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_emulated_boards_do_not_reach_back_into_boards() -> None:
+    root = Path(__file__).resolve().parent.parent
+    assert "edgeship.sdk.emulate.services" in _imports(root / "sdk" / "boards.py")  # boards -> services, one way
+    assert not {m for m in _imports(root / "sdk" / "emulate" / "services.py") if m.startswith("edgeship.sdk.boards")}
+    transports = {m for f in (root / "sdk" / "transport").glob("*.py") for m in _imports(f)}
+    assert not {m for m in transports if m.startswith(("edgeship.sdk.boards", "edgeship.sdk.emulate"))}
