@@ -33,7 +33,7 @@ from edgeship.device_agent.protocol import (
 )
 from edgeship.device_agent.runtime import RUNTIMES
 from edgeship.device_agent.store import Store, StoreError, check_name, os_error
-from edgeship.device_agent.streams import StreamClosed
+from edgeship.device_agent.streams import Stream, StreamClosed
 
 RUN_KINDS = ("bench", "eval")
 #: Every run option the agent reads; any other key is refused, not ignored (a typo must not pass silently).
@@ -103,7 +103,7 @@ class Agent:
         self._still_wanted: Callable[[], bool] = _always
 
     # -- serving ---------------------------------------------------------------------------
-    def serve(self, stream: Any, *, forever: bool = False) -> None:
+    def serve(self, stream: Stream, *, forever: bool = False) -> None:
         """Answer requests on a stream; with forever=True (serial) survive hosts coming and going.
 
         One link serves every host on the stream, so bytes of the next host that arrived with

@@ -1,8 +1,8 @@
 """edgeship wire protocol, version 1: framing, reliable delivery and message encoding.
 
 Both sides use this one module (the host imports it from device_agent). It runs over any
-byte stream with ``read(max_bytes, timeout) -> bytes`` (b"" on timeout, an exception on
-EOF), ``write(data)`` and ``close()``: an SSH exec channel, a serial port, a pipe.
+byte stream (streams.Stream: ``read(max_bytes, timeout) -> bytes``, b"" on timeout, an exception
+on EOF; ``write(data)``; ``close()``): an SSH exec channel, a serial port, a pipe, memory.
 
 Frame (little-endian), see docs/protocol.md::
 
@@ -34,6 +34,8 @@ import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from edgeship.device_agent.streams import Stream
 
 MAGIC = b"ES"
 VERSION = 1
@@ -187,7 +189,7 @@ class LinkStats:
 class Link:
     """Reliable, ordered message delivery over a byte stream; single-threaded, pumped by send/recv."""
 
-    stream: Any
+    stream: Stream
     role: str = "host"  # the host picks the session; the agent adopts it
     window: int = 8
     rto: float = 1.0  # seconds without an ACK before resending

@@ -1,8 +1,9 @@
 """Byte streams the agent serves on: stdio (SSH exec channel, local subprocess) and a tty (serial line).
 
 Standard library only: a board needs no pyserial to serve on /dev/ttyUSB0 or a pty.
-Every stream has read(max_bytes, timeout) -> bytes (b"" on timeout), write(data), close(); a write
-that the peer does not take within its write timeout raises StreamClosed (the session ends).
+Every stream is a :class:`Stream`: read(max_bytes, timeout) -> bytes (b"" on timeout), write(data),
+close(); a write that the peer does not take within its write timeout raises StreamClosed (the
+session ends). The host's transports (sdk/transport/) give streams of the same shape.
 """
 
 from __future__ import annotations
@@ -13,10 +14,27 @@ import select
 import termios
 import time
 import tty
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 BAUD_RATES = {n: getattr(termios, f"B{n}") for n in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
               if hasattr(termios, f"B{n}")}
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """The byte stream the wire protocol (protocol.Link) runs over, on either side of a link.
+
+    ``read`` waits up to ``timeout`` seconds (None: as long as it takes) for the first byte and
+    returns what is there, at most ``max_bytes``; ``b""`` means nothing came in time. Once the
+    other end is gone, ``read`` and ``write`` raise: StreamClosed on the agent's side, the host's
+    ``LinkError`` (sdk/errors.py) on the host's.
+    """
+
+    def read(self, max_bytes: int, timeout: Optional[float]) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class StreamClosed(Exception):

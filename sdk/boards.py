@@ -4,51 +4,37 @@ Forms: `local`; SSH as `ssh://user@host:port?python=...&key=...`, `user@host[:po
 `host.domain[:port]`, or a Host alias of the user's ssh config (`~/.ssh/config`); serial as
 `serial://<pyserial URL>?baud=N` or a device path `/dev/ttyUSB0[?baud=N]`. (boards.yaml, with
 named boards, builds on this, and its names come first: a bare name is a Host alias only when
-no catalogue board has it.) Opening a board gives a Session with the agent on it; for SSH the
-ssh config is applied (sdk.transport.ssh.resolve_target) and the agent zipapp is placed first
-when the board's copy differs.
+no catalogue board has it.) :func:`transport_for` gives the board's Transport (sdk/transport/base.py);
+:func:`open_session` opens it, or any Transport, and says hello. For SSH the ssh config is applied
+and the agent zipapp is placed first when the board's copy differs (sdk/transport/ssh.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgeship.sdk.client import LinkProfile, Session
 from edgeship.sdk.errors import UsageError
+from edgeship.sdk.transport.base import Transport
 
-AGENT_DIR = ".edgeship"
+if TYPE_CHECKING:
+    from edgeship.sdk.transport.ssh import SSHTransport
 
 # The board's interpreter: an absolute path or a bare command name, of characters no shell treats specially.
 _SAFE_PYTHON = re.compile(r"(?:/[A-Za-z0-9._+-]+)+|[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-# What runs on the board: the interpreter checks the zipapp's sha256 itself, in the process that
-# then runs it, so a file changed after the host's check (or one the host never checked) does not
-# run. argv: the zipapp, its sha256, then the agent's own flags. Single line, no single quotes, so
-# shlex.quote makes it one word for any POSIX login shell; Python 3.9 syntax.
-_VERIFY_AND_RUN = (
-    "import hashlib,runpy,sys;p,h=sys.argv[1:3];"
-    "ok=hashlib.sha256(open(p,\"rb\").read()).hexdigest()==h;"
-    "ok or sys.exit(\"edgeship: the agent file \"+p+\" on the board does not match its sha256 \"+h[:16]+\"; "
-    "it changed after the host checked it. Connect again to place a fresh copy.\");"
-    "sys.path[:1]=[x for x in sys.path[:1] if x];"  # drop the -c cwd entry: `python file.pyz` does not search it
-    "sys.argv=[p]+sys.argv[3:];runpy.run_path(p,run_name=\"__main__\")"
-)
-
 
 @dataclass(frozen=True)
 class Board:
     """Where a board is and how to reach it."""
 
     name: str
-    transport: str  # local | ssh | serial
+    transport: str  # local | ssh | serial | emulated (transport_for turns it into a Transport)
     host: str = ""
     port: int | None = None  # None: the ssh config's Port for the host, else 22
     user: str | None = None
@@ -167,10 +153,6 @@ class Board:
             raise UsageError(f"board {name!r}: baud must be a number") from exc
         return cls(name, "serial", url=url, baud=baud)
 
-    @property
-    def bytes_per_second(self) -> float | None:
-        return self.baud / 10 if self.transport == "serial" else None
-
 
 def _check_python(board: str, python: str) -> str:
     """The board's interpreter as given, if it is an absolute path or a plain command name; else UsageError."""
@@ -186,88 +168,48 @@ def _check_store(board: str, store: str) -> None:
         raise UsageError(f"board {board!r}: store={store!r} contains a control character; give a plain directory path")
 
 
-def open_session(board: Board, *, accept_new_host: bool = False) -> Session:
-    """Connect to a board's agent and say hello."""
+def transport_for(board: Board, *, accept_new_host: bool = False) -> Transport:
+    """The transport that reaches ``board``: the one place a board's kind picks how it is opened."""
     if board.transport == "local":
-        from edgeship.sdk.transport.local import DEFAULT_STORE, LocalStream
+        from edgeship.sdk.transport.local import DEFAULT_STORE, LocalTransport
 
         python = board.python if board.spec is not None and board.python else sys.executable
-        session = Session(LocalStream(board.store or DEFAULT_STORE, board.agent_args, python=python))
-    elif board.transport == "emulated":
-        from edgeship.sdk.emulate.services import open_emulated
+        return LocalTransport(board.store or DEFAULT_STORE, board.agent_args, python=python, name=board.name)
+    if board.transport == "serial":
+        from edgeship.sdk.transport.serial import SerialTransport
 
-        stream, rate = open_emulated(board)
-        session = Session(stream, LinkProfile.for_rate(rate))
-    elif board.transport == "serial":
-        from edgeship.sdk.transport.serial import open_serial
+        return SerialTransport(board.url, board.baud, name=board.name)
+    if board.transport == "ssh":
+        return ssh_transport(board, accept_new_host=accept_new_host)
+    if board.transport == "emulated":
+        from edgeship.sdk.emulate.services import EmulatedTransport
 
-        session = Session(open_serial(board.url, board.baud), LinkProfile.for_rate(board.bytes_per_second))
-    else:
-        session = Session(_open_ssh(board, accept_new_host))
+        return EmulatedTransport.for_spec(board.name, board.spec)
+    raise UsageError(f"board {board.name!r}: unknown transport {board.transport!r}; expected local, ssh, serial "
+                     f"or emulated")
+
+
+def ssh_transport(board: Board, *, accept_new_host: bool = False) -> SSHTransport:
+    """An SSH board's transport; besides opening the agent's stream it connects and places the agent (`boards setup`)."""
+    from edgeship.sdk.transport.ssh import SSHTransport
+
+    if board.transport != "ssh":
+        raise UsageError(f"board {board.name!r} is reached over {board.transport}, not SSH")
+    return SSHTransport(board.host, port=board.port, user=board.user, key=board.key, known_hosts=board.known_hosts,
+                        python=board.python, store=board.store, accept_new_host=accept_new_host, name=board.name)
+
+
+def open_session(target: Board | Transport, *, accept_new_host: bool = False) -> Session:
+    """Open a stream to the agent of a board (or any Transport) and say hello.
+
+    ``accept_new_host`` applies to an SSH Board; a Transport given directly carries its own setting.
+    """
+    transport = transport_for(target, accept_new_host=accept_new_host) if isinstance(target, Board) else target
+    stream = transport.open()
     try:
+        session = Session(stream, LinkProfile.for_rate(transport.bytes_per_second))
         session.hello()
     except BaseException:
-        session.stream.close()
+        stream.close()
         raise
     return session
-
-
-def connect_ssh(board: Board, *, accept_new_host: bool = False) -> Any:
-    """An authenticated SSH connection (paramiko client) to an SSH board, host key checked."""
-    from edgeship.sdk.transport.ssh import connect, resolve_target
-
-    # The ssh config fills in what the board leaves open (HostName, User, Port, IdentityFile,
-    # ProxyJump, known_hosts files); nothing from it reaches the remote command line.
-    return connect(resolve_target(board.host, port=board.port, user=board.user, key_filename=board.key,
-                                  known_hosts=board.known_hosts, python=board.python,
-                                  accept_new_host=accept_new_host))
-
-
-def place_agent(client: Any, *, check_only: bool = False) -> tuple[str, str, bool]:
-    """Make sure the board holds this host's agent zipapp: (its path on the board, its sha256, whether it was missing).
-
-    Placed (0600, in a private AGENT_DIR) when missing, different, or writable by others;
-    ``check_only`` only says whether it would be. The board re-checks the hash before it runs it.
-    """
-    from edgeship.sdk.agentbuild import build_zipapp
-    from edgeship.sdk.transport.ssh import private_dir, put_file, remote_file
-
-    agent = build_zipapp()
-    sha = hashlib.sha256(agent).hexdigest()
-    remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
-    if not check_only:
-        private_dir(client, AGENT_DIR)
-    on_board = remote_file(client, remote)  # None when missing (AGENT_DIR too)
-    missing = on_board is None or on_board.sha256 != sha or bool(on_board.mode & 0o022)
-    if missing and not check_only:
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
-            f.write(agent)
-            f.flush()
-            put_file(client, Path(f.name), remote, mode=0o600)
-    return remote, sha, missing
-
-
-def _open_ssh(board: Board, accept_new_host: bool) -> Any:
-    from edgeship.sdk.transport.ssh import open_exec
-
-    client = connect_ssh(board, accept_new_host=accept_new_host)
-    try:
-        remote, sha, _ = place_agent(client)
-        store = _remote_path(board.store)
-        command = " ".join([shlex.quote(board.python), "-c", shlex.quote(_VERIFY_AND_RUN), shlex.quote(remote), sha,
-                            "--stdio", "--store", store])
-        label = f"{shlex.quote(board.python)} {shlex.quote(remote)} --stdio --store {store}"  # what messages show
-        return open_exec(client, command, owns_client=True, label=label)
-    except BaseException:
-        client.close()
-        raise
-
-
-def _remote_path(store: Path | None) -> str:
-    """The board's store directory for its shell: ~/ kept for the remote shell to expand, the rest quoted."""
-    text = str(store) if store is not None else f"{AGENT_DIR}/store"
-    if text.startswith("~/"):
-        return "~/" + shlex.quote(text[2:])
-    return shlex.quote(text)

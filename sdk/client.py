@@ -24,6 +24,7 @@ from typing import Any
 from edgeship.device_agent.protocol import Link, LinkFailed, LinkTimeout, Message, ProtocolError, clip
 from edgeship.sdk.errors import AgentError, BoardProtocolError, Cancelled, LinkError
 from edgeship.sdk.replies import check_error, check_reply
+from edgeship.sdk.transport.base import Stream
 
 Progress = Callable[[int, int], None]
 
@@ -126,7 +127,7 @@ class UploadResult:
 class Session:
     """One connection to a board's agent. Every reply is checked (sdk/replies.py) before it is used."""
 
-    def __init__(self, stream: Any, profile: LinkProfile | None = None,
+    def __init__(self, stream: Stream, profile: LinkProfile | None = None,
                  cancel: threading.Event | None = None) -> None:
         self.profile = profile or LinkProfile()
         self.stream = stream

@@ -3,14 +3,14 @@
 For an SSH board, one small probe (the board's Python running a constant script) says what
 is there: the interpreter's version and arch, whether it is externally managed (PEP 668),
 numpy, the TFLite runtimes that import, and the same for edgeship's venv on the board
-(``~/.edgeship/venv``, under :data:`sdk.boards.AGENT_DIR`). From that a plan follows:
+(``~/.edgeship/venv``, under :data:`sdk.transport.ssh.AGENT_DIR`). From that a plan follows:
 
 1. ``venv``: create the venv with the board's Python (never a system-wide pip install);
 2. ``install``: numpy and the best runtime with a wheel for that Python and arch
    (:func:`runtime_candidates`: ai-edge-litert, else tflite-runtime with numpy < 2), pip on
    the board choosing the wheel; a board whose pip cannot reach the index gets the exact
    lines to do it by hand instead (:func:`offline_lines`);
-3. ``agent``: place the agent zipapp (:func:`sdk.boards.place_agent`, hash-checked);
+3. ``agent``: place the agent zipapp (:func:`sdk.transport.ssh.place_agent`, hash-checked);
 
 then a ping with the venv's interpreter shows the runtime. Steps already in place are not
 run again, so a second run changes nothing; ``dry_run`` returns the plan and changes nothing.
@@ -227,7 +227,9 @@ def _glibc(libc: tuple[str, str]) -> Optional[tuple[int, int]]:
 
 def probe_command(python: str) -> str:
     """The one remote command line of the probe: constants and quoted values only."""
-    return " ".join([shlex.quote(python), "-c", shlex.quote(PROBE), shlex.quote(boards.AGENT_DIR),
+    from edgeship.sdk.transport import ssh
+
+    return " ".join([shlex.quote(python), "-c", shlex.quote(PROBE), shlex.quote(ssh.AGENT_DIR),
                      str(int(PROBE_TIMEOUT_S))])
 
 
@@ -299,9 +301,11 @@ def pip_command(python: str, packages: tuple[str, ...]) -> str:
 
 def make_plan(board: Board, probe: Probe, agent_missing: bool) -> Plan:
     """Decide what to do from the probe: nothing that is in place already."""
+    from edgeship.sdk.transport import ssh
+
     given = probe.python
     agent_step = Step("agent", "place the agent zipapp (sha256-checked on the board)",
-                      f"sftp {boards.AGENT_DIR}/agent-<sha256>.pyz", agent_missing)
+                      f"sftp {ssh.AGENT_DIR}/agent-<sha256>.pyz", agent_missing)
     if given.ready:
         return Plan(board, probe, board.python, [], [Step("python", f"{board.python}: {given.describe()}", "", False),
                                                       agent_step])
@@ -394,13 +398,13 @@ def setup_board(board: Board, *, dry_run: bool = False, accept_new_host: bool = 
                "edgeship starts it on this machine (`edgeship emulate setup` prepares the emulated boards)")
         raise UsageError(f"board {board.name!r} ({board.transport}): {how}, so it needs no setup. "
                          f"`boards setup` prepares SSH boards (and prints the steps for serial ones).")
-    from edgeship.sdk.transport.ssh import run_command
+    from edgeship.sdk.transport.ssh import place_agent, run_command
 
-    client = boards.connect_ssh(board, accept_new_host=accept_new_host)
+    client = boards.ssh_transport(board, accept_new_host=accept_new_host).connect()
     try:
         say("probing the board's Python")
         probe = run_probe(client, board)
-        _, _, agent_missing = boards.place_agent(client, check_only=True)
+        _, _, agent_missing = place_agent(client, check_only=True)
         plan = make_plan(board, probe, agent_missing)
         doc: dict[str, Any] = {"board": board.name, "transport": "ssh", "dry_run": dry_run, "probe": probe.as_dict(),
                                "steps": [s.as_dict() for s in plan.steps], "changed": False, "python": plan.python,
@@ -419,7 +423,7 @@ def setup_board(board: Board, *, dry_run: bool = False, accept_new_host: bool = 
             elif step.action == "install":
                 doc["installed"] = list(_install(client, board, plan, say))
             elif step.action == "agent":
-                boards.place_agent(client)
+                place_agent(client)
             doc["changed"] = True
     finally:
         client.close()

@@ -4,7 +4,7 @@ The board's Python is a venv made here without pip or packages (``python3 -m ven
 so it has neither numpy nor a TFLite runtime whatever the machine's own Python has. `boards setup`
 must create edgeship's venv on the board, pip-install numpy and ai-edge-litert into it from the
 package index (pip's cache makes that a few seconds), place the agent and ping it; the digits model
-then evaluates there. The board's edgeship directory is this test's own (sdk.boards.AGENT_DIR
+then evaluates there. The board's edgeship directory is this test's own (sdk.transport.ssh.AGENT_DIR
 patched to an absolute path, as in tests/test_redteam_ssh.py), so the login user's shared
 ~/.edgeship is never touched; the CLI therefore runs in-process (click's CliRunner). Every CLI
 call runs in a thread joined with a timeout: a hang fails the test.
@@ -26,10 +26,10 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner, Result
 
-from edgeship.sdk import boards
 from edgeship.sdk.cli import main
 from edgeship.sdk.emulate.sshd import Sshd
 from edgeship.sdk.setup import LITERT, PROBE, TFLITE_RUNTIME, probe_command, runtime_candidates
+from edgeship.sdk.transport import ssh as ssh_transport
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PYTHON = "/usr/bin/python3"  # has the venv module; the bare board venv is made from it
@@ -40,7 +40,7 @@ STEP_TIMEOUT = 240.0
 def bare_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A real sshd, a bare Python behind it, this test's own board directory; yields the board URL and paths."""
     board_dir = tmp_path / "board-home" / ".edgeship"
-    monkeypatch.setattr(boards, "AGENT_DIR", str(board_dir))
+    monkeypatch.setattr(ssh_transport, "AGENT_DIR", str(board_dir))
     bare = tmp_path / "bare"
     subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
     python = bare / "bin" / "python"

@@ -1,7 +1,7 @@
 """Red team, SSH: hostile known_hosts lines, a tampered agent zipapp, shell metacharacters, file modes.
 
 Every test talks to its own real OpenSSH sshd on 127.0.0.1 (sdk/emulate/sshd.py) and the real
-agent zipapp. Tests that tamper with the board's agent file point sdk.boards.AGENT_DIR at this
+agent zipapp. Tests that tamper with the board's agent file point sdk.transport.ssh.AGENT_DIR at this
 test's own directory (an absolute path on the "board", which is this machine), so the login
 user's real ~/.edgeship, which other test runs share, is never touched. Each blocking step runs
 in a thread joined with a timeout, so a hang fails the test instead of stalling the suite.
@@ -27,7 +27,6 @@ from urllib.parse import quote
 import paramiko
 import pytest
 
-from edgeship.sdk import boards
 from edgeship.sdk.agentbuild import build_zipapp
 from edgeship.sdk.boards import Board, open_session
 from edgeship.sdk.emulate.sshd import Sshd
@@ -89,7 +88,7 @@ def hostile_zipapp(marker: Path) -> bytes:
 def agent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own agent directory on the board (never the login user's shared ~/.edgeship)."""
     d = tmp_path / "board-home" / ".edgeship"
-    monkeypatch.setattr(boards, "AGENT_DIR", str(d))
+    monkeypatch.setattr(ssh_transport, "AGENT_DIR", str(d))
     return d
 
 

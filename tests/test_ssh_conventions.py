@@ -3,7 +3,7 @@
 Every test runs against real OpenSSH sshd processes on 127.0.0.1 (sdk/emulate/sshd.py) and the
 real agent zipapp, with a throwaway HOME that holds its own ~/.ssh/config, keys and known_hosts
 (the real user's are never read: HOME points elsewhere, SSH_AUTH_SOCK and EDGESHIP_SSH_CONFIG
-are cleared). In-process tests point sdk.boards.AGENT_DIR at this test's directory; blocking
+are cleared). In-process tests point sdk.transport.ssh.AGENT_DIR at this test's directory; blocking
 steps run in a thread joined with a timeout, so a hang fails the test instead of stalling it.
 """
 
@@ -23,11 +23,11 @@ from urllib.parse import quote
 import paramiko
 import pytest
 
-from edgeship.sdk import boards
 from edgeship.sdk.boards import Board, open_session
 from edgeship.sdk.catalogue import resolve
 from edgeship.sdk.emulate.sshd import Sshd
 from edgeship.sdk.errors import HostKeyError, TransportError, UsageError
+from edgeship.sdk.transport import ssh as ssh_transport
 from edgeship.sdk.transport.ssh import connect, is_host_alias, resolve_target
 from tests.conftest import in_thread, one_error_line, run_cli
 
@@ -55,7 +55,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def agent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own agent directory on the board (never the login user's shared ~/.edgeship)."""
     d = tmp_path / "board-home" / ".edgeship"
-    monkeypatch.setattr(boards, "AGENT_DIR", str(d))
+    monkeypatch.setattr(ssh_transport, "AGENT_DIR", str(d))
     return d
 
 

@@ -4,7 +4,8 @@
 the qemu root for emu-pi) in a background process and records how to reach them in
 ~/.edgeship/emulate/NAME.json; a command that uses the board connects to them. Without
 ``up``, the board is started for the command and stopped after it, as a real board that is
-simply there would be used.
+simply there would be used. :class:`EmulatedTransport` is such a board as a Transport
+(sdk/transport/base.py); it reaches the services through the serial and SSH transports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from edgeship import import_root
 from edgeship.sdk.errors import EdgeshipError, UsageError
+from edgeship.sdk.transport.base import Stream, Transport
 
 STATE_DIR = Path(os.environ.get("EDGESHIP_EMULATE_DIR", "~/.edgeship/emulate")).expanduser()
 EMULATORS = ("emu-serial", "emu-pi")
@@ -181,7 +183,7 @@ def down(name: str, timeout: float = 15.0) -> bool:
 class _OwnedStream:
     """A stream whose close() also stops the services started for it."""
 
-    def __init__(self, inner: Any, service: EmuSerial | EmuPi | None) -> None:
+    def __init__(self, inner: Stream, service: EmuSerial | EmuPi | None) -> None:
         self.inner = inner
         self.service = service
 
@@ -199,33 +201,46 @@ class _OwnedStream:
                 self.service.stop()
 
 
-def open_emulated(board: Any) -> tuple[Any, float | None]:
-    """(stream, line bytes/s) to an emulated board: the one kept up, or one started for this command."""
-    spec = board.spec
-    name = spec.emulator
-    store = Path(spec.store.dir).expanduser()
-    baud = spec.serial.baud if spec.serial is not None else 115200
-    state = running(name)
-    service = None
-    if state is None:
-        service = make(name, store, baud)
-        state = service.start()
-    try:
-        if name == "emu-pi":
-            return _OwnedStream(_pi_stream(state, Path(spec.store.dir)), service), None
-        from edgeship.sdk.transport.serial import open_serial
+class EmulatedTransport:
+    """An emulated board as a Transport: the services kept up by `emulate up`, or ones started for each stream.
 
-        return _OwnedStream(open_serial(state["url"], int(state["baud"])), service), int(state["baud"]) / 10
-    except BaseException:
-        if service is not None:
-            service.stop()
-        raise
+    emu-serial is reached through the serial transport at the relay's baud rate, emu-pi through
+    the same SSH transport (agent placement included) a real Pi uses.
+    """
 
+    def __init__(self, name: str, emulator: str, store: str, baud: int = 115200) -> None:
+        self.name = name
+        self.emulator = emulator
+        self.store = store  # as the catalogue gives it: expanded here for emu-serial, by the board's shell for emu-pi
+        self.baud = baud
+        self.bytes_per_second: float | None = baud / 10 if emulator == "emu-serial" else None
 
-def _pi_stream(state: dict[str, Any], store: Path) -> Any:
-    """The agent on the emulated Pi, through the same SSH transport a real Pi uses."""
-    from edgeship.sdk.boards import Board, _open_ssh
+    @classmethod
+    def for_spec(cls, name: str, spec: Any) -> EmulatedTransport:
+        """The transport of a catalogue entry (sdk.catalogue.BoardSpec) with ``transport: emulated``."""
+        return cls(name, spec.emulator, str(spec.store.dir), spec.serial.baud if spec.serial is not None else 115200)
 
-    board = Board("emu-pi", "ssh", host=state["host"], port=int(state["port"]), user=state["user"],
-                  key=Path(state["key"]), known_hosts=Path(state["known_hosts"]), python=state["python"], store=store)
-    return _open_ssh(board, accept_new_host=False)
+    def open(self) -> Stream:
+        state = running(self.emulator)
+        service = None
+        if state is None:
+            service = make(self.emulator, Path(self.store).expanduser(), self.baud)
+            state = service.start()
+        try:
+            inner: Transport
+            if self.emulator == "emu-pi":
+                from edgeship.sdk.transport.ssh import SSHTransport
+
+                inner = SSHTransport(state["host"], port=int(state["port"]), user=state["user"], key=Path(state["key"]),
+                                     known_hosts=Path(state["known_hosts"]), python=state["python"],
+                                     store=Path(self.store), name=self.name)
+            else:
+                from edgeship.sdk.transport.serial import SerialTransport
+
+                inner = SerialTransport(state["url"], int(state["baud"]), name=self.name)
+                self.bytes_per_second = inner.bytes_per_second  # the running relay's rate, which `up` chose
+            return _OwnedStream(inner.open(), service)
+        except BaseException:
+            if service is not None:
+                service.stop()
+            raise

@@ -67,3 +67,26 @@ class LocalStream:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class LocalTransport:
+    """The `local` board as a Transport: each ``open()`` starts the agent in a fresh subprocess."""
+
+    bytes_per_second: float | None = None  # a pipe: no line rate to pace
+
+    def __init__(self, store: Path = DEFAULT_STORE, extra_args: tuple[str, ...] = (), *,
+                 python: str | Path = sys.executable, agent: Path | None = None,
+                 env: dict[str, str] | None = None, name: str = "local") -> None:
+        """The agent package (or, given `agent`, a built zipapp) run with `python`, serving `store`."""
+        self.name = name
+        self.store = store
+        self.extra_args = extra_args
+        self.python = python
+        self.agent = agent
+        self.env = env
+
+    def open(self) -> LocalStream:
+        return LocalStream(self.store, self.extra_args, python=self.python, agent=self.agent, env=self.env)
+
+    def __repr__(self) -> str:
+        return f"LocalTransport({self.name!r}, store={str(self.store)!r})"

@@ -169,3 +169,22 @@ def open_serial(url: str, baud: int = DEFAULT_BAUD, *, write_timeout: float = DE
                 exclusive: bool = True) -> SerialStream:
     """Open ``url`` at ``baud``; :class:`LinkError` says what to check when that fails."""
     return SerialStream(url, baud, write_timeout=write_timeout, exclusive=exclusive)
+
+
+class SerialTransport:
+    """A serial board as a Transport: each ``open()`` opens the line (``url``, a pyserial URL) anew."""
+
+    def __init__(self, url: str, baud: int = DEFAULT_BAUD, *, write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+                 exclusive: bool = True, name: str | None = None) -> None:
+        self.name = name or url
+        self.url = url
+        self.baud = baud
+        self.write_timeout = write_timeout
+        self.exclusive = exclusive
+        self.bytes_per_second: float | None = baud / 10  # 8N1: ten bit times a byte
+
+    def open(self) -> SerialStream:
+        return open_serial(self.url, self.baud, write_timeout=self.write_timeout, exclusive=self.exclusive)
+
+    def __repr__(self) -> str:
+        return f"SerialTransport({self.url!r}, baud={self.baud})"

@@ -32,6 +32,10 @@ A board without SFTP (dropbear without sftp-server, sshd without the subsystem) 
 files: :func:`put_file`, :func:`private_dir` and :func:`remote_file` fall back to the board's
 Python over the exec channel (the bytes go to its stdin; it writes a 0600 temp file, fsyncs,
 renames and prints the sha256 of what it wrote, which must match).
+
+:class:`SSHTransport` is an SSH board as a Transport (sdk/transport/base.py): ``open()`` connects,
+places this host's agent zipapp on the board when the board's copy differs (:func:`place_agent`,
+under :data:`AGENT_DIR`), and runs it on an exec channel whose stdin/stdout is the stream.
 """
 
 from __future__ import annotations
@@ -64,15 +68,18 @@ from paramiko.pkey import UnknownKeyType
 from edgeship.sdk.errors import AuthError, HostKeyError, LinkError, TransportError
 
 __all__ = [
+    "AGENT_DIR",
     "RemoteFile",
     "SSHStream",
     "SSHTarget",
+    "SSHTransport",
     "config_path",
     "connect",
     "fingerprint",
     "is_host_alias",
     "known_hosts_name",
     "open_exec",
+    "place_agent",
     "private_dir",
     "put_file",
     "remote_file",
@@ -1241,3 +1248,104 @@ def run_command(client: paramiko.SSHClient, command: str, timeout: float = 60.0,
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise LinkError(f"Cannot run `{shown}` on {peer}: {exc or type(exc).__name__}.") from exc
     return status, out.decode("utf-8", "replace")
+
+
+# -- the agent on the board ----------------------------------------------------------------
+
+AGENT_DIR = ".edgeship"  # on the board, relative to the login's home: the agent zipapps, the store, the venv
+
+# What runs on the board: the interpreter checks the zipapp's sha256 itself, in the process that
+# then runs it, so a file changed after the host's check (or one the host never checked) does not
+# run. argv: the zipapp, its sha256, then the agent's own flags. Single line, no single quotes, so
+# shlex.quote makes it one word for any POSIX login shell; Python 3.9 syntax.
+_VERIFY_AND_RUN = (
+    "import hashlib,runpy,sys;p,h=sys.argv[1:3];"
+    "ok=hashlib.sha256(open(p,\"rb\").read()).hexdigest()==h;"
+    "ok or sys.exit(\"edgeship: the agent file \"+p+\" on the board does not match its sha256 \"+h[:16]+\"; "
+    "it changed after the host checked it. Connect again to place a fresh copy.\");"
+    "sys.path[:1]=[x for x in sys.path[:1] if x];"  # drop the -c cwd entry: `python file.pyz` does not search it
+    "sys.argv=[p]+sys.argv[3:];runpy.run_path(p,run_name=\"__main__\")"
+)
+
+
+def place_agent(client: paramiko.SSHClient, *, check_only: bool = False) -> tuple[str, str, bool]:
+    """Make sure the board holds this host's agent zipapp: (its path on the board, its sha256, whether it was missing).
+
+    Placed (0600, in a private AGENT_DIR) when missing, different, or writable by others;
+    ``check_only`` only says whether it would be. The board re-checks the hash before it runs it.
+    """
+    import tempfile
+
+    from edgeship.sdk.agentbuild import build_zipapp
+
+    agent = build_zipapp()
+    sha = hashlib.sha256(agent).hexdigest()
+    remote = f"{AGENT_DIR}/agent-{sha[:16]}.pyz"
+    if not check_only:
+        private_dir(client, AGENT_DIR)
+    on_board = remote_file(client, remote)  # None when missing (AGENT_DIR too)
+    missing = on_board is None or on_board.sha256 != sha or bool(on_board.mode & 0o022)
+    if missing and not check_only:
+        with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
+            f.write(agent)
+            f.flush()
+            put_file(client, Path(f.name), remote, mode=0o600)
+    return remote, sha, missing
+
+
+def _remote_path(store: Optional[Path]) -> str:
+    """The board's store directory for its shell: ~/ kept for the remote shell to expand, the rest quoted."""
+    text = str(store) if store is not None else f"{AGENT_DIR}/store"
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:])
+    return shlex.quote(text)
+
+
+class SSHTransport:
+    """An SSH board as a Transport: ``open()`` connects, places the agent and runs it on an exec channel.
+
+    ``host`` may be a Host alias of the ssh config, which fills in what is left None here
+    (HostName, User, Port, IdentityFile, ProxyJump, known_hosts files); nothing from it reaches
+    the remote command line. ``python`` is the board's interpreter (checked by the caller: an
+    absolute path or a plain command name), ``store`` the agent's store on the board (default
+    AGENT_DIR/store). ``accept_new_host``: an unknown host key is recorded instead of refused.
+    """
+
+    bytes_per_second: Optional[float] = None  # SSH: no line rate to pace
+
+    def __init__(self, host: str, *, port: Optional[int] = None, user: Optional[str] = None,
+                 key: Optional[Path] = None, known_hosts: Optional[Path] = None, python: str = "python3",
+                 store: Optional[Path] = None, accept_new_host: bool = False, name: Optional[str] = None) -> None:
+        self.name = name or host
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key = key
+        self.known_hosts = known_hosts
+        self.python = python
+        self.store = store
+        self.accept_new_host = accept_new_host
+
+    def __repr__(self) -> str:
+        return f"SSHTransport({self.name!r}, host={self.host!r}, port={self.port})"
+
+    def connect(self) -> paramiko.SSHClient:
+        """An authenticated connection (paramiko client), host key checked; the caller closes it."""
+        return connect(resolve_target(self.host, port=self.port, user=self.user, key_filename=self.key,
+                                      known_hosts=self.known_hosts, python=self.python,
+                                      accept_new_host=self.accept_new_host))
+
+    def open(self) -> SSHStream:
+        """Connect, place the agent if the board's copy differs, and run it (hash re-checked on the board)."""
+        client = self.connect()
+        try:
+            remote, sha, _ = place_agent(client)
+            store = _remote_path(self.store)
+            python = shlex.quote(self.python)
+            command = " ".join([python, "-c", shlex.quote(_VERIFY_AND_RUN), shlex.quote(remote), sha,
+                                "--stdio", "--store", store])
+            label = f"{python} {shlex.quote(remote)} --stdio --store {store}"  # what messages show
+            return open_exec(client, command, owns_client=True, label=label)
+        except BaseException:
+            client.close()
+            raise
