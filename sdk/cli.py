@@ -88,10 +88,17 @@ class _Group(click.Group):
 
 
 def _flag(command: click.Command, option: str) -> str | None:
-    """The long flag of ``command`` (or of a command under it) whose parameter is named ``option``."""
+    """The long flag of ``command`` (or of a command under it) for the library parameter ``option``.
+
+    A click parameter of that name, else the flag spelled like it (``io`` is ``--io`` whatever click calls it).
+    """
     for param in command.params:
         if param.name == option and isinstance(param, click.Option):
             return max(param.opts, key=len)
+    spelled = "--" + option.replace("_", "-")
+    for param in command.params:
+        if isinstance(param, click.Option) and spelled in param.opts:
+            return spelled
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             flag = _flag(sub, option)
@@ -164,7 +171,7 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size of the converted model.")
 @click.option("--io", "io_type", default=None, metavar="TYPE",
               help="Model input/output type: int8/qat: int8 (default) | uint8 | float32; int16x8: int16 (default) | float32.")
-@click.option("--calib", type=click.Path(path_type=Path),
+@click.option("--calib", "calibration", type=click.Path(path_type=Path),
               help="int8, int16x8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
@@ -201,7 +208,7 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
-def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calib: Path | None,
+def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calibration: Path | None,
             calib_samples: int | None, image_range: str | None, train: Path | None, epochs: int | None,
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
@@ -218,7 +225,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
 
     refuse_tflite(model)  # before the recipe's own checks: a .tflite needs `bundle`, not other options
     r = Recipe.from_name(
-        recipe, io=io_type, calibration=calib, samples=calib_samples, image_range=_parse_range(image_range),
+        recipe, io=io_type, calibration=calibration, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
         leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
@@ -869,11 +876,11 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 @boards.command("setup")
 @click.argument("board_spec", metavar="BOARD")
 @click.option("--dry-run", is_flag=True, help="Probe the board and print the plan; change nothing.")
-@click.option("--device", default="ttyS0", show_default=True,
+@click.option("--device", "serial_device", default="ttyS0", show_default=True,
               help="Serial boards: the board's own tty that the agent serves on (in the printed steps).")
 @accept_option
 @json_option
-def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: bool, as_json: bool) -> None:
+def boards_setup(board_spec: str, dry_run: bool, serial_device: str, accept_new_host: bool, as_json: bool) -> None:
     """Prepare a board to run models: a venv with numpy and a TFLite runtime, the agent, then a ping.
 
     SSH boards are set up over SSH (idempotent: a second run changes nothing); for serial boards
@@ -881,7 +888,7 @@ def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: b
     """
     from edgeship.sdk.setup import setup_board
 
-    doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=device,
+    doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=serial_device,
                       say=_progress(not as_json))
     if as_json:
         _emit_json(doc)
