@@ -27,14 +27,17 @@ from edgeship.sdk.render import LiveTable as _LiveTable
 from edgeship.sdk.render import emit_json as _emit_json
 from edgeship.sdk.render import emulator_where as _where
 from edgeship.sdk.render import fleet_table as _fleet_table
-from edgeship.sdk.render import integer_verdict as _integer_verdict
 from edgeship.sdk.render import kib as _kib
-from edgeship.sdk.render import pct as _pct
 from edgeship.sdk.render import printable as _printable
 from edgeship.sdk.render import progress_printer as _progress
 from edgeship.sdk.render import report_run as _report_run
 from edgeship.sdk.render import show_bundle as _show_bundle
+from edgeship.sdk.render import show_compatible as _show_compatible
+from edgeship.sdk.render import show_debug_quant as _show_debug_quant
+from edgeship.sdk.render import show_host_accuracy as _show_host_accuracy
+from edgeship.sdk.render import show_host_eval as _show_host_eval
 from edgeship.sdk.render import show_keras as _show_keras
+from edgeship.sdk.render import show_ops as _show_ops
 from edgeship.sdk.render import show_ping as _show_ping
 from edgeship.sdk.render import show_saved_model as _show_saved_model
 from edgeship.sdk.render import show_setup as _show_setup
@@ -247,12 +250,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         return
     _show_bundle(result.bundle, m)
     if m.accuracy:
-        a = m.accuracy
-        tuned = ("" if a.finetuned_float_model is None else
-                 f", fine-tuned float {a.finetuned_float_model * 100:.2f}% "
-                 f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
-        click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
-                   f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
+        _show_host_accuracy(m.accuracy)
 
 
 @main.command()
@@ -325,17 +323,7 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
     if as_json:
         _emit_json(opset.to_json())
         return
-    _table(f"operators of {len(loaded)} model(s)", ["op", "kind", "versions", "nodes"],
-           [[o.name, o.kind, f"{o.min_version}" if o.min_version == o.max_version else f"{o.min_version}-{o.max_version}",
-             o.count] for o in opset.ops])
-    flex = opset.of_kind("select_tf")
-    if flex:
-        click.echo(f"warning: Select-TF ops need the Flex delegate and are not in the generated registration: "
-                   f"{', '.join(o.name for o in flex)}", err=True)
-    unsupported = opset.micro_unsupported()
-    if unsupported:
-        click.echo(f"warning: TFLite Micro has no kernel for {', '.join(o.name for o in unsupported)}: unsupported on "
-                   f"TFLM (left out of micro_op_resolver.h)", err=True)
+    _show_ops(opset, len(loaded))
     if out is not None:
         click.echo(f"wrote {out}/ops.json, registration.cc, micro_op_resolver.h")
 
@@ -367,12 +355,7 @@ def eval_host(model: Path, data: Path, output: str | None, state: str, threads: 
     if as_json:
         _emit_json(report)
         return
-    lat = report["latency_ms"]
-    click.echo(f"{report['model']}: accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} samples "
-               f"of output {report['output']!r}, state {report['state']} ({report['runtime']}, "
-               f"{report['threads'] or 'default'} threads)")
-    click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
-               f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
+    _show_host_eval(report)
 
 
 # --- debug-quant -----------------------------------------------------------------------
@@ -422,19 +405,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     if as_json:
         _emit_json(doc)
         return
-    layers = report.layers if top == 0 else report.layers[:top]
-    _table(f"int8 error per layer, worst first ({len(layers)} of {len(report.layers)}; "
-           f"RMSE/scale ~0.29 is plain rounding)",
-           ["#", "layer", "op", "RMSE/scale", "scale", "mean |err|", "max |err|", "node"],
-           [[i + 1, e.layer or "-", e.op, f"{e.rmse_over_scale:.3g}", f"{e.scale:.3g}", f"{e.mean_abs_error:.3g}",
-             f"{e.max_abs_error:.3g}", e.node] for i, e in enumerate(layers)])
-    click.echo(f"accuracy on {report.eval_samples} samples: float {_pct(report.float_accuracy)}, "
-               f"int8 {_pct(report.int8_accuracy)}; int8 agrees with float on "
-               f"{_pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
-    click.echo(_integer_verdict(report.integer) + " (the fully int8 model)")
-    for t in report.trials:
-        click.echo(f"--keep-float auto:{t.kept}: accuracy {_pct(t.accuracy)}, {_kib(t.size)} "
-                   f"({t.size - report.int8_size:+,} bytes over int8)")
+    _show_debug_quant(report, top)
     click.echo(f"wrote {written}")
 
 
@@ -953,16 +924,7 @@ def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], requi
         return
     if problems:
         raise IncompatibleError(board.name, problems)
-    click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
-    if customs:
-        click.echo(f"custom ops: {', '.join(customs)}")
-    if arena is not None:
-        of = (f", {arena['needed'] / arena['size']:.1%} of the board's {arena['size']:,}" if arena["size"]
-              else " (the board sets no arena limit)")
-        click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
-                   f"host: an estimate, a 32-bit build with optimized kernels differs)")
-    for remark in remarks:
-        click.echo(f"note: {remark}")
+    _show_compatible(board.name, manifest, customs, arena, remarks)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -411,3 +411,68 @@ def fleet_table(kind: str, outcomes: Sequence[Any]) -> None:
     table(f"{kind} on {len(outcomes)} boards",
           ["board", "status", "accuracy", *(["host", "agreement"] if kind == "eval" else []), "p50 ms", "p90 ms",
            "memory", "problem"], rows)
+
+
+def show_host_accuracy(a: Any) -> None:
+    """The line convert prints for --eval: the model's host accuracy next to the float source's."""
+    tuned = ("" if a.finetuned_float_model is None else
+             f", fine-tuned float {a.finetuned_float_model * 100:.2f}% "
+             f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
+    click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
+               f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
+
+
+def show_ops(opset: Any, models: int) -> None:
+    """What `ops` prints: the union of the operators of `models` models, and warnings for what no registration covers."""
+    table(f"operators of {models} model(s)", ["op", "kind", "versions", "nodes"],
+          [[o.name, o.kind, f"{o.min_version}" if o.min_version == o.max_version else f"{o.min_version}-{o.max_version}",
+            o.count] for o in opset.ops])
+    flex = opset.of_kind("select_tf")
+    if flex:
+        click.echo(f"warning: Select-TF ops need the Flex delegate and are not in the generated registration: "
+                   f"{', '.join(o.name for o in flex)}", err=True)
+    unsupported = opset.micro_unsupported()
+    if unsupported:
+        click.echo(f"warning: TFLite Micro has no kernel for {', '.join(o.name for o in unsupported)}: unsupported on "
+                   f"TFLM (left out of micro_op_resolver.h)", err=True)
+
+
+def show_host_eval(report: dict[str, Any]) -> None:
+    """What `eval-host` prints: accuracy on the host's interpreter and latency per invoke."""
+    lat = report["latency_ms"]
+    click.echo(f"{report['model']}: accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} samples "
+               f"of output {report['output']!r}, state {report['state']} ({report['runtime']}, "
+               f"{report['threads'] or 'default'} threads)")
+    click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
+               f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
+
+
+def show_debug_quant(report: Any, top: int) -> None:
+    """What `debug-quant` prints: the `top` worst layers (0: all), float vs int8 accuracy, and each keep-float trial."""
+    layers = report.layers if top == 0 else report.layers[:top]
+    table(f"int8 error per layer, worst first ({len(layers)} of {len(report.layers)}; "
+          f"RMSE/scale ~0.29 is plain rounding)",
+          ["#", "layer", "op", "RMSE/scale", "scale", "mean |err|", "max |err|", "node"],
+          [[i + 1, e.layer or "-", e.op, f"{e.rmse_over_scale:.3g}", f"{e.scale:.3g}", f"{e.mean_abs_error:.3g}",
+            f"{e.max_abs_error:.3g}", e.node] for i, e in enumerate(layers)])
+    click.echo(f"accuracy on {report.eval_samples} samples: float {pct(report.float_accuracy)}, "
+               f"int8 {pct(report.int8_accuracy)}; int8 agrees with float on "
+               f"{pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
+    click.echo(integer_verdict(report.integer) + " (the fully int8 model)")
+    for t in report.trials:
+        click.echo(f"--keep-float auto:{t.kept}: accuracy {pct(t.accuracy)}, {kib(t.size)} "
+                   f"({t.size - report.int8_size:+,} bytes over int8)")
+
+
+def show_compatible(board: str, manifest: Any, customs: list[str], arena: dict[str, Any] | None, remarks: list[str]) -> None:
+    """What `check` prints for a compatible bundle: its size, custom ops, the TFLM arena it needs, and notes."""
+    click.echo(f"{board}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
+    if customs:
+        click.echo(f"custom ops: {', '.join(customs)}")
+    if arena is not None:
+        of = (f", {arena['needed'] / arena['size']:.1%} of the board's {arena['size']:,}" if arena["size"]
+              else " (the board sets no arena limit)")
+        click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
+                   f"host: an estimate, a 32-bit build with optimized kernels differs)")
+    for remark in remarks:
+        click.echo(f"note: {remark}")
