@@ -1,7 +1,9 @@
 """The `edgeship` command: a thin client of the converters and sdk libraries.
 
-This is the only module that prints or picks exit codes. Every EdgeshipError becomes
-one line on stderr and its exit code; anything else becomes one "internal error" line
+This module parses arguments, calls the library and picks exit codes; what a command prints
+about a result is drawn by its rendering half, sdk/render.py (together, the only code that prints).
+Every EdgeshipError becomes one line on stderr and its exit code, an error about one option
+worded with the command's flag (_cli_wording); anything else becomes one "internal error" line
 (``--debug`` shows tracebacks and TensorFlow's own logs). Heavy imports happen inside
 commands, so ``edgeship --help`` and ``edgeship inspect x.tflite`` never load TensorFlow.
 """
