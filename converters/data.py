@@ -171,8 +171,8 @@ def pick_calibration(features: dict[str, np.ndarray], samples: int, explicit: bo
         raise DatasetError(f"{source}: {available} calibration samples; at least {MIN_CALIBRATION_SAMPLES} are needed "
                            f"for trustworthy int8 ranges (100-500 is typical)")
     if explicit and samples > available:
-        raise DatasetError(f"{source}: --calib-samples {samples} asked for, but the data has only {available}")
+        raise DatasetError(f"{samples} asked for, but {source} has only {available}", option="calib_samples")
     if samples < MIN_CALIBRATION_SAMPLES:
-        raise DatasetError(f"--calib-samples {samples} is too few; use at least {MIN_CALIBRATION_SAMPLES}")
+        raise DatasetError(f"{samples} is too few; use at least {MIN_CALIBRATION_SAMPLES}", option="calib_samples")
     order = np.random.default_rng(0).permutation(available)[: min(samples, available)]
     return {k: v[order] for k, v in features.items()}

@@ -29,17 +29,17 @@ def _split_cpu(tf: Any, replicas: int) -> list[str]:
     except RuntimeError as exc:  # "Virtual devices cannot be modified after being initialized"
         current = len(tf.config.list_logical_devices("CPU"))
         if current != replicas:
-            raise UsageError(f"--replicas {replicas}: TensorFlow is already running in this process with {current} "
-                             f"CPU device(s); start a new process ({first_line(exc)})") from exc
+            raise UsageError(f"{replicas}: TensorFlow is already running in this process with {current} "
+                             f"CPU device(s); start a new process ({first_line(exc)})", option="replicas") from exc
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
 def _check_tf_config() -> dict[str, Any]:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise UsageError("--strategy multiworker needs TF_CONFIG: set it on every machine to "
+        raise UsageError("multiworker needs TF_CONFIG: set it on every machine to "
                          '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": N}} '
-                         "(see docs/distributed.md)")
+                         "(see docs/distributed.md)", option="strategy")
     try:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]

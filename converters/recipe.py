@@ -17,7 +17,7 @@ from edgeship.sdk.errors import UsageError
 RECIPES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat")
 IO_TYPES = ("int8", "uint8", "int16", "float32")
 INTEGER_RECIPES = frozenset({"int8", "int16x8", "qat"})  # integer arithmetic, calibrated activation ranges
-CALIBRATED_RECIPES = frozenset({"int8", "int16x8"})  # calibrated on --calib (qat learns its ranges in training)
+CALIBRATED_RECIPES = frozenset({"int8", "int16x8"})  # calibrated on calibration data (qat learns its ranges in training)
 # The I/O types each integer recipe can give; the first is the default.
 RECIPE_IO = {"int8": ("int8", "uint8", "float32"), "qat": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32")}
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -87,49 +87,52 @@ class Recipe:
         if self.name not in RECIPES:
             raise UsageError(f"unknown recipe {self.name!r}; choose one of {', '.join(RECIPES)}")
         if self.io not in IO_TYPES:
-            raise UsageError(f"unknown --io {self.io!r}; choose one of {', '.join(IO_TYPES)}")
+            raise UsageError(f"unknown I/O type {self.io!r}; choose one of {', '.join(IO_TYPES)}", option="io")
         if self.io != "float32" and self.name not in INTEGER_RECIPES:
-            raise UsageError(f"--io {self.io} needs an integer recipe (int8, int16x8 or qat); {self.name} models take "
-                             f"float32 I/O")
+            raise UsageError(f"{self.io} needs an integer recipe (int8, int16x8 or qat); {self.name} models take "
+                             f"float32 I/O", option="io")
         if self.name in RECIPE_IO and self.io not in RECIPE_IO[self.name]:
-            raise UsageError(f"--io {self.io} does not go with recipe {self.name}; choose "
-                             f"{' or '.join(RECIPE_IO[self.name])}")
+            raise UsageError(f"{self.io} does not go with recipe {self.name}; choose "
+                             f"{' or '.join(RECIPE_IO[self.name])}", option="io")
         if self.name in CALIBRATED_RECIPES and self.calibration is None:
-            raise UsageError(f"recipe {self.name} needs calibration data: --calib DATA.npz (or an image folder)")
+            raise UsageError(f"recipe {self.name} needs calibration data: DATA.npz (or an image folder)",
+                             option="calibration")
         if self.int8_strict and self.name not in INTEGER_RECIPES:
-            raise UsageError(f"--int8-strict goes with an integer recipe (int8, int16x8 or qat), not {self.name}")
+            raise UsageError(f"goes with an integer recipe (int8, int16x8 or qat), not {self.name}",
+                             option="int8_strict")
         if self.int8_strict and self.keeps_float:
-            raise UsageError("--int8-strict refuses float ops and --keep-float asks for some; choose one")
+            raise UsageError("refuses float ops, and keep_float asks for some; choose one", option="int8_strict")
         if self.name == "qat" and self.qat is None:
-            raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
+            raise UsageError("recipe qat needs training data: DATA.npz with x and y", option="train")
         if self.qat is not None and self.qat.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+            raise UsageError("must be at least 1", option="epochs")
         c = self.compression
         if c is not None:
             if c.sparsity is None and c.clusters is None:
-                raise UsageError("compression needs --sparsity or --clusters")
+                raise UsageError("compression needs a sparsity or a number of clusters")
             if c.sparsity is not None and not 0.0 < c.sparsity < 1.0:
-                raise UsageError(f"--sparsity must be between 0 and 1 (a fraction of zero weights), not {c.sparsity}")
+                raise UsageError(f"must be between 0 and 1 (a fraction of zero weights), not {c.sparsity}",
+                                 option="sparsity")
             if c.clusters is not None and not 2 <= c.clusters <= 256:
-                raise UsageError(f"--clusters must be between 2 and 256, not {c.clusters}")
+                raise UsageError(f"must be between 2 and 256, not {c.clusters}", option="clusters")
             if c.block is not None and c.block < 1:
-                raise UsageError(f"--prune-block must be at least 1, not {c.block}")
+                raise UsageError(f"must be at least 1, not {c.block}", option="prune_block")
             if c.epochs is not None and c.epochs < 1:
-                raise UsageError("--epochs must be at least 1")
+                raise UsageError("must be at least 1", option="epochs")
         d = self.distribution
         if d.strategy not in STRATEGIES:
-            raise UsageError(f"unknown --strategy {d.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise UsageError(f"unknown strategy {d.strategy!r}; choose one of {', '.join(STRATEGIES)}", option="strategy")
         if d.replicas is not None and (d.strategy != "mirrored" or d.replicas < 1):
-            raise UsageError("--replicas N (N >= 1) goes with --strategy mirrored")
+            raise UsageError("N (N >= 1) goes with strategy mirrored", option="replicas")
         if d.worker_timeout <= 0:
-            raise UsageError(f"--worker-timeout must be a positive number of seconds, not {d.worker_timeout}")
+            raise UsageError(f"must be a positive number of seconds, not {d.worker_timeout}", option="worker_timeout")
         if d.strategy != "default" and not self.finetunes:
-            raise UsageError(f"--strategy {d.strategy} distributes fine-tuning; this recipe does none "
-                             f"(use --recipe qat, --sparsity or --clusters)")
+            raise UsageError(f"{d.strategy} distributes fine-tuning; this recipe does none "
+                             f"(use recipe qat, a sparsity or clusters)", option="strategy")
         if (self.keep_float or self.keep_float_auto is not None) and self.name != "int8":
-            raise UsageError("--keep-float goes with --recipe int8 (it is the quantization debugger's denylist)")
+            raise UsageError("goes with recipe int8 (it is the quantization debugger's denylist)", option="keep_float")
         if self.keep_float_auto is not None and self.keep_float_auto < 1:
-            raise UsageError("--keep-float auto:N needs N of at least 1")
+            raise UsageError("auto:N needs N of at least 1", option="keep_float")
 
     # -- named constructors -----------------------------------------------------
     @classmethod
@@ -166,13 +169,14 @@ class Recipe:
         """The recipe for a CLI name and CLI options; options that do not apply to it are ignored."""
         if name in CALIBRATED_RECIPES:
             if options.get("calibration") is None:
-                raise UsageError(f"recipe {name} needs calibration data: --calib DATA.npz (or an image folder)")
+                raise UsageError(f"recipe {name} needs calibration data: DATA.npz (or an image folder)",
+                                 option="calibration")
             make = cls.int8 if name == "int8" else cls.int16x8
             base = make(options["calibration"], options.get("io") or RECIPE_IO[name][0], options.get("samples"),
                         options.get("image_range") or (0.0, 1.0))
         elif name == "qat":
             if options.get("train") is None:
-                raise UsageError("recipe qat needs training data: --train DATA.npz with x and y")
+                raise UsageError("recipe qat needs training data: DATA.npz with x and y", option="train")
             qat_keys = {"epochs", "learning_rate", "leave_float", "leave_unsupported_float", "batch_size"}
             extra = {k: v for k, v in options.items() if k in qat_keys and v is not None}
             base = cls.quantization_aware(options["train"], options.get("io") or "int8", **extra)
@@ -181,7 +185,8 @@ class Recipe:
         changes: dict[str, Any] = {}
         if options.get("sparsity") is not None or options.get("clusters") is not None:
             if options.get("train") is None:
-                raise UsageError("--sparsity and --clusters fine-tune the model: give training data with --train DATA.npz")
+                raise UsageError("pruning and clustering fine-tune the model: give training data, DATA.npz with x and y",
+                                 option="train")
             keys = {"sparsity", "clusters", "epochs", "learning_rate", "batch_size"}
             extra = {k: v for k, v in options.items() if k in keys and v is not None}
             if options.get("prune_block") is not None:
@@ -189,7 +194,7 @@ class Recipe:
             changes["compression"] = Compression(train=Path(options["train"]), **extra)
         timeout = options.get("worker_timeout")
         if timeout is not None and options.get("strategy") != "multiworker":
-            raise UsageError("--worker-timeout goes with --strategy multiworker")
+            raise UsageError("goes with strategy multiworker", option="worker_timeout")
         if options.get("strategy") not in (None, "default") or options.get("replicas") is not None:
             changes["distribution"] = Distribution(options.get("strategy") or "default", options.get("replicas"),
                                                    *([timeout] if timeout is not None else []))
@@ -264,9 +269,9 @@ def parse_keep_float(text: str) -> dict[str, Any]:
     if text.startswith("auto:"):
         n = text[5:]
         if not n.isdigit() or int(n) < 1:
-            raise UsageError(f"--keep-float {text}: auto:N needs a whole number N >= 1 of layers to keep in float")
+            raise UsageError(f"{text}: auto:N needs a whole number N >= 1 of layers to keep in float", option="keep_float")
         return {"keep_float_auto": int(n)}
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise UsageError("--keep-float needs layer names (LAYER,...) or auto:N")
+        raise UsageError("needs layer names (LAYER,...) or auto:N", option="keep_float")
     return {"keep_float": names}

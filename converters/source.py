@@ -84,7 +84,7 @@ class SourceModel:
             if model is None:
                 raise UnsupportedLayerError(
                     f"{self.path}: fine-tuning (QAT, pruning, clustering) needs Keras layers to wrap, and this "
-                    f"SavedModel holds only a graph; give the .keras/.h5 model it came from (or use --recipe int8)", [])
+                    f"SavedModel holds only a graph; give the .keras/.h5 model it came from (or use recipe int8)", [])
             names = list(model.output_names)
             if sorted(names) != sorted(self.outputs) or self.signature != "serving_default":
                 raise UnsupportedLayerError(
@@ -110,11 +110,11 @@ class SourceModel:
             if unknown:
                 raise DynamicShapeError(
                     f"{self.path}: input {spec.name!r} has shape {_fmt(spec.shape)} with unknown dimension(s) "
-                    f"{', '.join(map(str, unknown))}; only the batch dimension can be fixed (--batch), so export "
+                    f"{', '.join(map(str, unknown))}; only the batch dimension can be fixed (batch), so export "
                     f"the model with a fully defined input shape")
             if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
                 raise DynamicShapeError(
-                    f"{self.path}: input {spec.name!r} has a fixed batch of {spec.shape[0]}, not --batch {batch}")
+                    f"{self.path}: input {spec.name!r} has a fixed batch of {spec.shape[0]}, not {batch}", option="batch")
             shape = [batch, *spec.shape[1:]] if spec.shape else []
             specs.append(tf.TensorSpec(shape, tf.as_dtype(spec.dtype), name=spec.name))
         return specs
@@ -204,10 +204,10 @@ def _fmt(shape: tuple[Any, ...]) -> str:
 
 
 def refuse_tflite(path: Path) -> None:
-    """A .tflite is already converted: point at `edgeship bundle`, which makes a bundle of it as it is."""
+    """A .tflite is already converted: point at bundling, which makes a bundle of it as it is."""
     if Path(path).suffix.lower() == ".tflite":
-        raise UsageError(f"{path}: already a TFLite model, nothing to convert; make a bundle of it with "
-                         f"`edgeship bundle {path} --out DIR` (convert takes a .keras/.h5 file or a SavedModel directory)")
+        raise UsageError(f"{path}: already a TFLite model, nothing to convert; make a bundle of it as it is with "
+                         f"`edgeship bundle {path}` (convert takes a .keras/.h5 file or a SavedModel directory)")
 
 
 def load_source(path: Path, signature: str = "serving_default", custom_objects: Sequence[str] = ()) -> SourceModel:
@@ -238,7 +238,7 @@ def _structure(model: Any, which: str) -> Any:
         return None
 
 
-CUSTOM_OBJECTS_HINT = ("pass --custom-objects FILE.py (or package.module) whose import registers them "
+CUSTOM_OBJECTS_HINT = ("give custom objects: a FILE.py (or package.module) whose import registers them "
                        "(@keras.saving.register_keras_serializable) or lists them in a module-level custom_objects dict")
 
 
@@ -256,11 +256,11 @@ def import_custom_objects(specs: Sequence[str]) -> list[ModuleType]:
         try:
             if spec.endswith(".py") or file.is_file():
                 if not file.is_file():
-                    raise UsageError(f"--custom-objects {spec}: no such file")
+                    raise UsageError(f"{spec}: no such file", option="custom_objects")
                 name = f"edgeship_custom_{file.stem}"
                 loader = importlib.util.spec_from_file_location(name, file)
                 if loader is None or loader.loader is None:
-                    raise UsageError(f"--custom-objects {spec}: not a Python file")
+                    raise UsageError(f"{spec}: not a Python file", option="custom_objects")
                 module = importlib.util.module_from_spec(loader)
                 sys.modules[name] = module
                 loader.loader.exec_module(module)
@@ -276,11 +276,11 @@ def import_custom_objects(specs: Sequence[str]) -> list[ModuleType]:
         except EdgeshipError:
             raise
         except ModuleNotFoundError as exc:
-            raise UsageError(f"--custom-objects {spec}: no module {exc.name!r} (give a FILE.py, or a module "
-                             f"importable from the current directory or PYTHONPATH)") from exc
+            raise UsageError(f"{spec}: no module {exc.name!r} (give a FILE.py, or a module "
+                             f"importable from the current directory or PYTHONPATH)", option="custom_objects") from exc
         except Exception as exc:  # the user's code: any error means "could not import it"
-            raise UsageError(f"--custom-objects {spec}: importing it failed ({type(exc).__name__}: "
-                             f"{first_line(exc)})") from exc
+            raise UsageError(f"{spec}: importing it failed ({type(exc).__name__}: "
+                             f"{first_line(exc)})", option="custom_objects") from exc
         table = getattr(module, "custom_objects", None)
         if isinstance(table, dict) and table:
             import keras
@@ -392,7 +392,7 @@ def _load_keras(path: Path) -> SourceModel:
     unknown = unknown_classes(path)
     if unknown:
         raise UnsupportedLayerError(f"{path}: the model uses custom Keras class(es) that are not defined here: "
-                                    f"{', '.join(unknown)}; {CUSTOM_OBJECTS_HINT}", unknown)
+                                    f"{', '.join(unknown)}; {CUSTOM_OBJECTS_HINT}", unknown, option="custom_objects")
     raise CorruptModelError(f"{path}: cannot load this Keras model ({errors[0]})")
 
 
@@ -407,7 +407,7 @@ def _load_saved_model(path: Path, signature: str) -> SourceModel:
     signatures = dict(loaded.signatures)
     if signature not in signatures:
         have = ", ".join(sorted(signatures)) or "none"
-        raise SignatureNotFoundError(f"{path}: no signature {signature!r}; it has: {have} (choose with --signature)")
+        raise SignatureNotFoundError(f"{path}: no signature {signature!r}; it has: {have}", option="signature")
     fn = signatures[signature]
     specs = []
     for name, spec in sorted(fn.structured_input_signature[1].items()):

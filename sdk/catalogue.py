@@ -249,7 +249,7 @@ def add_board(name: str, entry: dict[str, Any], *, force: bool = False, path: Pa
     path = Path(path) if path is not None else user_file()
     if not BOARD_NAME.fullmatch(name):
         raise UsageError(f"board name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or "
-                         f"digit), so that --board {name} means this board")
+                         f"digit), so that the name alone means this board")
     old_text = path.read_text() if path.exists() else None
     raw = _read_yaml(path, old_text) if old_text is not None else None
     if old_text is not None and raw is None:  # an empty file (or only comments): start the document in it
@@ -263,7 +263,7 @@ def add_board(name: str, entry: dict[str, Any], *, force: bool = False, path: Pa
         raw["boards"] = {}
     validate(raw, path)  # the file as it is: a malformed one is reported, never overwritten
     if name in raw["boards"] and not force:
-        raise UsageError(f"{path}: board {name!r} exists already; pass --force to replace it")
+        raise UsageError(f"board {name!r} exists already in {path}; set it to replace the board", option="force")
     wanted = {**raw, "boards": {**raw["boards"], name: entry}}
     validate(wanted, path)
     text = _edited(old_text, name, entry, name in raw["boards"]) if old_text is not None else None

@@ -1,7 +1,9 @@
 """The `edgeship` command: a thin client of the converters and sdk libraries.
 
-This is the only module that prints or picks exit codes. Every EdgeshipError becomes
-one line on stderr and its exit code; anything else becomes one "internal error" line
+This module parses arguments, calls the library and picks exit codes; what a command prints
+about a result is drawn by its rendering half, sdk/render.py (together, the only code that prints).
+Every EdgeshipError becomes one line on stderr and its exit code, an error about one option
+worded with the command's flag (_cli_wording); anything else becomes one "internal error" line
 (``--debug`` shows tracebacks and TensorFlow's own logs). Heavy imports happen inside
 commands, so ``edgeship --help`` and ``edgeship inspect x.tflite`` never load TensorFlow.
 """
@@ -22,6 +24,28 @@ import click
 
 from edgeship.device_agent import __version__
 from edgeship.sdk.errors import EdgeshipError, UsageError
+from edgeship.sdk.render import Bars as _Bars
+from edgeship.sdk.render import LiveTable as _LiveTable
+from edgeship.sdk.render import emit_json as _emit_json
+from edgeship.sdk.render import emulator_where as _where
+from edgeship.sdk.render import fleet_table as _fleet_table
+from edgeship.sdk.render import kib as _kib
+from edgeship.sdk.render import printable as _printable
+from edgeship.sdk.render import progress_printer as _progress
+from edgeship.sdk.render import report_run as _report_run
+from edgeship.sdk.render import show_bundle as _show_bundle
+from edgeship.sdk.render import show_compatible as _show_compatible
+from edgeship.sdk.render import show_debug_quant as _show_debug_quant
+from edgeship.sdk.render import show_host_accuracy as _show_host_accuracy
+from edgeship.sdk.render import show_host_eval as _show_host_eval
+from edgeship.sdk.render import show_keras as _show_keras
+from edgeship.sdk.render import show_ops as _show_ops
+from edgeship.sdk.render import show_ping as _show_ping
+from edgeship.sdk.render import show_saved_model as _show_saved_model
+from edgeship.sdk.render import show_setup as _show_setup
+from edgeship.sdk.render import show_tflite as _show_tflite
+from edgeship.sdk.render import source_text as _source_text
+from edgeship.sdk.render import table as _table
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -69,10 +93,17 @@ class _Group(click.Group):
 
 
 def _flag(command: click.Command, option: str) -> str | None:
-    """The long flag of ``command`` (or of a command under it) whose parameter is named ``option``."""
+    """The long flag of ``command`` (or of a command under it) for the library parameter ``option``.
+
+    A click parameter of that name, else the flag spelled like it (``io`` is ``--io`` whatever click calls it).
+    """
     for param in command.params:
         if param.name == option and isinstance(param, click.Option):
             return max(param.opts, key=len)
+    spelled = "--" + option.replace("_", "-")
+    for param in command.params:
+        if isinstance(param, click.Option) and spelled in param.opts:
+            return spelled
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             flag = _flag(sub, option)
@@ -103,93 +134,6 @@ def _fail(message: str, code: int, exc: BaseException | None) -> None:
     one_line = " | ".join(safe_text(part.strip()) for part in message.splitlines() if part.strip())
     click.echo(f"edgeship: error: {one_line}", err=True)
     sys.exit(code)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))  # ensure_ascii: control characters come out as \\u escapes
-
-
-def _printable(value: Any) -> Any:
-    """A board's document with every string made safe to print (sdk.report.safe_text), for the text output."""
-    from edgeship.sdk.report import safe_text
-
-    if isinstance(value, str):
-        return safe_text(value)
-    if isinstance(value, dict):
-        return {k: _printable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_printable(v) for v in value]
-    return value
-
-
-def _progress(enabled: bool) -> Callable[[str], None] | None:
-    if not enabled:
-        return None
-
-    def say(message: str) -> None:
-        click.echo(f"  {message}", err=True)
-
-    return say
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table on stdout; cells are plain text (no rich markup) with control characters escaped."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from edgeship.sdk.report import safe_text
-
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*["" if v is None else escape(safe_text(v)) for v in row])
-    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160).print(table)  # piped: no 80-column wrap
-
-
-def _kib(n: int) -> str:
-    return f"{n / 1024:.1f} KiB"
-
-
-def _quant(q: dict[str, Any] | None) -> str:
-    if not q:
-        return "-"
-    if len(q["scale"]) == 1:
-        return f"scale {q['scale'][0]:.6g}, zero point {q['zero_point'][0]}"
-    return f"per-axis ({len(q['scale'])} scales, axis {q['axis']})"
-
-
-def _integer_verdict(facts: dict[str, Any]) -> str:
-    """One line from TFLiteModel.integer_facts(): what convert, bundle, inspect and debug-quant all print."""
-    if facts["fully_integer"]:
-        verdict = "yes"
-    elif not facts["float_ops"]:
-        verdict = "integer ops, float I/O"
-    elif facts.get("activations") == "float":  # every op computes in float: nothing to name
-        verdict = f"no (a float model, {len(facts['float_ops'])} float ops)"
-    else:
-        verdict = f"no ({_float_ops(facts['float_ops'], facts.get('float_op_tensors') or [], 6)})"
-    if facts.get("activations") == "int16":
-        verdict += "; int16 activations (int16x8: XNNPACK, the Edge TPU and int8-only boards do not run it)"
-    return f"fully integer: {verdict}"
-
-
-def _float_ops(ops: list[str], tensors: list[str], limit: int) -> str:
-    """'1 float op: NEG#20 (ln_1/Neg)': the ops that stayed float, with the tensor (layer) each makes."""
-    from edgeship.converters.manifest import named_float_ops
-
-    return f"{len(ops)} float op{'s' if len(ops) != 1 else ''}: " + named_float_ops(ops, tensors, limit)
-
-
-def _state(variables: list[str], resources: list[str]) -> str:
-    """A stateful model's state, in words: what an evaluator resets between samples."""
-    parts = []
-    if variables:
-        parts.append(f"variable tensors {', '.join(variables[:6])}" + (" ..." if len(variables) > 6 else ""))
-    if resources:
-        parts.append(f"resource variables {', '.join(resources[:6])}" + (" ..." if len(resources) > 6 else ""))
-    return "; ".join(parts) + "; a run depends on the runs before it"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
@@ -232,7 +176,7 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size of the converted model.")
 @click.option("--io", "io_type", default=None, metavar="TYPE",
               help="Model input/output type: int8/qat: int8 (default) | uint8 | float32; int16x8: int16 (default) | float32.")
-@click.option("--calib", type=click.Path(path_type=Path),
+@click.option("--calib", "calibration", type=click.Path(path_type=Path),
               help="int8, int16x8: calibration data, .npz (x or one array per input) or an image folder.")
 @click.option("--calib-samples", type=int, default=None, help="int8: how many calibration samples to use [200].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="int8 with an image folder: map pixels 0..255 to LO..HI [0,1].")
@@ -269,7 +213,7 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
-def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calib: Path | None,
+def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calibration: Path | None,
             calib_samples: int | None, image_range: str | None, train: Path | None, epochs: int | None,
             learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
@@ -286,7 +230,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
 
     refuse_tflite(model)  # before the recipe's own checks: a .tflite needs `bundle`, not other options
     r = Recipe.from_name(
-        recipe, io=io_type, calibration=calib, samples=calib_samples, image_range=_parse_range(image_range),
+        recipe, io=io_type, calibration=calibration, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
         leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
         leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
@@ -308,12 +252,7 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
         return
     _show_bundle(result.bundle, m)
     if m.accuracy:
-        a = m.accuracy
-        tuned = ("" if a.finetuned_float_model is None else
-                 f", fine-tuned float {a.finetuned_float_model * 100:.2f}% "
-                 f"({(a.finetuned_float_model - a.float_model) * 100:+.2f} points)")
-        click.echo(f"host accuracy on {a.samples} samples (output {a.output}): model {a.model * 100:.2f}%, "
-                   f"float source {a.float_model * 100:.2f}% ({(a.model - a.float_model) * 100:+.2f} points){tuned}")
+        _show_host_accuracy(m.accuracy)
 
 
 @main.command()
@@ -339,26 +278,6 @@ def bundle(model: Path, out: Path, force: bool, quiet: bool, as_json: bool) -> N
     _show_bundle(result.bundle, m)
 
 
-def _show_bundle(path: Path, m: Any) -> None:
-    """What convert and bundle print about the bundle they wrote."""
-    recipe = m.recipe["name"] + (f", {m.recipe['precision']}" if m.recipe.get("precision") else "")
-    click.echo(f"wrote {path}/ ({recipe}, {_kib(m.size)}, sha256 {m.sha256[:12]})")
-    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
-           [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
-             _quant(t.quantization.model_dump() if t.quantization else None)]
-            for kind, ts in (("in", m.inputs), ("out", m.outputs)) for t in ts])
-    click.echo("operators: " + ", ".join(f"{o.name} v{o.version}" for o in m.operators))
-    custom = [o.name for o in m.operators if o.kind == "custom"]
-    if custom:
-        click.echo(f"custom ops (a board must register them): {', '.join(custom)}")
-    click.echo(f"min runtime: {m.min_runtime_version or 'not recorded in the file'}")
-    click.echo(_integer_verdict(m.integer.model_dump()))
-    if m.integer.float_ops and m.recipe["name"] in ("int8", "int16x8", "qat") and not m.float_fallback:
-        click.echo("  (left float by the converter, as a plain TFLiteConverter does; --int8-strict refuses such a model)")
-    if m.stateful and m.state is not None:
-        click.echo(f"stateful: yes ({_state(m.state.variable_tensors, m.state.resource_variables)})")
-
-
 # --- inspect ---------------------------------------------------------------------------
 
 @main.command()
@@ -373,46 +292,6 @@ def inspect(path: Path, as_json: bool) -> None:
         _emit_json(info)
         return
     {"tflite": _show_tflite, "savedmodel": _show_saved_model, "keras": _show_keras}[info["kind"]](info)
-
-
-def _show_tflite(info: dict[str, Any]) -> None:
-    click.echo(f"{info['path']}: TFLite model, {_kib(info['size'])} (weights {_kib(info['weights_bytes'])}, "
-               f"graph {_kib(info['graph_bytes'])}; zlib {_kib(info['zlib_size'])}), {info['tensors']} tensors, "
-               f"{info['subgraphs']} subgraph(s), min runtime {info['min_runtime_version'] or 'unknown'}")
-    _table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
-           [[kind, t["name"], "x".join(map(str, t["shape"])), t["dtype"], _quant(t["quantization"])]
-            for kind, ts in (("in", info["inputs"]), ("out", info["outputs"])) for t in ts])
-    _table("operators", ["op", "kind", "version", "nodes"],
-           [[o["name"], o["kind"], o["version"], o["count"]] for o in info["operators"]])
-    if info["weights"]:
-        _table(f"weights (sparsity {info['sparsity']:.1%} overall; zlib {info['zlib_ratio']:.2f} of the size)",
-               ["tensor", "op", "elements", "sparsity", "distinct values"],
-               [[w["tensor"].split(";")[0], w["op"], f"{w['elements']:,}", f"{w['sparsity']:.1%}", w["distinct_values"]]
-                for w in info["weights"]])
-    click.echo(_integer_verdict(info))
-    if info["stateful"]:
-        click.echo(f"stateful: yes ({_state(info['variable_tensors'], info['resource_variables'])})")
-
-
-def _show_saved_model(info: dict[str, Any]) -> None:
-    click.echo(f"{info['path']}: SavedModel, variables {_kib(info['variables_bytes'])}, "
-               f"{len(info['assets'])} asset(s){' (Keras metadata)' if info['keras_metadata'] else ''}")
-    for mg in info["meta_graphs"]:
-        for sig in mg["signatures"]:
-            rows = [[kind, t["name"], t["dtype"], "unknown" if t["shape"] is None else
-                     "x".join("?" if d is None else str(d) for d in t["shape"]), t["tensor"]]
-                    for kind, ts in (("in", sig["inputs"]), ("out", sig["outputs"])) for t in ts]
-            _table(f"signature {sig['key']!r} (tags {', '.join(mg['tags'])})",
-                   ["", "name", "dtype", "shape", "tensor"], rows)
-    for asset in info["assets"]:
-        click.echo(f"asset: {asset}")
-
-
-def _show_keras(info: dict[str, Any]) -> None:
-    click.echo(f"{info['path']}: {info['keras']} model {info['name']!r}, {info['params']:,} parameters "
-               f"({info['trainable_params']:,} trainable)")
-    _table("layers", ["name", "class", "output shape", "params"],
-           [[la["name"], la["class"], la["output_shape"], f"{la['params']:,}"] for la in info["layers"]])
 
 
 # --- ops -------------------------------------------------------------------------------
@@ -446,17 +325,7 @@ def ops(models: tuple[Path, ...], out: Path | None, namespace: str, as_json: boo
     if as_json:
         _emit_json(opset.to_json())
         return
-    _table(f"operators of {len(loaded)} model(s)", ["op", "kind", "versions", "nodes"],
-           [[o.name, o.kind, f"{o.min_version}" if o.min_version == o.max_version else f"{o.min_version}-{o.max_version}",
-             o.count] for o in opset.ops])
-    flex = opset.of_kind("select_tf")
-    if flex:
-        click.echo(f"warning: Select-TF ops need the Flex delegate and are not in the generated registration: "
-                   f"{', '.join(o.name for o in flex)}", err=True)
-    unsupported = opset.micro_unsupported()
-    if unsupported:
-        click.echo(f"warning: TFLite Micro has no kernel for {', '.join(o.name for o in unsupported)}: unsupported on "
-                   f"TFLM (left out of micro_op_resolver.h)", err=True)
+    _show_ops(opset, len(loaded))
     if out is not None:
         click.echo(f"wrote {out}/ops.json, registration.cc, micro_op_resolver.h")
 
@@ -488,19 +357,10 @@ def eval_host(model: Path, data: Path, output: str | None, state: str, threads: 
     if as_json:
         _emit_json(report)
         return
-    lat = report["latency_ms"]
-    click.echo(f"{report['model']}: accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} samples "
-               f"of output {report['output']!r}, state {report['state']} ({report['runtime']}, "
-               f"{report['threads'] or 'default'} threads)")
-    click.echo(f"latency per invoke: mean {lat['mean']:.3f} ms, p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, "
-               f"p99 {lat['p99']:.3f}, max {lat['max']:.3f} ms")
+    _show_host_eval(report)
 
 
 # --- debug-quant -----------------------------------------------------------------------
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
-
 
 @main.command("debug-quant")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -547,19 +407,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     if as_json:
         _emit_json(doc)
         return
-    layers = report.layers if top == 0 else report.layers[:top]
-    _table(f"int8 error per layer, worst first ({len(layers)} of {len(report.layers)}; "
-           f"RMSE/scale ~0.29 is plain rounding)",
-           ["#", "layer", "op", "RMSE/scale", "scale", "mean |err|", "max |err|", "node"],
-           [[i + 1, e.layer or "-", e.op, f"{e.rmse_over_scale:.3g}", f"{e.scale:.3g}", f"{e.mean_abs_error:.3g}",
-             f"{e.max_abs_error:.3g}", e.node] for i, e in enumerate(layers)])
-    click.echo(f"accuracy on {report.eval_samples} samples: float {_pct(report.float_accuracy)}, "
-               f"int8 {_pct(report.int8_accuracy)}; int8 agrees with float on "
-               f"{_pct(report.output_error.get('argmax_agreement'))} (output RMSE {report.output_error.get('rmse') or 0:.4g})")
-    click.echo(_integer_verdict(report.integer) + " (the fully int8 model)")
-    for t in report.trials:
-        click.echo(f"--keep-float auto:{t.kept}: accuracy {_pct(t.accuracy)}, {_kib(t.size)} "
-                   f"({t.size - report.int8_size:+,} bytes over int8)")
+    _show_debug_quant(report, top)
     click.echo(f"wrote {written}")
 
 
@@ -570,43 +418,6 @@ board_option = click.option("--board", "-b", "board_spec", default=None, metavar
                                  "serial://<device or URL>?baud=N  [default: $EDGESHIP_BOARD, else local]")
 accept_option = click.option("--accept-new-host", is_flag=True,
                              help="SSH: trust an unknown host key and record it (like OpenSSH accept-new).")
-
-
-class _Bars:
-    """Rich progress bars on stderr for uploads and runs; silent with --json or --quiet."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _Bars:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), console=Console(stderr=True), transient=True)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(None, None, None)
-
-    def upload(self, what: str, done: int, total: int) -> None:
-        if self._progress is None:
-            return
-        if what not in self._tasks:
-            self._tasks[what] = self._progress.add_task(f"upload {what}", total=total)
-        self._progress.update(self._tasks[what], completed=done)
-
-    def run(self, p: dict[str, Any]) -> None:
-        if self._progress is None:
-            return
-        if "run" not in self._tasks:
-            self._tasks["run"] = self._progress.add_task("run", total=p.get("runs") or None)
-        self._progress.update(self._tasks["run"], completed=p.get("done", 0))
 
 
 def _default_board() -> str | None:
@@ -718,54 +529,6 @@ def _with(options: list[Any]) -> Callable[[Any], Any]:
     return apply
 
 
-def _report_run(doc: dict[str, Any]) -> None:
-    from edgeship.sdk.report import memory_text
-
-    doc = _printable(doc)  # what the board sent, escaped: runtime names, messages, notes
-    r = doc["result"]
-    a = doc["agent"]
-    rt = r.get("runtime") or a.get("runtime") or {}
-    click.echo(f"{doc['board']}: {doc['kind']} of {doc['model_sha256'][:12]} on {rt.get('name')} {rt.get('version')}"
-               f" ({(a.get('cpu') or {}).get('arch')}), status {r.get('status')}")
-    if r.get("status") != "ok":
-        click.echo(f"  {r.get('message', '')}")
-        return
-    d = r.get("delegate") or {}
-    taken = "" if "nodes_taken" not in d else f", took {d['nodes_taken']} of them"
-    left = f"; on the CPU: {', '.join(d['cpu_ops'])}" if d.get("cpu_ops") and d.get("delegate_kernels") else ""
-    click.echo(f"  load {r.get('load_ms', 0):.2f} ms, threads {r.get('threads') or 'default'}, delegate "
-               f"{', '.join(d.get('applied') or []) or 'none'} ({d.get('delegate_kernels', 0)} partition(s) over "
-               f"{d.get('nodes', 0)} nodes{taken}{left})")
-    for ext in d.get("external") or []:
-        opts = ",".join(f"{k}={v}" for k, v in (ext.get("options") or {}).items())
-        click.echo(f"  delegate {ext.get('name')}{':' + opts if opts else ''}: "
-                   f"{'applied' if ext.get('applied') else 'loaded, not applied' if ext.get('loaded') else 'not loaded'}")
-    for note in d.get("notes") or []:
-        click.echo(f"  note: {note}")
-    lat = r.get("latency_ms") or {}
-    if doc["kind"] == "bench":
-        click.echo(f"  first inference {r['first_inference_ms']:.3f} ms, warm-up {r['warmup']['count']} runs")
-        generated = r.get("generated_inputs")
-        if generated:  # no --data: say what the model was fed
-            click.echo("  inputs generated (no --data): " + "; ".join(
-                f"{g['name']} {'x'.join(map(str, g['shape']))} {g['values']}" for g in generated))
-    if lat:
-        click.echo(f"  latency over {lat['count']} runs: mean {lat['mean']:.3f} ms, std {lat['std']:.3f}, min {lat['min']:.3f}, "
-                   f"p50 {lat['p50']:.3f}, p90 {lat['p90']:.3f}, p95 {lat['p95']:.3f}, p99 {lat['p99']:.3f}, max {lat['max']:.3f}")
-    if r.get("accuracy") is not None:
-        host = doc.get("host") or {}
-        line = f"  accuracy {r['accuracy'] * 100:.2f}% on {r['samples']} samples of output {r.get('output')!r}"
-        line += f", state {r['state']}" if r.get("state") else ""
-        if host.get("accuracy") is not None:
-            line += f" (host {host['accuracy'] * 100:.2f}%)"
-        click.echo(line)
-    agr = r.get("agreement")
-    if agr and "argmax_agreement" in agr:
-        click.echo(f"  vs host reference: argmax agreement {agr['argmax_agreement'] * 100:.2f}%, RMSE {agr['rmse']:.3g}, "
-                   f"max abs error {agr['max_abs_error']:.3g}, cosine {agr['cosine_mean']:.6f}")
-    click.echo(f"  memory: {memory_text(r)}")
-
-
 def _fleet_boards(board_spec: str | None, all_boards: bool) -> list[Any]:
     from edgeship.sdk.catalogue import load_catalogue
 
@@ -776,56 +539,12 @@ def _fleet_boards(board_spec: str | None, all_boards: bool) -> list[Any]:
     return [_board(n.strip()) for n in _board_spec(board_spec).split(",") if n.strip()]
 
 
-class _LiveTable:
-    """A live table of every board's progress on stderr (a terminal only)."""
-
-    def __init__(self, boards: list[str], enabled: bool) -> None:
-        import threading
-
-        self.state: dict[str, dict[str, Any]] = {b: {"phase": "waiting"} for b in boards}
-        self.enabled = enabled and sys.stderr.isatty()
-        self._lock = threading.Lock()
-        self._live: Any = None
-
-    def _render(self) -> Any:
-        from rich.table import Table
-
-        table = Table(show_edge=False)
-        for col in ("board", "phase", "progress"):
-            table.add_column(col)
-        for board, s in self.state.items():
-            total = s.get("total")
-            progress = f"{s.get('done', 0)}/{total}" if total else ""
-            table.add_row(board, s.get("phase", ""), progress)
-        return table
-
-    def __enter__(self) -> _LiveTable:
-        if self.enabled:
-            from rich.console import Console
-            from rich.live import Live
-
-            self._live = Live(self._render(), console=Console(stderr=True), refresh_per_second=8, transient=True)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-
-    def update(self, board: str, status: dict[str, Any]) -> None:
-        with self._lock:
-            self.state[board] = status
-            if self._live is not None:
-                self._live.update(self._render())
-
-
 def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | None, accept_new_host: bool, quiet: bool,
                  as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
     from edgeship.sdk.device import check_gates, run_on_board
     from edgeship.sdk.errors import GateError, ResultsError
     from edgeship.sdk.fleet import run_fleet, write_result
-    from edgeship.sdk.report import memory_text
 
     boards = _fleet_boards(board_spec, all_boards)
     if not boards:
@@ -861,22 +580,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
                      "results_file": str(o.results_file) if o.results_file else None,
                      "results_error": o.results_error} for o in outcomes])
     else:
-        def pct(value: float | None) -> str:
-            return "" if value is None else f"{value * 100:.2f}%"
-
-        rows = []
-        for o in outcomes:
-            r = (o.doc or {}).get("result") or {}
-            lat = r.get("latency_ms") or {}
-            row = [o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"), pct(r.get("accuracy"))]
-            if kind == "eval":  # next to the host's number, and how often the board's top-1 is the host's
-                row += [pct(((o.doc or {}).get("host") or {}).get("accuracy")),
-                        pct((r.get("agreement") or {}).get("argmax_agreement"))]
-            rows.append([*row, f"{lat['p50']:.3f}" if lat else "", f"{lat['p90']:.3f}" if lat else "",
-                         memory_text(r, short=True) if r else "", o.error or o.gate or o.results_error or ""])
-        _table(f"{kind} on {len(outcomes)} boards",
-               ["board", "status", "accuracy", *(["host", "agreement"] if kind == "eval" else []), "p50 ms", "p90 ms",
-                "memory", "problem"], rows)
+        _fleet_table(kind, outcomes)
     failed = [o.board for o in outcomes if o.error]
     missed = [o.board for o in outcomes if o.gate]
     unsaved = [o for o in outcomes if o.results_error]
@@ -974,12 +678,6 @@ def emulate() -> None:
     """Keep emulated boards running between commands (they also start on demand)."""
 
 
-def _where(state: dict[str, Any]) -> str:
-    if state.get("url"):
-        return f"serial line {state['url']}"
-    return f"sshd on {state.get('host')}:{state.get('port')}"
-
-
 @emulate.command("setup")
 @json_option
 def emulate_setup(as_json: bool) -> None:
@@ -1049,19 +747,6 @@ def boards() -> None:
     """Reach boards."""
 
 
-def _source(path: Path, short: bool = True) -> str:
-    """Where a board's entry comes from: built-in, or the file (short: ~ for home, as `boards list` shows it)."""
-    from edgeship.sdk.catalogue import SHIPPED
-
-    if path == SHIPPED:
-        return "built-in"
-    if not short:
-        return str(path)
-    home = str(Path.home())
-    text = str(path)
-    return "~" + text[len(home):] if home not in ("/", "") and text.startswith(home + "/") else text
-
-
 @boards.command("list")
 @json_option
 def boards_list(as_json: bool) -> None:
@@ -1070,11 +755,11 @@ def boards_list(as_json: bool) -> None:
 
     boards = load_sources()
     if as_json:
-        _emit_json({name: {**spec.model_dump(mode="json"), "source": _source(path, short=False)}
+        _emit_json({name: {**spec.model_dump(mode="json"), "source": _source_text(path, short=False)}
                     for name, (spec, path) in boards.items()})
         return
     _table("boards", ["name", "transport", "arch", "runtime", "source", "description"],
-           [[name, s.transport, s.arch or "", s.runtime or "", _source(path),
+           [[name, s.transport, s.arch or "", s.runtime or "", _source_text(path),
              s.description if len(s.description) <= 60 else s.description[:59] + "…"]
             for name, (s, path) in boards.items()])
 
@@ -1104,11 +789,11 @@ def boards_show(board_spec: str | None, as_json: bool) -> None:
     spec, path = boards[name]
     data = spec.model_dump(mode="json")
     if as_json:
-        _emit_json({"name": name, "source": _source(path, short=False), **data})
+        _emit_json({"name": name, "source": _source_text(path, short=False), **data})
         return
     import yaml
 
-    click.echo(f"# {name}: from {_source(path)}")
+    click.echo(f"# {name}: from {_source_text(path)}")
     click.echo(yaml.safe_dump({name: data}, sort_keys=False).rstrip())
 
 
@@ -1139,74 +824,36 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 
     Exits 1 when a board is unreachable or cannot run models (no numpy or no TFLite runtime on it).
     """
-    from edgeship.sdk.boards import open_session
     from edgeship.sdk.catalogue import load_catalogue
-    from edgeship.sdk.client import cannot_run
+    from edgeship.sdk.ping import failure, ping_board, ping_boards
 
     names = list(board_specs)
     if all_boards:
         names += [n for n, s in load_catalogue().items() if not s.example and n not in names]
     if not names:
         names = [_named(None, " or pass --all")]
-    results: list[dict[str, Any]] = []
-    failed: list[str] = []
-    unready: list[str] = []
-    for name in names:
-        board = _board(None if not board_specs and not all_boards else name)
-        try:
-            session = open_session(board, accept_new_host=accept_new_host)
-        except EdgeshipError as exc:
-            if len(names) == 1:
-                raise
-            failed.append(name)
-            results.append({"board": board.name, "error": str(exc)})
-            continue
-        try:
-            problem = cannot_run(session.info, board.name)
-            results.append({"board": board.name, **session.info, "ready": problem is None,
-                            **({"problem": problem} if problem else {})})
-            if problem:
-                unready.append(name)
-        finally:
-            session.close()
-    if as_json:
-        _emit_json(results if len(names) > 1 else results[0])
+    targets = [_board(None)] if not board_specs and not all_boards else [_board(n) for n in names]
+    if len(targets) == 1:  # one board: its failure is the command's error, as it is
+        results = [ping_board(targets[0], accept_new_host=accept_new_host)]
     else:
-        for info in map(_printable, results):
-            if "error" in info:
-                click.echo(f"{info['board']}: unreachable: {info['error']}")
-                continue
-            rt = info.get("runtime") or {}
-            cpu = info.get("cpu") or {}
-            click.echo(f"{info['board']}: agent {info.get('agent_version')} (protocol {info.get('protocol')}, Python "
-                       f"{info.get('python')}), runtime {' '.join(str(v) for v in (rt.get('name'), rt.get('version')) if v) or 'none'}"
-                       + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "") + f", {cpu.get('arch')} "
-                       f"x{cpu.get('cores')}, delegates {', '.join(_names(info.get('delegates')))}, "
-                       f"rtt {info.get('rtt_ms', 0):.1f} ms")
-            for d in info.get("external_delegates") or []:
-                if isinstance(d, dict) and not d.get("loaded"):
-                    click.echo(f"  delegate {d.get('name')} is allowed but does not load: {d.get('error', '')}")
-            if info.get("problem") and len(names) > 1:
-                click.echo(f"  {info['problem']}")
-    if failed or unready:
-        from edgeship.sdk.errors import BoardNotReadyError, TransportError
-
-        if len(names) == 1 and unready:
-            raise BoardNotReadyError(results[0]["problem"])
-        parts = ([f"unreachable: {', '.join(failed)}"] if failed else []) + (
-            [f"cannot run models: {', '.join(unready)} (`edgeship boards setup BOARD` installs numpy and a runtime)"]
-            if unready else [])
-        raise (TransportError if failed else BoardNotReadyError)("; ".join(parts))
+        results = ping_boards(targets, accept_new_host=accept_new_host)
+    if as_json:
+        _emit_json([r.to_json() for r in results] if len(names) > 1 else results[0].to_json())
+    else:
+        _show_ping(results)
+    problem = failure(results)
+    if problem is not None:
+        raise problem
 
 
 @boards.command("setup")
 @click.argument("board_spec", metavar="BOARD")
 @click.option("--dry-run", is_flag=True, help="Probe the board and print the plan; change nothing.")
-@click.option("--device", default="ttyS0", show_default=True,
+@click.option("--device", "serial_device", default="ttyS0", show_default=True,
               help="Serial boards: the board's own tty that the agent serves on (in the printed steps).")
 @accept_option
 @json_option
-def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: bool, as_json: bool) -> None:
+def boards_setup(board_spec: str, dry_run: bool, serial_device: str, accept_new_host: bool, as_json: bool) -> None:
     """Prepare a board to run models: a venv with numpy and a TFLite runtime, the agent, then a ping.
 
     SSH boards are set up over SSH (idempotent: a second run changes nothing); for serial boards
@@ -1214,52 +861,12 @@ def boards_setup(board_spec: str, dry_run: bool, device: str, accept_new_host: b
     """
     from edgeship.sdk.setup import setup_board
 
-    doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=device,
+    doc = setup_board(_board(board_spec), dry_run=dry_run, accept_new_host=accept_new_host, serial_device=serial_device,
                       say=_progress(not as_json))
     if as_json:
         _emit_json(doc)
         return
-    if doc["transport"] == "serial":  # edgeship's own text: printed as it is
-        click.echo(f"{doc['board']}: a serial board is set up by hand (nothing reaches it before its agent runs):")
-        for n, step in enumerate(doc["steps"], 1):
-            click.echo(f"{n}. on the {step['where']}: {step['what']}")
-            for line in step["commands"]:
-                click.echo(f"     {line}")
-            if step.get("file"):
-                click.echo(f"   {doc['unit_path']}:")
-                click.echo("\n".join(f"     {line}" for line in step["file"].rstrip().splitlines()))
-        return
-    doc = _printable(doc)  # what the board said, made safe to print
-    py = doc["probe"]["python"]
-    click.echo(f"{doc['board']}: {py['executable']}: Python {py['version']} on {py['machine']}, "
-               + (f"numpy {py['numpy']}" if py["numpy"] else "no numpy") + ", "
-               + (", ".join(f"{k} {v}" for k, v in py["runtimes"].items()) or "no TFLite runtime")
-               + (" (externally managed, PEP 668: no system-wide pip install)" if py["externally_managed"] else ""))
-    mark = {True: "would do" if dry_run else "done", False: "in place"}
-    for step in doc["steps"]:
-        click.echo(f"  [{mark[step['needed']]}] {step['what']}")
-        if step["needed"]:
-            click.echo(f"      $ {step['command']}")
-    if dry_run:
-        click.echo("dry run: nothing was changed" if any(s["needed"] for s in doc["steps"])
-                   else "nothing to change: everything is in place")
-    else:
-        if not doc["changed"]:
-            click.echo("nothing to change: everything is in place")
-        elif doc["installed"]:
-            click.echo(f"installed {' '.join(doc['installed'])}")
-        info = doc["ping"]
-        rt = info.get("runtime") or {}
-        click.echo(f"ping: agent {info.get('agent_version')}, runtime {rt.get('name')} {rt.get('version', '')}"
-                   + (f" (TFLite {rt['tflite_level']})" if rt.get("tflite_level") else "")
-                   + f", Python {info.get('python')}")
-    where = "use the board as" if doc["board_line"].startswith("ssh://") else "in the board's boards.yaml entry"
-    click.echo(f"{where}: {doc['board_line']}")
-
-
-def _names(delegates: Any) -> list[str]:
-    """Delegate names from hello: plain names, or objects with a name (agents that report more)."""
-    return [str(d.get("name")) if isinstance(d, dict) else str(d) for d in delegates or []]
+    _show_setup(doc, dry_run)
 
 
 @main.command()
@@ -1319,16 +926,7 @@ def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], requi
         return
     if problems:
         raise IncompatibleError(board.name, problems)
-    click.echo(f"{board.name}: compatible ({manifest.size:,} bytes, {len(manifest.operators)} op kinds)")
-    if customs:
-        click.echo(f"custom ops: {', '.join(customs)}")
-    if arena is not None:
-        of = (f", {arena['needed'] / arena['size']:.1%} of the board's {arena['size']:,}" if arena["size"]
-              else " (the board sets no arena limit)")
-        click.echo(f"  TFLM tensor arena: the model allocates in {arena['needed']:,} bytes{of} (planned on this "
-                   f"host: an estimate, a 32-bit build with optimized kernels differs)")
-    for remark in remarks:
-        click.echo(f"note: {remark}")
+    _show_compatible(board.name, manifest, customs, arena, remarks)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -454,20 +454,18 @@ def _install(client: Any, board: Board, plan: Plan, say: Callable[[str], None]) 
             return packages
         say(f"{packages[-1]} installed but does not import ({'; '.join(venv.problems.values())})")
     raise BoardSetupError(f"{board.name}: none of {', '.join(p[-1] for p in plan.candidates)} could be installed "
-                          f"and imported on the board; see `edgeship boards setup --dry-run` for the probe's "
+                          f"and imported on the board; a dry run of the setup shows the probe's "
                           f"findings, or install a TFLite runtime into {plan.probe.venv_dir} by hand.")
 
 
 def _ping(board: Board, accept_new_host: bool) -> dict[str, Any]:
-    session = boards.open_session(board, accept_new_host=accept_new_host)
-    try:
-        info = dict(session.info)
-    finally:
-        session.close()
+    from edgeship.sdk.ping import ping_board
+
+    info = ping_board(board, accept_new_host=accept_new_host).info or {}
     runtime = info.get("runtime")
     if not isinstance(runtime, dict) or not runtime.get("name"):
         raise BoardSetupError(f"{board.name}: the agent runs with {board.python} but reports no TFLite runtime; "
-                              f"run `edgeship boards setup --dry-run` to see what the probe finds.")
+                              f"a dry run of the setup shows what the probe finds.")
     return info
 
 
@@ -499,10 +497,11 @@ WantedBy=multi-user.target
 """
 
 
-def serial_steps(board: Board, device: str = "ttyS0") -> dict[str, Any]:
+def serial_steps(board: Board, serial_device: str = "ttyS0") -> dict[str, Any]:
     """What to do on a serial board, by hand (nothing can reach it before its agent runs): the steps as commands."""
-    if not boards._SAFE_PYTHON.fullmatch(device) or "/" in device:
-        raise UsageError(f"--device {device!r}: give the board's tty name, e.g. ttyS0, ttyAMA0 or ttyUSB0")
+    if not boards._SAFE_PYTHON.fullmatch(serial_device) or "/" in serial_device:
+        raise UsageError(f"{serial_device!r}: give the board's tty name, e.g. ttyS0, ttyAMA0 or ttyUSB0",
+                         option="serial_device")
     unit = SYSTEMD_UNIT.format(baud=board.baud)
     steps = [
         {"where": "host", "what": "build the agent and copy it to the board (scp, or the SD card)",
@@ -516,18 +515,18 @@ def serial_steps(board: Board, device: str = "ttyS0") -> dict[str, Any]:
                       "sudo /opt/edgeship/venv/bin/python -m pip install numpy ai-edge-litert",
                       "# no ai-edge-litert wheel (32-bit armv7l, Python 3.9-3.10): "
                       "sudo /opt/edgeship/venv/bin/python -m pip install 'numpy<2' tflite-runtime"]},
-        {"where": "board", "what": f"free /dev/{device} from the serial console: a login getty (or the kernel "
+        {"where": "board", "what": f"free /dev/{serial_device} from the serial console: a login getty (or the kernel "
                                    f"console) on the agent's port answers its frames with a login prompt",
-         "commands": [f"sudo systemctl disable --now serial-getty@{device}.service",
-                      "# and remove console=serial0,115200 (or console=" + device + ",...) from the kernel command "
+         "commands": [f"sudo systemctl disable --now serial-getty@{serial_device}.service",
+                      "# and remove console=serial0,115200 (or console=" + serial_device + ",...) from the kernel command "
                       "line (Raspberry Pi OS: /boot/firmware/cmdline.txt, or raspi-config > Interface Options > "
                       "Serial Port: login shell No, hardware Yes), then reboot"]},
         {"where": "board", "what": "keep the agent running: this systemd unit as "
                                    "/etc/systemd/system/edgeship-agent@.service (docs/protocol.md section 9)",
-         "commands": [f"sudo systemctl enable --now edgeship-agent@{device}"], "file": unit},
+         "commands": [f"sudo systemctl enable --now edgeship-agent@{serial_device}"], "file": unit},
         {"where": "host", "what": "then check it from here",
          "commands": [f"edgeship boards ping {shlex.quote(board.name)}"]},
     ]
-    return {"board": board.name, "transport": "serial", "dry_run": True, "device": device,
+    return {"board": board.name, "transport": "serial", "dry_run": True, "device": serial_device,
             "unit_path": "/etc/systemd/system/edgeship-agent@.service", "unit": unit, "steps": steps,
             "changed": False}

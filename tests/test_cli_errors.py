@@ -89,7 +89,7 @@ def test_int8_without_calibration_and_bad_io(digits: Path, work: Path) -> None:
     _assert_one_line_error(run_cli("convert", "-q", str(digits / "digits.keras"), "--recipe", "int8", "--out", str(work / "out")),
                            "--calib")
     _assert_one_line_error(run_cli("convert", "-q", str(digits / "digits.keras"), "--recipe", "float16", "--io", "int8",
-                                   "--out", str(work / "out")), "--io int8")
+                                   "--out", str(work / "out")), "--io: int8")
 
 
 def test_failure_mid_conversion_keeps_an_existing_bundle(digits: Path, work: Path) -> None:

@@ -87,13 +87,13 @@ def test_prune_cluster_qat_preserves_sparsity_and_clusters(digits: Path, tmp_pat
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["-r", "float32", "--sparsity", "0.5"], "give training data with --train"),
-    (["-r", "float32", "--sparsity", "1.5", "--train", "T"], "--sparsity must be between 0 and 1"),
-    (["-r", "float32", "--clusters", "1", "--train", "T"], "--clusters must be between 2 and 256"),
-    (["-r", "float32", "--strategy", "mirrored"], "this recipe does none"),
-    (["-r", "float32", "--replicas", "2", "--sparsity", "0.5", "--train", "T"], "--replicas N (N >= 1) goes with"),
-    (["-r", "float16", "--keep-float", "fc1"], "--keep-float goes with --recipe int8"),
-    (["-r", "qat", "--train", "T", "--worker-timeout", "5"], "--worker-timeout goes with --strategy multiworker"),
+    (["-r", "float32", "--sparsity", "0.5"], "--train: pruning and clustering fine-tune the model: give training data"),
+    (["-r", "float32", "--sparsity", "1.5", "--train", "T"], "--sparsity: must be between 0 and 1"),
+    (["-r", "float32", "--clusters", "1", "--train", "T"], "--clusters: must be between 2 and 256"),
+    (["-r", "float32", "--strategy", "mirrored"], "--strategy: mirrored distributes fine-tuning; this recipe does none"),
+    (["-r", "float32", "--replicas", "2", "--sparsity", "0.5", "--train", "T"], "--replicas: N (N >= 1) goes with strategy mirrored"),
+    (["-r", "float16", "--keep-float", "fc1"], "--keep-float: goes with recipe int8"),
+    (["-r", "qat", "--train", "T", "--worker-timeout", "5"], "--worker-timeout: goes with strategy multiworker"),
 ])
 def test_bad_compression_options_are_named(digits: Path, tmp_path: Path, args: list[str], message: str) -> None:
     args = [str(digits / "train.npz") if a == "T" else a for a in args]

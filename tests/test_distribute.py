@@ -76,7 +76,7 @@ def test_two_workers_with_tf_config_match_single_device(digits: Path, tmp_path: 
 
 
 @pytest.mark.parametrize(("tf_config", "message"), [
-    (None, "--strategy multiworker needs TF_CONFIG"),
+    (None, "--strategy: multiworker needs TF_CONFIG"),
     ("{not json", "TF_CONFIG is not valid"),
     (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}),
      "task.index 3 is outside cluster.worker"),
