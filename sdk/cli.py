@@ -185,8 +185,10 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @click.option("--epochs", type=int, default=None, help="Fine-tuning epochs per stage [qat 3, pruning 4, clustering 3].")
 @click.option("--learning-rate", type=float, default=None,
               help="Fine-tuning Adam learning rate [qat 1e-5, pruning 1e-3, clustering 1e-4].")
-@click.option("--qat-leave-float", default=None, metavar="LAYER,...", help="qat: layers to leave unwrapped (trained in float).")
-@click.option("--qat-leave-unsupported", is_flag=True, help="qat: leave layers QAT cannot wrap in float instead of failing.")
+@click.option("--qat-leave-float", "leave_float", default=None, metavar="LAYER,...",
+              help="qat: layers to leave unwrapped (trained in float).")
+@click.option("--qat-leave-unsupported", "leave_unsupported_float", is_flag=True,
+              help="qat: leave layers QAT cannot wrap in float instead of failing.")
 @click.option("--sparsity", type=float, default=None, metavar="S",
               help="Any recipe: prune to this fraction of zero weights (0..1), fine-tuning on --train.")
 @click.option("--prune-block", type=int, default=None, metavar="N",
@@ -215,7 +217,7 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
 @json_option
 def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_type: str | None, calibration: Path | None,
             calib_samples: int | None, image_range: str | None, train: Path | None, epochs: int | None,
-            learning_rate: float | None, qat_leave_float: str | None, qat_leave_unsupported: bool,
+            learning_rate: float | None, leave_float: str | None, leave_unsupported_float: bool,
             sparsity: float | None, prune_block: int | None, clusters: int | None, batch_size: int | None,
             strategy: str | None, replicas: int | None, worker_timeout: float | None, keep_float: str | None,
             int8_strict: bool, eval_data: Path | None, output: str | None, custom_objects: tuple[str, ...],
@@ -232,8 +234,8 @@ def convert(model: Path, recipe: str, out: Path, signature: str, batch: int, io_
     r = Recipe.from_name(
         recipe, io=io_type, calibration=calibration, samples=calib_samples, image_range=_parse_range(image_range),
         train=train, epochs=epochs, learning_rate=learning_rate,
-        leave_float=tuple(n.strip() for n in qat_leave_float.split(",") if n.strip()) if qat_leave_float else None,
-        leave_unsupported_float=qat_leave_unsupported or None, sparsity=sparsity, prune_block=prune_block,
+        leave_float=tuple(n.strip() for n in leave_float.split(",") if n.strip()) if leave_float else None,
+        leave_unsupported_float=leave_unsupported_float or None, sparsity=sparsity, prune_block=prune_block,
         clusters=clusters, batch_size=batch_size, strategy=strategy, replicas=replicas, worker_timeout=worker_timeout,
         keep_float=keep_float, int8_strict=int8_strict)
     if not model.exists():
@@ -373,14 +375,14 @@ def eval_host(model: Path, data: Path, output: str | None, state: str, threads: 
 @click.option("--calib-samples", type=int, default=None, help="Calibration samples to use [200, or all if fewer].")
 @click.option("--image-range", default=None, metavar="LO,HI", help="Image folder calibration: map pixels 0..255 to LO..HI [0,1].")
 @click.option("--top", default=20, show_default=True, type=int, metavar="N", help="Show the N worst layers (0: all).")
-@click.option("--try-float", "try_float", default=3, show_default=True, type=int, metavar="N",
+@click.option("--try-float", "trials", default=3, show_default=True, type=int, metavar="N",
               help="Also measure accuracy and size with the 1..N worst layers in float (what --keep-float auto:N gives).")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=None,
               help="Write the result document here [.edgeship/results/debug-quant-host-<sha>-<time>.json].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
 def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch: int, calib_samples: int | None,
-                image_range: str | None, top: int, try_float: int, out: Path | None, quiet: bool, as_json: bool) -> None:
+                image_range: str | None, top: int, trials: int, out: Path | None, quiet: bool, as_json: bool) -> None:
     """Per-layer int8 error of a model (TFLite's quantization debugger), worst layer first.
 
     RMSE/scale near 0.29 is plain rounding; much more marks a layer that quantizes badly.
@@ -391,7 +393,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     if top < 0:
         raise UsageError("--top must be 0 (all layers) or more")
     report = debug_quantization(model, calib, eval_data, signature=signature, batch=batch, samples=calib_samples,
-                                image_range=_parse_range(image_range) or (0.0, 1.0), trials=try_float,
+                                image_range=_parse_range(image_range) or (0.0, 1.0), trials=trials,
                                 progress=_progress(not quiet and not as_json))
     doc = report.result_document()
     if out is not None:
