@@ -321,7 +321,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
     A delegate that crashes or hangs its child is reported as not loading; the rest are probed
     in a fresh child.
     """
-    from edgeship.device_agent.worker import _kill, _limit_memory, child_command, json_lines
+    from edgeship.device_agent.child import child_command, json_lines, kill, limit_memory
 
     results: Dict[str, Dict[str, Any]] = {}
     todo = sorted(allowed)
@@ -331,7 +331,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         proc = subprocess.Popen(child_command("edgeship.device_agent.delegates", "probe_main"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                preexec_fn=_limit_memory(memory_limit))
+                                preexec_fn=limit_memory(memory_limit))
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps(req).encode())
         proc.stdin.close()
@@ -355,7 +355,7 @@ def probe(allowed: Dict[str, str], runtime: Optional[str], memory_limit: int) ->
                     results[str(line["name"])] = {k: line[k] for k in ("name", "loaded", "error") if k in line}
                     current = None
         if timed_out:
-            _kill(proc)
+            kill(proc)
         rc = proc.wait()
         if current is not None and current not in results:
             how = (f"did not load within {PROBE_TIMEOUT:.0f} s" if timed_out else

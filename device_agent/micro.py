@@ -320,7 +320,7 @@ def probe(model: bytes, arena_size: Optional[int] = None, upper: int = DEFAULT_A
 
 def _probe_once(request: Dict[str, Any], timeout: float) -> Tuple[Optional[Dict[str, Any]], Optional[int], str]:
     """One probe child: (its answer, None, "") or, if it died, (None, the arena it was planning, the signal)."""
-    from edgeship.device_agent.worker import child_command
+    from edgeship.device_agent.child import child_command
 
     env = dict(os.environ)
     proc = subprocess.Popen(child_command("edgeship.device_agent.micro", "_probe_child"), stdin=subprocess.PIPE,

@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from edgeship import import_root
 from edgeship.device_agent import npzfile
+from edgeship.device_agent.child import child_command, json_lines, kill, limit_memory
 from edgeship.device_agent.delegates import DelegateRequired
 
 RESULT_SCHEMA_VERSION = 1
@@ -398,41 +398,6 @@ def _lat(s: Any) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- parent side
-def json_lines(buf: bytes) -> "tuple[List[Dict[str, Any]], bytes]":
-    """The JSON objects on the complete lines of what a child wrote so far, and the incomplete rest."""
-    *lines, rest = buf.split(b"\n")
-    out = []
-    for line in lines:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out, rest
-
-
-def child_command(module: str, function: str) -> List[str]:
-    """argv of a fresh Python (this one) that runs ``module.function()`` from this agent's code.
-
-    A new interpreter, not a fork: the parent may hold threads and native state (TensorFlow,
-    TFLM) that a forked child must not inherit.
-    """
-    code = f"import sys; sys.path.insert(0, {import_root()!r}); from {module} import {function}; {function}()"
-    return [sys.executable, "-c", code]
-
-
-def _limit_memory(limit_bytes: int) -> Callable[[], None]:
-    def apply() -> None:
-        import resource
-
-        if limit_bytes > 0:
-            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-        os.setsid()  # its own process group, so a timeout kills everything it started
-
-    return apply
-
-
 def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
                   progress: Optional[Callable[[Dict[str, Any]], None]] = None,
                   cancelled: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
@@ -451,12 +416,12 @@ def run_in_worker(request: Dict[str, Any], timeout: float, memory_limit: int,
     if memory_limit > 0:  # for launchers that apply the limit outside the child (emu-pi: qemu ignores RLIMIT_AS)
         env["EDGESHIP_WORKER_MEMORY_LIMIT"] = str(memory_limit)
     proc = subprocess.Popen(child_command("edgeship.device_agent.worker", "child_main"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_limit_memory(memory_limit), env=env)
+                            stderr=subprocess.PIPE, preexec_fn=limit_memory(memory_limit), env=env)
     try:
         return _supervise(proc, request, timeout, memory_limit, progress, cancelled)
     finally:
         if proc.poll() is None:
-            _kill(proc)
+            kill(proc)
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
@@ -480,10 +445,10 @@ def _supervise(proc: "subprocess.Popen[bytes]", request: Dict[str, Any], timeout
     while streams:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            _kill(proc)
+            kill(proc)
             return {"status": "timeout", "message": f"the run did not finish within {timeout:.0f} s; it was stopped"}
         if cancelled is not None and cancelled():
-            _kill(proc)
+            kill(proc)
             return {"status": "cancelled", "message": "the run was stopped: its host went away or another host took over"}
         ready, _, _ = select.select(streams, [], [], min(remaining, 0.2))
         for s in ready:
@@ -528,8 +493,3 @@ def _supervise(proc: "subprocess.Popen[bytes]", request: Dict[str, Any], timeout
 # How running out of address space shows up: Python, C++, and the dynamic loader under RLIMIT_AS.
 _MEMORY_MARKERS = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory", b"failed to map segment")
 
-
-def _kill(proc: "subprocess.Popen[bytes]") -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
