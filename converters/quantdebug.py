@@ -22,7 +22,6 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from edgeship.converters import data as datasets
 from edgeship.converters._tf import first_line, tensorflow
 from edgeship.converters.tflite_model import TFLiteModel
 from edgeship.sdk.errors import ConversionError, DatasetError, EdgeshipError, UsageError
+from edgeship.sdk.results import RunResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -124,20 +124,12 @@ class DebugReport:
 
     def result_document(self) -> dict[str, Any]:
         """A result document (docs/results.md, kind debug-quant) that `edgeship report` reads."""
-        return {
-            "schema_version": 1,
-            "kind": RESULT_KIND,
-            "board": "host",
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": self.model,
-            "model_sha256": self.model_sha256,
-            "model_size": self.int8_size,
-            "recipe": "int8",
-            "io": self.io,
-            "data_file_sha256": self.eval_data_sha256,
-            "options": {"signature": self.signature, "batch": self.batch, "calibration": self.calibration,
-                        "calib_samples": self.calib_samples, "eval_data": self.eval_data},
-            "result": {
+        return RunResult(
+            kind=RESULT_KIND, board="host", model=self.model, model_sha256=self.model_sha256, model_size=self.int8_size,
+            recipe="int8", io=self.io, data_file_sha256=self.eval_data_sha256,
+            options={"signature": self.signature, "batch": self.batch, "calibration": self.calibration,
+                     "calib_samples": self.calib_samples, "eval_data": self.eval_data},
+            result={
                 "status": "ok",
                 "runtime": self.runtime,
                 "threads": None,
@@ -151,7 +143,7 @@ class DebugReport:
                 "integer": self.integer,
                 "tensorflow": self.tensorflow,
             },
-        }
+        ).to_json()
 
 
 def _finite(value: Any) -> Any:

@@ -82,15 +82,15 @@ class RunOptions:
         return tuple(f.name for f in fields(cls))
 
     def to_json(self) -> Dict[str, Any]:
-        """The options as a run request carries them: every field that is set (None: left to the board)."""
+        """The options as a run request carries them: the fields that differ from the defaults (which both sides
+        take from this class), so an option left alone is never sent (and None is the board's choice)."""
         out: Dict[str, Any] = {}
+        default = RunOptions()
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "delegates":
-                if value:
-                    out["delegates"] = [d.to_json() for d in value]
-            elif value is not None:
-                out[f.name] = value
+            if value is None or value == getattr(default, f.name):
+                continue
+            out[f.name] = [d.to_json() for d in value] if f.name == "delegates" else value
         return out
 
     @classmethod
