@@ -838,7 +838,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
                      "results_file": str(o.results_file) if o.results_file else None,
                      "results_error": o.results_error} for o in outcomes])
     else:
-        from edgeship.sdk.device import gate_message
+        from edgeship.sdk.results import gate_message
 
         def pct(value: float | None) -> str:
             return "" if value is None else f"{value * 100:.2f}%"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -26,7 +26,7 @@ from edgeship.sdk.client import Session, UploadResult, cannot_run
 from edgeship.sdk.compat import ensure_compatible
 from edgeship.sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, UsageError
 from edgeship.sdk.hosteval import scored_output
-from edgeship.sdk.results import RESULT_SCHEMA_VERSION, RunResult
+from edgeship.sdk.results import RESULT_SCHEMA_VERSION, RunResult, gate_message, gate_misses
 
 if TYPE_CHECKING:
     from edgeship.sdk.transport.base import Transport
@@ -212,44 +212,6 @@ def _run(kind: str, bundle: Path, target: Target, data: Path | None, options: Ru
         raise
     finally:
         session.close()
-
-
-@dataclass(frozen=True)
-class GateMiss:
-    """One CI gate a result missed: `option` is check_gates' parameter; `words` puts a name (a CLI flag) in its place."""
-
-    option: str  # min_accuracy, max_p90_ms or min_agreement
-    template: str  # what was measured against the gate, with {gate} where the gate's name goes
-
-    def words(self, name: str | None = None) -> str:
-        return self.template.format(gate=name or self.option)
-
-
-def gate_misses(result: RunResult, *, min_accuracy: float | None = None, max_p90_ms: float | None = None,
-                min_agreement: float | None = None) -> list[GateMiss]:
-    """Every gate an ok result missed (accuracy and agreement gates in %, latency in ms)."""
-    missed = []
-    if min_accuracy is not None:
-        acc = result.accuracy
-        if acc is None or acc * 100 < min_accuracy:
-            shown = "n/a" if acc is None else f"{acc * 100:.2f}%"
-            missed.append(GateMiss("min_accuracy", f"accuracy {shown} < {{gate}} {min_accuracy}%"))
-    if max_p90_ms is not None:
-        p90 = result.latency("p90")
-        if p90 is None or p90 > max_p90_ms:
-            missed.append(GateMiss("max_p90_ms", f"p90 latency {p90:.3f} ms > {{gate}} {max_p90_ms}" if p90 is not None
-                                   else "no latency"))
-    if min_agreement is not None:
-        agr = result.argmax_agreement
-        if agr is None or agr * 100 < min_agreement:
-            shown = "n/a" if agr is None else f"{agr * 100:.2f}%"
-            missed.append(GateMiss("min_agreement", f"argmax agreement {shown} < {{gate}} {min_agreement}%"))
-    return missed
-
-
-def gate_message(board: str, missed: list[GateMiss], name: Callable[[str], str | None] | None = None) -> str:
-    """One sentence for a board's missed gates; `name` words each gate (the CLI gives its flags)."""
-    return f"{board} missed its gates: " + "; ".join(m.words(name(m.option) if name else None) for m in missed)
 
 
 def check_gates(result: RunResult, *, min_accuracy: float | None = None, max_p90_ms: float | None = None,

@@ -25,7 +25,7 @@ from typing import Any
 
 from edgeship.device_agent.options import RunOptions
 from edgeship.sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError, TransportError, UsageError
-from edgeship.sdk.results import RunResult
+from edgeship.sdk.results import GateMiss, RunResult, gate_message, gate_misses
 
 Update = Callable[[str, dict[str, Any]], None]
 GateNames = Callable[[str], "str | None"]
@@ -37,7 +37,7 @@ class Outcome:
     result: RunResult | None = None
     error: str | None = None  # the run failed (unreachable, incompatible, model did not run)
     gate: str | None = None  # the run worked but missed a gate
-    missed: list[Any] = field(default_factory=list)  # the gates it missed (sdk.device.GateMiss), to word them
+    missed: list[GateMiss] = field(default_factory=list)  # the gates it missed, to word them
     results_file: Path | None = None
     results_error: str | None = None  # the run worked but its document could not be written
 
@@ -83,8 +83,6 @@ def write_result(result: RunResult | Mapping[str, Any], directory: Path) -> Path
 
 def _settle(outcome: Outcome, result: RunResult, gates: Mapping[str, Any], results_dir: Path | None) -> Outcome:
     """A finished run's outcome: its result written (or why not), then the run's status and gates."""
-    from edgeship.sdk.device import gate_message, gate_misses
-
     outcome.result = result
     if results_dir is not None:
         try:
@@ -130,8 +128,6 @@ def failure(outcomes: list[Outcome], gate_names: GateNames | None = None) -> Edg
     could not be written), else that ResultsError. A fleet: the boards that failed
     (TransportError), else those whose results were not saved, else those that missed gates.
     """
-    from edgeship.sdk.device import gate_message
-
     if len(outcomes) == 1:
         (o,) = outcomes
         run_failed = o.result.run_error() if o.result is not None else None

@@ -9,6 +9,7 @@ breaks the schema, so `report` never meets a half-understood document.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,8 @@ from edgeship.device_agent.protocol import clip
 from edgeship.sdk import replies
 from edgeship.sdk.errors import RunError, UsageError
 
-__all__ = ["DEBUG_KIND", "DEVICE_KINDS", "KINDS", "RESULT_SCHEMA_VERSION", "RunResult"]
+__all__ = ["DEBUG_KIND", "DEVICE_KINDS", "KINDS", "RESULT_SCHEMA_VERSION", "GateMiss", "RunResult", "gate_message",
+           "gate_misses"]
 
 DEVICE_KINDS = ("bench", "eval")  # run on a board by its agent
 DEBUG_KIND = "debug-quant"  # the quantization debugger, on the host (converters/quantdebug.py)
@@ -126,6 +128,44 @@ class RunResult:
         if self.ok:
             return None
         return RunError(self.status, f"the run failed on {self.board}: {self.status}: {self.result.get('message', '')}")
+
+
+@dataclass(frozen=True)
+class GateMiss:
+    """One CI gate a result missed: `option` is check_gates' parameter; `words` puts a name (a CLI flag) in its place."""
+
+    option: str  # min_accuracy, max_p90_ms or min_agreement
+    template: str  # what was measured against the gate, with {gate} where the gate's name goes
+
+    def words(self, name: str | None = None) -> str:
+        return self.template.format(gate=name or self.option)
+
+
+def gate_misses(result: RunResult, *, min_accuracy: float | None = None, max_p90_ms: float | None = None,
+                min_agreement: float | None = None) -> list[GateMiss]:
+    """Every gate an ok result missed (accuracy and agreement gates in %, latency in ms)."""
+    missed = []
+    if min_accuracy is not None:
+        acc = result.accuracy
+        if acc is None or acc * 100 < min_accuracy:
+            shown = "n/a" if acc is None else f"{acc * 100:.2f}%"
+            missed.append(GateMiss("min_accuracy", f"accuracy {shown} < {{gate}} {min_accuracy}%"))
+    if max_p90_ms is not None:
+        p90 = result.latency("p90")
+        if p90 is None or p90 > max_p90_ms:
+            missed.append(GateMiss("max_p90_ms", f"p90 latency {p90:.3f} ms > {{gate}} {max_p90_ms}" if p90 is not None
+                                   else "no latency"))
+    if min_agreement is not None:
+        agr = result.argmax_agreement
+        if agr is None or agr * 100 < min_agreement:
+            shown = "n/a" if agr is None else f"{agr * 100:.2f}%"
+            missed.append(GateMiss("min_agreement", f"argmax agreement {shown} < {{gate}} {min_agreement}%"))
+    return missed
+
+
+def gate_message(board: str, missed: list[GateMiss], name: Callable[[str], str | None] | None = None) -> str:
+    """One sentence for a board's missed gates; `name` words each gate (the CLI gives its flags)."""
+    return f"{board} missed its gates: " + "; ".join(m.words(name(m.option) if name else None) for m in missed)
 
 
 _ORDER = ("schema_version", "kind", "board", "agent", "created_utc", "model", "bundle", "model_sha256", "model_size",

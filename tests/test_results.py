@@ -78,3 +78,20 @@ def test_from_json_names_the_file_and_the_bad_field(written: Path, tmp_path: Pat
     assert str(err.value).startswith(f"{bad}: not an edgeship result document") and words in str(err.value), err.value
     proc = run_cli("report", str(bad))  # the CLI: one line, exit 2
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_check_gates_names_its_parameters_and_the_cli_its_flags(written: Path) -> None:
+    from edgeship.sdk.device import check_gates
+    from edgeship.sdk.errors import GateError, RunError
+
+    result = RunResult.from_json(json.loads(written.read_text()), written)
+    check_gates(result, min_accuracy=50, min_agreement=50, max_p90_ms=1e6)  # all met: no error
+    with pytest.raises(GateError) as err:
+        check_gates(result, min_accuracy=100.1, min_agreement=100.1)
+    text = str(err.value)
+    assert text.startswith("local missed its gates: accuracy ") and "< min_accuracy 100.1%" in text
+    assert "argmax agreement" in text and "< min_agreement 100.1%" in text and "--" not in text
+    failed = RunResult.from_json({**result.to_json(), "result": {"status": "crashed", "message": "boom"}})
+    with pytest.raises(RunError, match="the run failed on local: crashed: boom") as run_err:
+        check_gates(failed, min_accuracy=1)
+    assert run_err.value.status == "crashed"
