@@ -21,7 +21,6 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from edgeship.converters.tflite_converter import (
 from edgeship.converters.tflite_model import TFLiteModel
 from edgeship.sdk.errors import ConversionError, DatasetError, UsageError
 from edgeship.sdk.hosteval import evaluate_on_host, host_runtime
+from edgeship.sdk.results import RunResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -131,20 +131,12 @@ class DebugReport:
 
     def result_document(self) -> dict[str, Any]:
         """A result document (docs/results.md, kind debug-quant) that `edgeship report` reads."""
-        return {
-            "schema_version": 1,
-            "kind": RESULT_KIND,
-            "board": "host",
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": self.model,
-            "model_sha256": self.model_sha256,
-            "model_size": self.int8_size,
-            "recipe": "int8",
-            "io": self.io,
-            "data_file_sha256": self.eval_data_sha256,
-            "options": {"signature": self.signature, "batch": self.batch, "calibration": self.calibration,
-                        "calib_samples": self.calib_samples, "eval_data": self.eval_data},
-            "result": {
+        return RunResult(
+            kind=RESULT_KIND, board="host", model=self.model, model_sha256=self.model_sha256, model_size=self.int8_size,
+            recipe="int8", io=self.io, data_file_sha256=self.eval_data_sha256,
+            options={"signature": self.signature, "batch": self.batch, "calibration": self.calibration,
+                     "calib_samples": self.calib_samples, "eval_data": self.eval_data},
+            result={
                 "status": "ok",
                 "runtime": self.runtime,
                 "threads": None,
@@ -158,7 +150,7 @@ class DebugReport:
                 "integer": self.integer,
                 "tensorflow": self.tensorflow,
             },
-        }
+        ).to_json()
 
 
 def _finite(value: Any) -> Any:

@@ -9,7 +9,6 @@ a model through the TFLite runtime in a worker process.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import sys
@@ -20,6 +19,7 @@ from typing import Any, Callable, Dict, Optional
 
 from edgeship.device_agent import __version__
 from edgeship.device_agent.delegates import AllowList, DelegateRefused
+from edgeship.device_agent.options import RESULT_SCHEMA_VERSION, OptionError, RunOptions, integer_option
 from edgeship.device_agent.protocol import (
     MAX_FRAME_PAYLOAD,
     VERSION,
@@ -31,27 +31,15 @@ from edgeship.device_agent.protocol import (
     clip,
     error_message,
 )
-from edgeship.device_agent.runtime import RUNTIMES
 from edgeship.device_agent.store import Store, StoreError, check_name, os_error
 from edgeship.device_agent.streams import Stream, StreamClosed
 
 RUN_KINDS = ("bench", "eval")
-#: Every run option the agent reads; any other key is refused, not ignored (a typo must not pass silently).
-RUN_OPTIONS = ("runtime", "threads", "xnnpack", "delegates", "warmup", "runs", "min_seconds", "output", "state",
-               "arena_size", "timeout")
-MAX_THREADS = 256
-MAX_RUNS = 1_000_000
-MAX_WARMUP = 100_000
-MAX_ARENA = 1 << 31
 #: On a line that serves host after host, a frame left incomplete this long (a host cut
 #: mid-frame) is dropped so it cannot swallow the next host's frames.
 SERIAL_PARTIAL_TIMEOUT = 2.0
 LIST_PAGE = 500  # blobs per `list` reply, at most (fewer when the frame limit is small)
 _LIST_ENTRY_BYTES = 140  # a generous upper bound of one encoded list entry
-
-
-class BadRequest(Exception):
-    """A request the agent refuses as it stands (code bad_request); the message says what is allowed."""
 
 
 @dataclass
@@ -181,7 +169,7 @@ class Agent:
             raise  # the host is gone: the session ends, not the request
         except StoreError as exc:
             return error_message(exc.code, str(exc))
-        except BadRequest as exc:
+        except OptionError as exc:  # a request the agent refuses as it stands; the message says what is allowed
             return error_message("bad_request", str(exc))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             return error_message("bad_request", f"malformed {msg.op} request: {type(exc).__name__}: {clip(exc, 200)}")
@@ -260,7 +248,7 @@ class Agent:
         h = msg.header
         after = check_name(h["after"]) if h.get("after") is not None else ""
         page = max(1, min(LIST_PAGE, (self.reply_limit - 256) // _LIST_ENTRY_BYTES))
-        limit = _integer(h, "limit", 1, 1 << 30)
+        limit = integer_option(h, "limit", 1, 1 << 30)
         limit = page if limit is None else min(limit, page)
         names = sorted(n for n in os.listdir(self.store.blobs) if n > after)  # recover() keeps only sha256 names
         shown = []
@@ -285,121 +273,37 @@ class Agent:
         dataset = check_name(h["dataset"]) if h.get("dataset") else None
         if dataset:
             self.store.get(dataset)
-        opts = run_options(h.get("options"), self.config.run_timeout)
+        try:  # the board's allow-list turns delegate names into its libraries, and refuses any other
+            opts = RunOptions.from_json(h.get("options"), self.config.run_timeout, delegates=self.delegates.resolve)
+        except DelegateRefused as exc:
+            return {"op": "error", "code": "bad_request", "message": str(exc)}
         if self._numpy()["version"] is None:  # the worker (and every TFLite runtime) needs numpy
-            return {"op": "result", "schema_version": 1, "agent_version": __version__, "status": "no_runtime",
+            return {"op": "result", "schema_version": RESULT_SCHEMA_VERSION, "agent_version": __version__,
+                    "status": "no_runtime",
                     "message": f"numpy is not installed for the board's Python ({self._numpy()['error']}); "
                                f"install numpy and a TFLite runtime there (edgeship boards setup does)"}
         from edgeship.device_agent.worker import run_in_worker
 
-        try:
-            delegates = self.delegates.resolve(opts.get("delegates"))
-        except DelegateRefused as exc:
-            return {"op": "error", "code": "bad_request", "message": str(exc)}
+        resolved = opts.resolved(runtime=self.config.runtime, arena_size=self.config.arena_size,
+                                 run_timeout=self.config.run_timeout)
         request = {
             "kind": kind,
             "model_path": str(self.store.blobs / model),
             "model_sha256": model,
             "dataset_path": str(self.store.blobs / dataset) if dataset else None,
             "dataset_sha256": dataset,
-            "runtime": opts.get("runtime") or self.config.runtime,
-            "threads": opts.get("threads"),
-            "xnnpack": opts.get("xnnpack", True),
-            "delegates": delegates,
-            "warmup": int(opts.get("warmup", 5)),
-            "runs": int(opts.get("runs", 50)),
-            "min_seconds": float(opts.get("min_seconds", 1.0)),
-            "output": _output_name(opts.get("output")),
-            "state": _state(opts.get("state")),
-            "arena_size": opts.get("arena_size") or self.config.arena_size,
+            "options": resolved.to_json(),
         }
-        timeout = min(float(opts.get("timeout", self.config.run_timeout)), self.config.run_timeout)
+        timeout = float(resolved.timeout or self.config.run_timeout)
         result = run_in_worker(request, timeout, self.config.memory_limit,
                                progress=lambda p: send(Message({**p, "op": "progress"})),
                                cancelled=lambda: not self._still_wanted())
         # The reply's own fields last: nothing in a result can turn the reply into another op.
-        return {**result, "op": "result", "schema_version": 1, "agent_version": __version__}
+        return {**result, "op": "result", "schema_version": RESULT_SCHEMA_VERSION, "agent_version": __version__}
 
 
 def _always() -> bool:
     return True
-
-
-def _integer(opts: Dict[str, Any], key: str, low: int, high: int) -> Optional[int]:
-    """An optional integer field within low..high (booleans are not integers here)."""
-    value = opts.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadRequest(f"{key} must be an integer from {low} to {high}, not {clip(value)}")
-    return value
-
-
-def _seconds(opts: Dict[str, Any], key: str, high: float, *, positive: bool = False) -> Optional[float]:
-    """An optional finite number of seconds from 0 (over 0 when positive) up to high."""
-    value = opts.get(key)
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value > high or value < 0 or (positive and value == 0)):
-        bound = "over 0" if positive else "from 0"
-        raise BadRequest(f"{key} must be a finite number of seconds {bound}"
-                         f"{f' up to {high:g}' if math.isfinite(high) else ''}, not {clip(value)}")
-    return float(value)
-
-
-def run_options(value: Any, run_timeout: float) -> Dict[str, Any]:
-    """The run options of a request, checked: a JSON object of known keys, each bounded.
-
-    Counts are bounded so no run is endless (and the worker's deadline holds anyway);
-    ``timeout`` may only lower the operator's ``--run-timeout``, never raise it, and
-    ``min_seconds`` must fit inside the run's time. ``delegates`` passes through here:
-    its contents are the board's allow-list's business (the line building the worker
-    request in ``Agent._op_run``).
-    """
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"run options must be a JSON object, not {type(value).__name__} {clip(value, 40)}")
-    unknown = sorted(str(k) for k in value if k not in RUN_OPTIONS)
-    if unknown:
-        raise BadRequest(f"unknown run option {clip(unknown[0], 40)}; the options are {', '.join(RUN_OPTIONS)}")
-    opts = dict(value)
-    runtime = opts.get("runtime")
-    if runtime is not None and runtime not in (*RUNTIMES, "tflite_micro"):
-        raise BadRequest(f"runtime must be one of {', '.join(RUNTIMES)}, tflite_micro, not {clip(runtime)}")
-    if opts.get("xnnpack") is not None and not isinstance(opts["xnnpack"], bool):
-        raise BadRequest(f"xnnpack must be true or false, not {clip(opts['xnnpack'])}")
-    _integer(opts, "threads", 1, MAX_THREADS)
-    _integer(opts, "warmup", 0, MAX_WARMUP)
-    _integer(opts, "runs", 1, MAX_RUNS)
-    _integer(opts, "arena_size", 1, MAX_ARENA)
-    timeout = _seconds(opts, "timeout", math.inf, positive=True)
-    budget = run_timeout if timeout is None else min(timeout, run_timeout)
-    _seconds(opts, "min_seconds", budget)  # a minimum time the run could never reach is refused
-    return opts
-
-
-def _output_name(value: Any) -> Optional[str]:
-    """The `output` run option: a bounded string (the worker checks it is one of the model's outputs)."""
-    from edgeship.device_agent.evaluate import MAX_OUTPUT_NAME  # numpy: imported once a run is asked for, not at start
-
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_OUTPUT_NAME or not value.isprintable():
-        raise ValueError(f"option output must be a printable output name of 1..{MAX_OUTPUT_NAME} characters")
-    return value
-
-
-def _state(value: Any) -> str:
-    """The `state` run option: how eval treats variable tensors between samples (reset unless asked)."""
-    from edgeship.device_agent.evaluate import STATES
-
-    if value is None:
-        return "reset"
-    if value not in STATES:
-        raise ValueError(f"option state must be one of {', '.join(STATES)}")
-    return str(value)
 
 
 def main_stdio(config: AgentConfig) -> None:

@@ -18,11 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from edgeship.device_agent.options import STATES
 from edgeship.device_agent.quant import dequantize, quantize
-
-MAX_OUTPUT_NAME = 256  # an output name on the wire is bounded like every other request field
-#: How evaluation treats a model's variable tensors (LSTM state, streaming buffers) between samples.
-STATES = ("reset", "keep")
 
 
 class EvalInputError(ValueError):

@@ -29,8 +29,7 @@ import numpy as np
 from edgeship.device_agent import npzfile
 from edgeship.device_agent.child import child_command, json_lines, kill, limit_memory
 from edgeship.device_agent.delegates import DelegateRequired
-
-RESULT_SCHEMA_VERSION = 1
+from edgeship.device_agent.options import RunOptions
 
 
 # --------------------------------------------------------------------------------- child side
@@ -60,23 +59,23 @@ def _peak_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, Any]:
+def _build_interpreter(rt: Any, model: bytes, opts: RunOptions) -> Dict[str, Any]:
     """Interpreter with the requested threads and delegates; says what was applied, what it took, what fell back."""
     from edgeship.device_agent import delegates as external
 
-    specs = req.get("delegates") or []
+    specs = [d.to_json() for d in opts.delegates]  # resolved by the board's allow-list: each names its library
     delegates, report, notes = external.load(rt, specs)
     kwargs: Dict[str, Any] = {}
-    if rt.name == "tflite_micro" and req.get("arena_size"):
-        kwargs["arena_size"] = int(req["arena_size"])
-    if req.get("xnnpack") is False:
+    if rt.name == "tflite_micro" and opts.arena_size:
+        kwargs["arena_size"] = opts.arena_size
+    if not opts.xnnpack:
         resolver = getattr(rt.interpreter_cls, "OpResolverType", None) or getattr(
             sys.modules.get(rt.interpreter_cls.__module__), "OpResolverType", None)
         if resolver is not None:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     t0 = time.perf_counter_ns()
     try:
-        interpreter = rt.interpreter(model, num_threads=req.get("threads"), experimental_delegates=delegates or None,
+        interpreter = rt.interpreter(model, num_threads=opts.threads, experimental_delegates=delegates or None,
                                      **kwargs)
     except (ValueError, RuntimeError) as exc:
         if not delegates:
@@ -94,12 +93,12 @@ def _build_interpreter(rt: Any, model: bytes, req: Dict[str, Any]) -> Dict[str, 
             r["applied"] = False
         delegates = []
         t0 = time.perf_counter_ns()
-        interpreter = rt.interpreter(model, num_threads=req.get("threads"), **kwargs)
+        interpreter = rt.interpreter(model, num_threads=opts.threads, **kwargs)
     load_ns = time.perf_counter_ns() - t0
     ops = interpreter._get_ops_details() if hasattr(interpreter, "_get_ops_details") else []
     parts = external.partition(ops)
     applied = [r["name"] for r in report if r["applied"]]
-    if parts["delegate_kernels"] and req.get("xnnpack") is not False and rt.name != "tflite_micro":
+    if parts["delegate_kernels"] and opts.xnnpack and rt.name != "tflite_micro":
         applied.append("xnnpack")
     return {
         "interpreter": interpreter,
@@ -139,13 +138,13 @@ def _refusal(rt: Any, exc: Exception) -> Dict[str, Any]:
     return {"status": status, "message": f"the runtime rejected the model: {text[:300]}"}
 
 
-def _arena_of(rt: Any, req: Dict[str, Any]) -> Optional[int]:
+def _arena_of(rt: Any, opts: RunOptions) -> Optional[int]:
     """The tensor arena TFLM is given for this run (None for other runtimes)."""
     if rt.name != "tflite_micro":
         return None
     from edgeship.device_agent.micro import DEFAULT_ARENA_UPPER
 
-    return int(req.get("arena_size") or DEFAULT_ARENA_UPPER)
+    return int(opts.arena_size or DEFAULT_ARENA_UPPER)
 
 
 #: Generated integer inputs that are not quantized (token ids, indices, lengths) are drawn from
@@ -275,6 +274,7 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     from edgeship.device_agent.quant import quantize
     from edgeship.device_agent.runtime import RuntimeNotFound, load_runtime
 
+    opts = RunOptions.from_json(req.get("options"))  # resolved by the agent: the board's choices filled in
     model = Path(req["model_path"]).read_bytes()
     if hashlib.sha256(model).hexdigest() != req["model_sha256"]:
         return {"status": "invalid", "message": "model bytes do not match their sha256; refusing to load"}
@@ -285,21 +285,21 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
     if dataset is not None and hashlib.sha256(dataset).hexdigest() != req.get("dataset_sha256"):
         return {"status": "bad_dataset", "message": "dataset bytes do not match their sha256; refusing to load"}
     try:
-        rt = load_runtime(req.get("runtime"))
+        rt = load_runtime(opts.runtime)
     except RuntimeNotFound as exc:
         return {"status": "no_runtime", "message": str(exc)}
     sensors_before = board_sensors()
     # Said before the runtime plans the model, so the parent can say what a crash interrupted.
-    _emit({"loading": {"runtime": rt.name, "arena": _arena_of(rt, req)}})
+    _emit({"loading": {"runtime": rt.name, "arena": _arena_of(rt, opts)}})
     try:
-        built = _build_interpreter(rt, model, req)
+        built = _build_interpreter(rt, model, opts)
     except DelegateRequired:
         raise
     except (ValueError, RuntimeError) as exc:
         return _refusal(rt, exc)
     _emit({"loaded": True})
     interpreter = built["interpreter"]
-    base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": req.get("threads"),
+    base = {"runtime": {"name": rt.name, "version": rt.version}, "threads": opts.threads,
             "delegate": built["delegate"], "load_ms": built["load_ms"], "model_sha256": req["model_sha256"]}
     if hasattr(interpreter, "arena_used"):
         base["arena"] = {"size": interpreter.arena_size, "used": interpreter.arena_used}
@@ -322,7 +322,7 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         if features is None:
             return {**base, "status": "bad_dataset", "message": "eval needs a dataset"}
         try:
-            result = evaluate(interpreter, features, labels, output=req.get("output"), state=req.get("state", "reset"))
+            result = evaluate(interpreter, features, labels, output=opts.output, state=opts.state)
             if reference is not None:
                 check_reference(reference, result.samples)
         except EvalInputError as exc:
@@ -363,12 +363,12 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         return time.perf_counter_ns() - t
 
     first_ns = once(0)
-    warmup = int(req.get("warmup", 5))
+    warmup = opts.warmup
     t0 = time.perf_counter_ns()
     for i in range(warmup):
         once(i)
     warmup_ns = time.perf_counter_ns() - t0
-    runs, min_seconds = int(req.get("runs", 50)), float(req.get("min_seconds", 1.0))
+    runs, min_seconds = opts.runs, opts.min_seconds
     samples: List[int] = []
     start = time.perf_counter()
     last_report = start

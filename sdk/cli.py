@@ -23,6 +23,8 @@ from typing import Any
 import click
 
 from edgeship.device_agent import __version__
+from edgeship.device_agent.options import STATES, RunOptions
+from edgeship.device_agent.runtime import RUNTIMES
 from edgeship.sdk.errors import EdgeshipError, UsageError
 from edgeship.sdk.render import Bars as _Bars
 from edgeship.sdk.render import LiveTable as _LiveTable
@@ -469,51 +471,33 @@ def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: boo
 
 
 def named_delegates(specs: tuple[str, ...], required: bool) -> list[dict[str, Any]]:
-    """--delegate NAME[:k=v,...] values as a run's `delegates`: names from the board's allow-list, never paths."""
-    from edgeship.device_agent.delegates import NAME
+    """--delegate NAME[:k=v,...] values as a run's `delegates` (sdk.device.parse_delegates)."""
+    from edgeship.sdk.device import parse_delegates
 
-    out: list[dict[str, Any]] = []
-    for d in specs:
-        name, _, raw = d.partition(":")
-        if not NAME.match(name):
-            raise UsageError(f"--delegate {d!r}: give the name of a delegate the board allows (boards.yaml "
-                             f"`delegates`, `edgeship boards ping`), not a library path; the board's agent "
-                             f"loads only the libraries its operator allowed (--allow-delegate NAME=PATH)")
-        options: dict[str, str] = {}
-        for kv in filter(None, raw.split(",")):
-            key, sep, value = kv.partition("=")
-            if not sep or not key:
-                raise UsageError(f"--delegate {d!r}: options are key=value pairs separated by commas")
-            options[key] = value
-        out.append({"name": name, "options": options, "required": required})
-    return out
+    return [d.to_json() for d in parse_delegates(specs, required=required)]
 
 
 def _run_options(runs: int | None, warmup: int | None, min_seconds: float | None, threads: int | None,
-                 delegate: tuple[str, ...], no_xnnpack: bool, runtime: str | None, require_delegate: bool) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key, value in (("runs", runs), ("warmup", warmup), ("min_seconds", min_seconds), ("threads", threads),
-                       ("runtime", runtime)):
-        if value is not None:
-            opts[key] = value
-    if no_xnnpack:
-        opts["xnnpack"] = False
-    if delegate:
-        opts["delegates"] = named_delegates(delegate, require_delegate)
-    return opts
+                 delegate: tuple[str, ...], no_xnnpack: bool, runtime: str | None, require_delegate: bool) -> RunOptions:
+    from edgeship.sdk.device import parse_delegates
+
+    d = RunOptions()  # an option not given is its default
+    return RunOptions(runs=d.runs if runs is None else runs, warmup=d.warmup if warmup is None else warmup,
+                      min_seconds=d.min_seconds if min_seconds is None else min_seconds, threads=threads,
+                      runtime=runtime, xnnpack=not no_xnnpack, delegates=parse_delegates(delegate, required=require_delegate))
 
 
 run_options = [
-    click.option("--runs", type=int, default=None, help="Steady-state runs at least [50]."),
-    click.option("--warmup", type=int, default=None, help="Warm-up runs [5]."),
-    click.option("--min-seconds", type=float, default=None, help="Steady state lasts at least this long [1.0]."),
+    click.option("--runs", type=int, default=None, help=f"Steady-state runs at least [{RunOptions.runs}]."),
+    click.option("--warmup", type=int, default=None, help=f"Warm-up runs [{RunOptions.warmup}]."),
+    click.option("--min-seconds", type=float, default=None,
+                 help=f"Steady state lasts at least this long [{RunOptions.min_seconds}]."),
     click.option("--threads", type=int, default=None, help="Interpreter threads."),
     click.option("--delegate", multiple=True, metavar="NAME[:k=v,...]",
                  help="External delegate the board allows, by name, and its options."),
     click.option("--require-delegate", is_flag=True, help="Fail instead of falling back when a delegate does not load."),
     click.option("--no-xnnpack", is_flag=True, help="Disable the default XNNPACK delegate."),
-    click.option("--runtime", type=click.Choice(["ai_edge_litert", "tflite_runtime", "tensorflow"]), default=None,
-                 help="Force the board's runtime."),
+    click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Force the board's runtime."),
     click.option("--max-p90-ms", type=float, default=None, help="Gate: fail (exit 3) if p90 latency is above this."),
     click.option("--all", "all_boards", is_flag=True, help="Run on every catalogue board that is not an example profile."),
     click.option("--jobs", "-j", type=int, default=4, show_default=True, help="Boards run at once (fleet runs)."),
@@ -542,60 +526,43 @@ def _fleet_boards(board_spec: str | None, all_boards: bool) -> list[Any]:
 
 
 def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | None, accept_new_host: bool, quiet: bool,
-                 as_json: bool, opts: dict[str, Any], gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
+                 as_json: bool, opts: RunOptions, gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
-    from edgeship.sdk.device import check_gates, run_on_board
-    from edgeship.sdk.errors import GateError, ResultsError
-    from edgeship.sdk.fleet import run_fleet, write_result
+    from edgeship.sdk.fleet import failure, run_boards
+
+    command = click.get_current_context().command
+
+    def flag(option: str) -> str | None:  # a gate by the flag that set it
+        return _flag(command, option)
 
     boards = _fleet_boards(board_spec, all_boards)
-    if not boards:
-        raise UsageError("no boards to run on")
     if len(boards) == 1:
         with _Bars(not (quiet or as_json)) as bars:
-            doc = run_on_board(kind, bundle, boards[0], data=data, options=opts, accept_new_host=accept_new_host,
-                               upload_progress=bars.upload, run_progress=bars.run)
-        unwritten: ResultsError | None = None
-        if results_dir is not None:
-            try:
-                write_result(doc, results_dir)
-            except ResultsError as exc:  # the run worked: show its result, then say it was not saved
-                unwritten = exc
-        if as_json:
-            _emit_json(doc)
-        else:
-            _report_run(doc)
-        try:
-            check_gates(doc, **gates)
-        except GateError as exc:
-            if unwritten is not None:
-                raise GateError(f"{exc}; and {unwritten}") from exc
-            raise
-        if unwritten is not None:
-            raise unwritten
+            (outcome,) = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates,
+                                    accept_new_host=accept_new_host, results_dir=results_dir,
+                                    upload_progress=bars.upload, run_progress=bars.run)
+        if outcome.result is not None:  # one board: a run that could not happen has raised
+            if as_json:
+                _emit_json(outcome.result.to_json())
+            else:
+                _report_run(outcome.result.to_json())
+        problem = failure([outcome], flag)
+        if problem is not None:
+            raise problem
         return
     with _LiveTable([b.name for b in boards], not (quiet or as_json)) as live:
-        outcomes = run_fleet(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
-                             jobs=jobs, results_dir=results_dir, on_update=live.update)
+        outcomes = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
+                              jobs=jobs, results_dir=results_dir, on_update=live.update)
     if as_json:
-        _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate, "result": o.doc,
+        _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate,
+                     "result": o.result.to_json() if o.result else None,
                      "results_file": str(o.results_file) if o.results_file else None,
                      "results_error": o.results_error} for o in outcomes])
     else:
-        _fleet_table(kind, outcomes)
-    failed = [o.board for o in outcomes if o.error]
-    missed = [o.board for o in outcomes if o.gate]
-    unsaved = [o for o in outcomes if o.results_error]
-    if failed:
-        from edgeship.sdk.errors import TransportError
-
-        raise TransportError(f"{len(failed)} of {len(outcomes)} boards failed: {', '.join(failed)}"
-                             + (f"; missed gates: {', '.join(missed)}" if missed else ""))
-    if unsaved:
-        raise ResultsError(f"{len(unsaved)} of {len(outcomes)} results not saved ({', '.join(o.board for o in unsaved)}): "
-                           f"{unsaved[0].results_error}" + (f"; missed gates: {', '.join(missed)}" if missed else ""))
-    if missed:
-        raise GateError(f"{len(missed)} of {len(outcomes)} boards missed their gates: {', '.join(missed)}")
+        _fleet_table(kind, outcomes, flag)
+    problem = failure(outcomes, flag)
+    if problem is not None:
+        raise problem
 
 
 @main.command()
@@ -625,7 +592,7 @@ def bench(bundle: Path, board_spec: str | None, data: Path | None, runs: int | N
 @click.option("--min-agreement", type=float, default=None, help="Gate: fail (exit 3) below this argmax agreement with the host, in %.")
 @click.option("--output", default=None, metavar="NAME",
               help="The output that y scores, by name [the bundle manifest's first source output].")
-@click.option("--state", type=click.Choice(["reset", "keep"]), default="reset", show_default=True,
+@click.option("--state", type=click.Choice(list(STATES)), default=RunOptions.state, show_default=True,
               help="Variable tensors (LSTM state) between samples: reset before each, or keep for streaming models.")
 @accept_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -636,15 +603,17 @@ def eval_board(bundle: Path, board_spec: str | None, data: Path, runs: int | Non
                results_dir: Path, min_accuracy: float | None, min_agreement: float | None, output: str | None,
                state: str, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
     """Accuracy on a board, and agreement with the host's outputs on the same samples."""
+    from dataclasses import replace
+
     opts = _run_options(runs, warmup, min_seconds, threads, delegate, no_xnnpack, runtime, require_delegate)
-    opts["state"] = state
+    opts = replace(opts, state=state)
     if output is not None:  # checked once here, not once per board of a fleet
         from edgeship.converters.tflite_model import TFLiteModel
         from edgeship.sdk.device import load_bundle
         from edgeship.sdk.hosteval import scored_output
 
         manifest, model = load_bundle(bundle)
-        opts["output"] = scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest, output)
+        opts = replace(opts, output=scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest, output))
     _run_command("eval", bundle, board_spec, data, accept_new_host, quiet, as_json, opts,
                  {"max_p90_ms": max_p90_ms, "min_accuracy": min_accuracy, "min_agreement": min_agreement},
                  all_boards, jobs, results_dir)

@@ -1,30 +1,37 @@
 """push / bench / eval on a board: the library calls behind `edgeship push|bench|eval`.
 
-Results are one versioned JSON document that carries what makes numbers comparable:
-board, agent, runtime and version, threads, delegate, model sha256.
+`target` is a catalogue ``Board`` or a ``Transport`` (sdk/transport/base.py: an SSH, serial,
+local or in-memory link); the catalogue's compatibility checks run only for a Board, the
+ones on what the agent reports for both. Results are one versioned ``RunResult``
+(sdk/results.py) that carries what makes numbers comparable: board, agent, runtime and
+version, threads, delegate, model sha256.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from edgeship.converters.data import load_npz
 from edgeship.converters.manifest import MODEL_FILE, Manifest
 from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.device_agent.options import DelegateSpec, RunOptions
 from edgeship.sdk.boards import Board, open_session
 from edgeship.sdk.client import Session, UploadResult, cannot_run
 from edgeship.sdk.compat import ensure_compatible
-from edgeship.sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, RunError
+from edgeship.sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, UsageError
 from edgeship.sdk.hosteval import scored_output
+from edgeship.sdk.results import RESULT_SCHEMA_VERSION, RunResult, gate_message, gate_misses
 
-RESULT_SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from edgeship.sdk.transport.base import Transport
+
+Target = Union[Board, "Transport"]
 UploadProgress = Callable[[str, int, int], None]
 RunProgress = Callable[[dict[str, Any]], None]
 
@@ -49,16 +56,18 @@ def _upload(session: Session, what: str, data: bytes, progress: UploadProgress |
     return session.upload(data, (lambda done, total: progress(what, done, total)) if progress else None)
 
 
-def push(bundle: Path, board: Board, *, accept_new_host: bool = False,
+def push(bundle: Path, target: Target, *, accept_new_host: bool = False,
          progress: UploadProgress | None = None) -> dict[str, Any]:
     """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
     manifest, model = load_bundle(bundle)
-    ensure_compatible(manifest, board, model=model)
-    session = open_session(board, accept_new_host=accept_new_host)
+    board = target if isinstance(target, Board) else None
+    if board is not None:
+        ensure_compatible(manifest, board, model=model)
+    session = open_session(target, accept_new_host=accept_new_host)
     try:
         ensure_compatible(manifest, board, _runtime(session))
         up = _upload(session, "model", model, progress)
-        return {"schema_version": RESULT_SCHEMA_VERSION, "board": board.name, "agent": _agent(session),
+        return {"schema_version": RESULT_SCHEMA_VERSION, "board": target.name, "agent": _agent(session),
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
     except (KeyboardInterrupt, SystemExit):
         session.abort()  # mid-request: no goodbye; the agent keeps the partial upload for the next push
@@ -102,21 +111,63 @@ def host_reference(model: bytes, data: dict[str, np.ndarray], labels: np.ndarray
             "runtime": run.runtime}
 
 
-def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = None,
-                 options: dict[str, Any] | None = None, accept_new_host: bool = False,
-                 upload_progress: UploadProgress | None = None, run_progress: RunProgress | None = None) -> dict[str, Any]:
-    """Push the bundle (and data), then bench or eval it on the board; one result document.
+def parse_delegates(delegate: Iterable[str], *, required: bool = False) -> tuple[DelegateSpec, ...]:
+    """``NAME[:k=v,...]`` values as a run's delegates: names from the board's allow-list, never paths."""
+    from edgeship.device_agent.delegates import NAME
 
-    For eval, `options["output"]` names the output that y scores (default: the source model's
-    first, from the manifest); the board is told the name, so it scores the same output.
+    out: list[DelegateSpec] = []
+    for d in delegate:
+        name, _, raw = d.partition(":")
+        if not NAME.match(name):
+            raise UsageError(f"{d!r}: give the name of a delegate the board allows (boards.yaml `delegates`, "
+                             f"`edgeship boards ping`), not a library path; the board's agent loads only the "
+                             f"libraries its operator allowed, by name", option="delegate")
+        options: dict[str, str] = {}
+        for kv in filter(None, raw.split(",")):
+            key, sep, value = kv.partition("=")
+            if not sep or not key:
+                raise UsageError(f"{d!r}: options are key=value pairs separated by commas", option="delegate")
+            options[key] = value
+        out.append(DelegateSpec(name, options, required))
+    return tuple(out)
+
+
+def bench(bundle: Path, target: Target, *, options: RunOptions | None = None, data: Path | None = None,
+          accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
+          run_progress: RunProgress | None = None) -> RunResult:
+    """Latency of a bundle's model on a board: push it (and `data`, else generated inputs), then bench it."""
+    return _run("bench", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+
+
+def evaluate(bundle: Path, target: Target, data: Path, *, options: RunOptions | None = None,
+             accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
+             run_progress: RunProgress | None = None) -> RunResult:
+    """Accuracy of a bundle's model on a board over `data` (x, y), and agreement with the host's outputs on it.
+
+    ``options.output`` names the output that y scores (default: the source model's first, from
+    the manifest); the board is told the name, so it scores the same output.
     """
+    return _run("eval", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+
+
+def run(kind: str, bundle: Path, target: Target, *, data: Path | None = None, options: RunOptions | None = None,
+        accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
+        run_progress: RunProgress | None = None) -> RunResult:
+    """`bench` or `evaluate` by name (what a fleet run calls for each board)."""
+    if kind not in ("bench", "eval"):
+        raise UsageError(f"a run is bench or eval, not {kind!r}", option="kind")
+    return _run(kind, bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+
+
+def _run(kind: str, bundle: Path, target: Target, data: Path | None, options: RunOptions, accept_new_host: bool,
+         upload_progress: UploadProgress | None, run_progress: RunProgress | None) -> RunResult:
+    """Push the bundle (and data), then bench or eval it on the board; one result."""
     manifest, model = load_bundle(bundle)
     dataset_bytes = None
     reference = None
-    options = dict(options or {})
     if kind == "eval":
-        options["output"] = scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest,
-                                          options.get("output"))
+        options = replace(options, output=scored_output(TFLiteModel.from_bytes(model, source=str(bundle)), manifest,
+                                                        options.output))
     if data is not None:
         arrays = load_npz(data)
         labels = arrays.pop("y", None)
@@ -124,36 +175,34 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         if kind == "eval":
             if labels is None:
                 raise DatasetError(f"{data}: eval needs labels (array 'y')")
-            reference = host_reference(model, arrays, labels, output=options["output"],
-                                       state=options.get("state") or "reset")
+            reference = host_reference(model, arrays, labels, output=options.output, state=options.state)
             arrays["y"] = labels
             arrays["reference"] = reference["outputs"]
         dataset_bytes = _npz_bytes(arrays)
     elif kind == "eval":
-        raise DatasetError("eval needs --data TEST.npz (x and y)")
-    ensure_compatible(manifest, board, model=model, delegates=options.get("delegates"))
-    session = open_session(board, accept_new_host=accept_new_host)
+        raise DatasetError("eval needs a test data file (.npz with x and y)", option="data")
+    wire = options.to_json()
+    delegates = wire.get("delegates")
+    board = target if isinstance(target, Board) else None
+    if board is not None:
+        ensure_compatible(manifest, board, model=model, delegates=delegates)
+    session = open_session(target, accept_new_host=accept_new_host)
     try:
-        problem = cannot_run(session.info, board.name)
+        problem = cannot_run(session.info, target.name)
         if problem:  # before any upload: one line that names what is missing and `boards setup`
             raise BoardNotReadyError(problem)
-        ensure_compatible(manifest, board, _runtime(session), delegates=options.get("delegates"),
+        ensure_compatible(manifest, board, _runtime(session), delegates=delegates,
                           board_delegates=session.info.get("external_delegates"))
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
-        result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, options,
-                             progress=run_progress)
-        doc = {"schema_version": RESULT_SCHEMA_VERSION, "kind": kind, "board": board.name, "agent": _agent(session),
-               "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "bundle": str(bundle), "model_sha256": manifest.sha256, "model_size": manifest.size,
-               "recipe": manifest.recipe.get("name"), "io": manifest.recipe.get("io"),
-               "dataset_sha256": up_data.sha256 if up_data else None, "options": options,
-               "data_file_sha256": _file_sha256(data) if data is not None else None,
-               "upload": {"model": asdict(up_model), "data": asdict(up_data) if up_data else None},
-               "result": result}
-        if reference is not None:
-            doc["host"] = {"accuracy": reference["accuracy"], "runtime": reference["runtime"]}
-        return doc
+        result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, wire, progress=run_progress)
+        return RunResult(
+            kind=kind, board=target.name, agent=_agent(session), bundle=str(bundle), model_sha256=manifest.sha256,
+            model_size=manifest.size, recipe=manifest.recipe.get("name"), io=manifest.recipe.get("io"),
+            dataset_sha256=up_data.sha256 if up_data else None, options=wire,
+            data_file_sha256=_file_sha256(data) if data is not None else None,
+            upload={"model": asdict(up_model), "data": asdict(up_data) if up_data else None}, result=result,
+            host={"accuracy": reference["accuracy"], "runtime": reference["runtime"]} if reference is not None else None)
     except (KeyboardInterrupt, SystemExit):
         session.abort()  # mid-request: no goodbye; the agent keeps partial uploads for the next command
         raise
@@ -161,25 +210,12 @@ def run_on_board(kind: str, bundle: Path, board: Board, *, data: Path | None = N
         session.close()
 
 
-def check_gates(doc: dict[str, Any], *, min_accuracy: float | None = None, max_p90_ms: float | None = None,
+def check_gates(result: RunResult, *, min_accuracy: float | None = None, max_p90_ms: float | None = None,
                 min_agreement: float | None = None) -> None:
-    """Raise GateError naming every gate the result missed (CI exits non-zero on it)."""
-    result = doc["result"]
-    if result.get("status") != "ok":
-        raise RunError(str(result.get("status")), f"the run failed on {doc['board']}: {result.get('status')}: "
-                                                  f"{result.get('message', '')}")
-    missed = []
-    if min_accuracy is not None:
-        acc = result.get("accuracy")
-        if acc is None or acc * 100 < min_accuracy:
-            missed.append(f"accuracy {'n/a' if acc is None else f'{acc * 100:.2f}%'} < --min-accuracy {min_accuracy}%")
-    if max_p90_ms is not None:
-        p90 = result.get("latency_ms", {}).get("p90")
-        if p90 is None or p90 > max_p90_ms:
-            missed.append(f"p90 latency {p90:.3f} ms > --max-p90-ms {max_p90_ms}" if p90 is not None else "no latency")
-    if min_agreement is not None:
-        agr = (result.get("agreement") or {}).get("argmax_agreement")
-        if agr is None or agr * 100 < min_agreement:
-            missed.append(f"argmax agreement {'n/a' if agr is None else f'{agr * 100:.2f}%'} < --min-agreement {min_agreement}%")
+    """Raise RunError if the run failed, GateError naming every gate the result missed (CI exits non-zero on it)."""
+    failed = result.run_error()
+    if failed is not None:
+        raise failed
+    missed = gate_misses(result, min_accuracy=min_accuracy, max_p90_ms=max_p90_ms, min_agreement=min_agreement)
     if missed:
-        raise GateError(f"{doc['board']} missed its gates: " + "; ".join(missed))
+        raise GateError(gate_message(result.board, missed))

@@ -391,23 +391,27 @@ def show_setup(doc: dict[str, Any], dry_run: bool) -> None:
     click.echo(f"{where}: {doc['board_line']}")
 
 
-def fleet_table(kind: str, outcomes: Sequence[Any]) -> None:
-    """What bench and eval on several boards print: one row per board (sdk.fleet outcomes), its status and numbers."""
+def fleet_table(kind: str, outcomes: Sequence[Any], flag: Callable[[str], str | None]) -> None:
+    """What bench and eval on several boards print: one row per board (sdk.fleet outcomes), its status and numbers.
+
+    ``flag`` words a missed gate by the CLI flag that set it.
+    """
     from edgeship.sdk.report import memory_text
+    from edgeship.sdk.results import gate_message
 
     def share(value: float | None) -> str:  # a blank cell, not '-', where a board has no number
         return "" if value is None else f"{value * 100:.2f}%"
 
     rows = []
     for o in outcomes:
-        r = (o.doc or {}).get("result") or {}
-        lat = r.get("latency_ms") or {}
-        row = [o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"), share(r.get("accuracy"))]
+        res = o.result
+        p50, p90 = (res.latency("p50"), res.latency("p90")) if res else (None, None)
+        row = [o.board, "ok" if o.ok else ("missed gate" if o.gate else "FAILED"), share(res.accuracy if res else None)]
         if kind == "eval":  # next to the host's number, and how often the board's top-1 is the host's
-            row += [share(((o.doc or {}).get("host") or {}).get("accuracy")),
-                    share((r.get("agreement") or {}).get("argmax_agreement"))]
-        rows.append([*row, f"{lat['p50']:.3f}" if lat else "", f"{lat['p90']:.3f}" if lat else "",
-                     memory_text(r, short=True) if r else "", o.error or o.gate or o.results_error or ""])
+            row += [share(res.host_accuracy if res else None), share(res.argmax_agreement if res else None)]
+        gate = gate_message(o.board, o.missed, flag) if o.missed else None
+        rows.append([*row, f"{p50:.3f}" if p50 is not None else "", f"{p90:.3f}" if p90 is not None else "",
+                     memory_text(res.result, short=True) if res else "", o.error or gate or o.results_error or ""])
     table(f"{kind} on {len(outcomes)} boards",
           ["board", "status", "accuracy", *(["host", "agreement"] if kind == "eval" else []), "p50 ms", "p90 ms",
            "memory", "problem"], rows)

@@ -24,9 +24,13 @@ MAX_TEXT = 2000  # characters of any board string the host keeps; longer ones ar
 MAX_DEPTH = 8  # nesting of fields the table does not name
 
 
-class _Bad(Exception):
+class Invalid(Exception):
+    """A value that breaks its shape: `path` names the field (``result.latency_ms.p90``), `problem` says how."""
+
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path} {problem}")
+        self.path = path
+        self.problem = problem
 
 
 def _show(value: Any) -> str:
@@ -48,7 +52,7 @@ Check = Callable[[Any, str], Any]
 def text(limit: int = MAX_TEXT) -> Check:
     def check(value: Any, path: str) -> Any:
         if not isinstance(value, str):
-            raise _Bad(path, f"is {_show(value)}, not a string")
+            raise Invalid(path, f"is {_show(value)}, not a string")
         return value if len(value) <= limit else value[: limit - 1] + "…"
 
     return check
@@ -57,9 +61,9 @@ def text(limit: int = MAX_TEXT) -> Check:
 def integer(lo: int | None = 0, hi: int | None = None) -> Check:
     def check(value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(path, f"is {_show(value)}, not an integer")
+            raise Invalid(path, f"is {_show(value)}, not an integer")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise _Bad(path, f"is {value}, {_range(lo, hi)}")
+            raise Invalid(path, f"is {value}, {_range(lo, hi)}")
         return value
 
     return check
@@ -68,11 +72,11 @@ def integer(lo: int | None = 0, hi: int | None = None) -> Check:
 def number(lo: float | None = 0.0, hi: float | None = None) -> Check:
     def check(value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Bad(path, f"is {_show(value)}, not a number")
+            raise Invalid(path, f"is {_show(value)}, not a number")
         if not math.isfinite(value):
-            raise _Bad(path, f"is {value}, not a finite number")
+            raise Invalid(path, f"is {value}, not a finite number")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise _Bad(path, f"is {value}, {_range(lo, hi)}")
+            raise Invalid(path, f"is {value}, {_range(lo, hi)}")
         return value
 
     return check
@@ -80,7 +84,7 @@ def number(lo: float | None = 0.0, hi: float | None = None) -> Check:
 
 def boolean(value: Any, path: str) -> Any:
     if not isinstance(value, bool):
-        raise _Bad(path, f"is {_show(value)}, not true or false")
+        raise Invalid(path, f"is {_show(value)}, not true or false")
     return value
 
 
@@ -96,9 +100,9 @@ def either(*options: Check) -> Check:
         for option in options:
             try:
                 return option(value, path)
-            except _Bad:
+            except Invalid:
                 continue
-        raise _Bad(path, f"is {_show(value)}, which fits none of its forms")
+        raise Invalid(path, f"is {_show(value)}, which fits none of its forms")
 
     return check
 
@@ -106,9 +110,9 @@ def either(*options: Check) -> Check:
 def items(inner: Check, max_len: int) -> Check:
     def check(value: Any, path: str) -> Any:
         if not isinstance(value, list):
-            raise _Bad(path, f"is {_show(value)}, not a list")
+            raise Invalid(path, f"is {_show(value)}, not a list")
         if len(value) > max_len:
-            raise _Bad(path, f"has {len(value):,} entries, more than the {max_len:,} an agent sends")
+            raise Invalid(path, f"has {len(value):,} entries, more than the {max_len:,} an agent sends")
         return [inner(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
     return check
@@ -117,7 +121,7 @@ def items(inner: Check, max_len: int) -> Check:
 def anything(value: Any, path: str, depth: int = 0) -> Any:
     """A field the table does not name: JSON of bounded depth, finite numbers, clipped strings."""
     if depth > MAX_DEPTH:
-        raise _Bad(path, f"nests deeper than {MAX_DEPTH} levels")
+        raise Invalid(path, f"nests deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
@@ -126,11 +130,11 @@ def anything(value: Any, path: str, depth: int = 0) -> Any:
         return text()(value, path)
     if isinstance(value, list):
         if len(value) > 100_000:
-            raise _Bad(path, f"has {len(value):,} entries")
+            raise Invalid(path, f"has {len(value):,} entries")
         return [anything(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {str(k)[:100]: anything(v, f"{path}.{str(k)[:40]}", depth + 1) for k, v in value.items()}
-    raise _Bad(path, f"is {_show(value)}, not JSON")
+    raise Invalid(path, f"is {_show(value)}, not JSON")
 
 
 def obj(fields: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
@@ -138,10 +142,10 @@ def obj(fields: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
 
     def check(value: Any, path: str) -> Any:
         if not isinstance(value, dict):
-            raise _Bad(path, f"is {_show(value)}, not an object")
+            raise Invalid(path, f"is {_show(value)}, not an object")
         for name in required:
             if name not in value:
-                raise _Bad(f"{path}.{name}" if path else name, "is missing")
+                raise Invalid(f"{path}.{name}" if path else name, "is missing")
         out = {}
         for key, v in value.items():
             where = f"{path}.{key}" if path else str(key)
@@ -239,8 +243,8 @@ def check_reply(request: str, header: dict[str, Any]) -> dict[str, Any]:
         if reply_op == "result" and out.get("status") == "ok":
             for key in _REQUIRED_WHEN_OK.get(str(out.get("kind")), ()):
                 if key not in out:
-                    raise _Bad(key, f"is missing from an ok {out.get('kind')} result")
-    except _Bad as exc:
+                    raise Invalid(key, f"is missing from an ok {out.get('kind')} result")
+    except Invalid as exc:
         raise BoardProtocolError(f"the board sent a malformed reply to `{request}`: {exc}; {_ADVICE}") from None
     out["op"] = reply_op
     return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.sdk.errors import UsageError
+from edgeship.sdk.results import DEBUG_KIND, RunResult
 
 # Characters a terminal acts on: C0 and C1 controls, DEL, and the bidirectional overrides that reorder a line.
 _BIDI = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
@@ -57,21 +58,24 @@ COMPARABLE_KEYS = ("runtime", "threads", "delegate", "data", "model_sha256")
 @dataclass
 class Row:
     path: Path
-    doc: dict[str, Any]
+    run: RunResult
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The document as written (docs/results.md)."""
+        return self.run.to_json()
 
     @property
     def result(self) -> dict[str, Any]:
-        return dict(self.doc.get("result") or {})
+        return dict(self.run.result)
 
     def meta(self) -> dict[str, Any]:
-        r = self.result
-        rt = r.get("runtime") or {}
         return {
-            "runtime": f"{rt.get('name')} {rt.get('version')}",
-            "threads": r.get("threads"),
-            "delegate": ",".join((r.get("delegate") or {}).get("applied") or []) or "none",
-            "data": self.doc.get("data_file_sha256"),  # the user's data file (the upload adds per-model references)
-            "model_sha256": self.doc.get("model_sha256"),
+            "runtime": self.run.runtime,
+            "threads": self.run.result.get("threads"),
+            "delegate": ",".join(self.run.delegates_applied) or "none",
+            "data": self.run.data_file_sha256,  # the user's data file (the upload adds per-model references)
+            "model_sha256": self.run.model_sha256,
         }
 
 
@@ -82,7 +86,8 @@ class Report:
 
 
 def load_results(paths: list[Path]) -> Report:
-    """Read result documents (files or directories of them); unreadable ones are an error naming the file."""
+    """Read result documents (files or directories of them), each validated; a bad one is an error naming the file
+    and the field (RunResult.from_json)."""
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -100,13 +105,11 @@ def load_results(paths: list[Path]) -> Report:
             doc = json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{f}: not a JSON result document ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "result" not in doc:
-            raise UsageError(f"{f}: not an edgeship result document (schema_version 1 with a result)")
-        rows.append(Row(f, doc))
+        rows.append(Row(f, RunResult.from_json(doc, f)))
     report = Report(rows)
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for row in rows:
-        groups[(str(row.doc.get("board")), str(row.doc.get("recipe")), str(row.doc.get("kind")))].append(row)
+        groups[(row.run.board, str(row.run.recipe), row.run.kind)].append(row)
     for (board, recipe, kind), members in groups.items():
         metas = [m.meta() for m in members]
         for key in COMPARABLE_KEYS:
@@ -115,7 +118,7 @@ def load_results(paths: list[Path]) -> Report:
                 shown = ", ".join(v[:16] for v in values)
                 report.flags.append(f"{board} / {recipe} / {kind}: {len(members)} results differ in {key} ({shown}); "
                                     f"they are listed separately, not merged")
-    datasets = {str(r.doc.get("data_file_sha256")) for r in rows if r.doc.get("kind") == "eval"}
+    datasets = {str(r.run.data_file_sha256) for r in rows if r.run.kind == "eval"}
     if len(datasets) > 1:
         report.flags.append(f"eval results use {len(datasets)} different datasets; their accuracies are not comparable")
     return report
@@ -168,7 +171,6 @@ HEADERS = ["board", "recipe", "kind", "size (B)", "accuracy", "agreement", "p50 
            "memory", "runtime", "threads", "delegate", "status"]
 
 
-DEBUG_KIND = "debug-quant"  # converters.quantdebug.RESULT_KIND; not imported, so reports never load TensorFlow
 DEBUG_HEADERS = ["#", "layer", "op", "RMSE/scale", "scale", "mean abs err", "max abs err", "node"]
 DEBUG_TOP = 20  # layers listed per debug-quant result
 PLOT_LAYERS = 30  # layers plotted per debug-quant result

@@ -195,12 +195,13 @@ def test_the_interpreter_surface_the_agent_uses(int8_model: bytes, needed: int) 
 
 def test_runtime_shim_and_worker_build_it_unchanged(int8_bundle: Path, needed: int) -> None:
     """runtime.Runtime and worker._build_interpreter take MicroRuntime as they take tf.lite's Interpreter."""
+    from edgeship.device_agent.options import DelegateSpec, RunOptions
     from edgeship.device_agent.worker import _build_interpreter
 
     rt = Runtime("tflite_micro", micro.version(), micro.MicroRuntime, micro.load_delegate)
     model = (int8_bundle / "model.tflite").read_bytes()
     assert rt.interpreter(model, num_threads=2, arena_size=needed).arena_size == needed
-    built = _build_interpreter(rt, model, {"threads": 1, "delegates": [{"name": "edgetpu", "library": "libedgetpu.so.1"}]})
+    built = _build_interpreter(rt, model, RunOptions(threads=1, delegates=(DelegateSpec("edgetpu", library="libedgetpu.so.1"),)))
     assert built["delegate"]["applied"] == [] and "no delegates" in built["delegate"]["notes"][0]
     assert built["delegate"]["cpu_ops"] == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE", "SOFTMAX"]
     with pytest.raises(RuntimeError, match="needs"):  # the worker reports a RuntimeError as status "invalid"

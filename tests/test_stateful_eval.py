@@ -107,7 +107,7 @@ def test_tflite_micro_board_resets_state_too(lstm_bundle: tuple[Path, Any], tmp_
 
 
 def test_agent_refuses_an_unknown_state() -> None:
-    from edgeship.device_agent.agent import _state
+    from edgeship.device_agent.options import state_name as _state
 
     assert _state(None) == "reset"
     assert _state("keep") == "keep"
