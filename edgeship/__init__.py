@@ -44,7 +44,7 @@ _PUBLIC = {
     "errors": "edgeship.sdk.errors",
 }
 
-__all__ = sorted(_PUBLIC) + ["__version__", "import_root"]
+__all__ = [*sorted(_PUBLIC), "__version__", "import_root"]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,9 @@ def _path(value: PathArg | None) -> Path | None:
 
 def _bundle(bundle: BundleArg) -> Path:
     """A bundle directory, from a path or from what `convert` returned."""
-    return Path(getattr(bundle, "bundle", bundle))  # ConversionResult.bundle
+    from edgeship.converters.convert import ConversionResult
+
+    return bundle.bundle if isinstance(bundle, ConversionResult) else Path(bundle)
 
 
 def board(name: str) -> Board:
@@ -78,8 +80,8 @@ def inspect(path: PathArg) -> dict[str, Any]:
 
 
 def push(bundle: BundleArg, target: TargetArg, *, accept_new_host: bool = False,
-         progress: Callable[[str, int, int], None] | None = None) -> Any:
-    """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
+         progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Place a bundle's model on a board (resumable; a no-op when it is already there): board, model, upload."""
     from edgeship.sdk import device
 
     return device.push(_bundle(bundle), _target(target), accept_new_host=accept_new_host, progress=progress)
