@@ -271,9 +271,9 @@ def crash_message(signal: int, recipe: Recipe, model_name: str) -> str:
     hint = {
         "float32": "this TensorFlow cannot convert the model; simplify the layer that crashes it (unroll=True for a "
                    "recurrent layer) or try another TensorFlow version",
-        "float16": "try --recipe float32",
-        "dynamic": "try --recipe float16 or float32",
-    }.get(recipe.name, "try --recipe dynamic or float32")
+        "float16": "try recipe float32",
+        "dynamic": "try recipe float16 or float32",
+    }.get(recipe.name, "try recipe dynamic or float32")
     return f"the TFLite converter crashed (signal {signal}) while {verb} {model_name} with recipe {recipe.name}; {hint}"
 
 

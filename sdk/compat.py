@@ -21,7 +21,8 @@ from edgeship.converters.manifest import Manifest, named_float_ops
 from edgeship.sdk.errors import EdgeshipError
 
 log = logging.getLogger(__name__)
-STRICT_ADVICE = "--recipe int8 --io int8 --int8-strict (or qat) to see which layers stop a fully integer model, and change them"
+STRICT_ADVICE = ("recipe int8 with io int8 and int8_strict (or recipe qat) to see which layers stop a fully integer "
+                 "model, and change them")
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,8 @@ def delegate_problems(spec: Any, requested: list[dict[str, Any]] | None,
         elif d.get("required") and not known[name].get("loaded"):
             why = known[name].get("error") or "it does not load"
             problems.append(Problem("delegate_unavailable", f"delegate {name} does not load on the board ({why}) and "
-                                                            f"--require-delegate needs it; fix the library on the "
-                                                            f"board, or run without --require-delegate"))
+                                                            f"the run requires it (require_delegate); fix the library "
+                                                            f"on the board, or run without requiring it"))
     return problems
 
 
@@ -207,11 +208,11 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
     if c is not None and c.int8_only and kept is not None and kept.layers:
         layers = ", ".join(name.split(";")[0] for name in kept.layers[:4]) + (" ..." if len(kept.layers) > 4 else "")
         problems.append(Problem("not_int8", f"the board is int8-only and the model keeps {len(kept.layers)} layer(s) "
-                                            f"in float (--keep-float {kept.requested}: {layers}); convert without "
-                                            f"--keep-float, with --recipe int8 --io int8, for this board"))
+                                            f"in float (keep_float {kept.requested}: {layers}); convert without "
+                                            f"keep_float, with recipe int8 and io int8, for this board"))
     elif c is not None and c.int8_only and _int16(manifest):
-        problems.append(Problem("not_int8", "the board is int8-only and the model computes in int16 (--recipe "
-                                            "int16x8); convert with --recipe int8 (or qat) and --io int8 for this board"))
+        problems.append(Problem("not_int8", "the board is int8-only and the model computes in int16 (recipe "
+                                            "int16x8); convert with recipe int8 (or qat) and io int8 for this board"))
     elif c is not None and c.int8_only and not manifest.integer.fully_integer:
         ops = manifest.integer.float_ops
         what = (f"{len(ops)} float op(s) ({named_float_ops(ops, manifest.integer.float_op_tensors, 4)})"
@@ -227,7 +228,7 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
                                                       f"bundle's ops/registration.cc, or change the model"))
     if c is not None and c.max_model_bytes is not None and manifest.size > c.max_model_bytes:
         smaller = ("shrink the model (smaller or fewer layers)" if manifest.integer.fully_integer else  # int8 already
-                   _convert_with(manifest, "--recipe int8 (about 4x smaller)"))
+                   _convert_with(manifest, "recipe int8 (about 4x smaller)"))
         problems.append(Problem("too_large", f"the model is {manifest.size:,} bytes, over the board's limit of "
                                              f"{c.max_model_bytes:,}; {smaller}"))
     flex = [o.name for o in manifest.operators if o.kind == "select_tf"]
@@ -246,7 +247,7 @@ def check(manifest: Manifest, spec: Any, runtime: dict[str, Any] | None = None,
     for d in (spec.delegates if spec is not None else []):
         if d.required and _int16(manifest) and d.input_types is not None and "int16" not in d.input_types:
             problems.append(Problem("delegate_int16", f"delegate {d.name} runs {'/'.join(d.input_types)} models, "
-                                                      f"not int16x8 ones; convert with --recipe int8 for this board"))
+                                                      f"not int16x8 ones; convert with recipe int8 for this board"))
         if d.input_types:
             bad = [f"{t.name} ({t.dtype})" for t in manifest.inputs if t.dtype not in d.input_types]
             if bad:

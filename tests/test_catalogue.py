@@ -75,7 +75,7 @@ def test_float_model_is_refused_on_an_int8_only_board_before_any_upload(tmp_path
         proc = run_cli("--boards", str(boards), *command, str(f32), "--board", "strict")
         assert proc.returncode == 1, proc.stderr
         line = proc.stderr.strip()
-        assert len(line.splitlines()) == 1 and "int8-only" in line and "--recipe int8" in line
+        assert len(line.splitlines()) == 1 and "int8-only" in line and "recipe int8" in line
         assert f"{f32_size(f32):,} bytes" in line and "200,000" in line  # the numbers
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store" / "blobs").glob("*"))
     ok = run_cli("--boards", str(boards), "push", str(convert_digits("int8").bundle), "--board", "strict", "--json")

@@ -110,7 +110,7 @@ def test_a_converter_crash_is_one_line_and_leaves_nothing_behind(zoo: Path, tmp_
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"edgeship: error: the TFLite converter crashed (signal 11) while quantizing {zoo / 'lstm.keras'} with recipe "
-        f"int8; try --recipe dynamic or float32"]
+        f"int8; try recipe dynamic or float32"]
     assert not out.exists() and list(out.parent.iterdir()) == []  # no bundle, no .partial
     assert list(tmpdir.iterdir()) == []  # no static SavedModel, no converter job
 
