@@ -11,7 +11,7 @@ import pytest
 
 from edgeship.sdk.catalogue import SHIPPED, load_catalogue, load_file, resolve
 from edgeship.sdk.errors import CatalogueError
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 GOOD_BOARD = "    description: a board\n    transport: ssh\n    ssh: {host: example.org, user: me}\n"
 
@@ -36,7 +36,7 @@ def test_malformed_boards_file_is_one_error_naming_file_board_and_key(tmp_path: 
     assert str(err.value).startswith(str(path))
     for needle in needles:
         assert needle in str(err.value)
-    proc = run_cli("--boards", str(path), "boards", "list")
+    proc = invoke_cli("--boards", str(path), "boards", "list")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"edgeship: error: {err.value}"]
 
 

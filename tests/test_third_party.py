@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import helpers_models, helpers_third_party
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 
 @pytest.fixture()
@@ -191,19 +191,19 @@ def test_corrupt_truncated_and_misdirected_files_are_one_clear_line(tmp_path: Pa
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
         out = tmp_path / f"{name}.bundle"
-        proc = run_cli("bundle", str(tmp_path / name), "--out", str(out), "--quiet")
+        proc = invoke_cli("bundle", str(tmp_path / name), "--out", str(out), "--quiet")
         assert proc.returncode != 0 and message in proc.stderr and str(tmp_path / name) in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
-    missing = run_cli("bundle", str(tmp_path / "nope.tflite"), "--out", str(tmp_path / "b"))
+    missing = invoke_cli("bundle", str(tmp_path / "nope.tflite"), "--out", str(tmp_path / "b"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
     (tmp_path / "ok.tflite").write_bytes(good)
-    convert = run_cli("convert", str(tmp_path / "ok.tflite"), "--recipe", "int8", "--out", str(tmp_path / "c"))
+    convert = invoke_cli("convert", str(tmp_path / "ok.tflite"), "--recipe", "int8", "--out", str(tmp_path / "c"))
     assert convert.returncode == 2 and f"edgeship bundle {tmp_path / 'ok.tflite'} --out DIR" in convert.stderr
-    assert run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b")).returncode == 0
-    again = run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"))
+    assert invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b")).returncode == 0
+    again = invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"))
     assert again.returncode != 0 and "--force" in again.stderr
-    assert run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"), "--force").returncode == 0
+    assert invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"), "--force").returncode == 0
 
 
 def test_precision_is_what_the_tensors_show() -> None:
