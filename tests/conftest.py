@@ -29,6 +29,21 @@ for _name in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS", "SSH_AUTH_SOCK"):  # an ssh-a
 ROOT = Path(__file__).resolve().parent.parent
 EDGESHIP = Path(sys.executable).parent / "edgeship"
 
+# The test tiers (docs/testing.md). These session fixtures train or convert a model with TensorFlow, so a
+# test that uses one, even through another fixture, is in the `convert` tier. A tier marks its tests `slow`
+# too: `pytest -m "not slow"` runs the fast tier, `make test` everything.
+CONVERT_FIXTURES = frozenset({"digits", "convert_digits", "zoo", "converted", "two_io_saved_model"})
+SLOW_TIERS = ("convert", "emulated", "install")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CONVERT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.convert)
+        if any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:

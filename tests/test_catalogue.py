@@ -102,6 +102,7 @@ def test_runtime_older_than_the_model_is_refused(tmp_path: Path, convert_digits:
     assert proc.returncode == 1 and "needs TFLite 1.14.0 or newer" in proc.stderr and "1.5.0" in proc.stderr
 
 
+@pytest.mark.emulated  # pings emu-pi: qemu
 def test_ping_all_reaches_the_non_example_boards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESHIP_LOCAL_STORE", str(tmp_path / "store"))
     proc = run_cli("boards", "ping", "--all", "--json")

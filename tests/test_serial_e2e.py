@@ -18,6 +18,8 @@ from edgeship.sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 from edgeship.sdk.errors import LinkError
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.emulated  # an agent behind a pty relay paced at 115200 baud
+
 BAUD = 115200
 
 

@@ -85,6 +85,7 @@ def test_custom_op_model_bundles_with_the_op_named_and_no_board_runs_it_unregist
     assert "this bundle is a prebuilt .tflite: convert the model it was made from" in mcu.stderr
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates_on_local(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "digits_keras", helpers_third_party.keras_float())
     assert manifest["recipe"] == {"name": "prebuilt", "precision": "float32", "io": "float32",
@@ -122,6 +123,7 @@ def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates
     assert no_data.returncode == 2 and "--data" in no_data.stderr and len(no_data.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_int8_model_from_the_raw_converter_benches_on_local_and_emu_mcu(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "digits_int8", helpers_third_party.keras_int8())
     assert manifest["recipe"]["precision"] == "int8" and manifest["recipe"]["io"] == "int8"
@@ -141,6 +143,7 @@ def test_int8_model_from_the_raw_converter_benches_on_local_and_emu_mcu(boards: 
     assert doc["result"]["accuracy"] == doc["host"]["accuracy"] > 0.5
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_stateful_lstm_bundles_and_benches(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "lstm", helpers_third_party.stateful_lstm())
     ops = {o["name"] for o in manifest["operators"]}
