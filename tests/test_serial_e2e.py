@@ -34,6 +34,7 @@ def line(tmp_path: Path) -> Any:
         finally:
             agent.terminate()
             agent.wait(10)
+            agent.stderr.close()  # type: ignore[union-attr]
         assert agent.returncode in (0, -15), "the agent died on the line"
 
 
