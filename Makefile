@@ -94,5 +94,10 @@ lint: $(STAMP)
 test: $(STAMP) apt-tools $(AGENT_VENV)/.installed $(TEST_DELEGATE) lint
 	$(VENV)/bin/pytest -q
 
+# The fast tier (docs/testing.md): no model training or conversion, no qemu board; no lint.
+.PHONY: test-fast
+test-fast: $(STAMP) apt-tools $(AGENT_VENV)/.installed $(TEST_DELEGATE)
+	$(VENV)/bin/pytest -q -m "not slow"
+
 clean:
 	rm -rf build $(DIGITS) $(AGENT_VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

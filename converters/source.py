@@ -136,11 +136,13 @@ class SourceModel:
         names = self.tuning_outputs
         input_names = [s.name for s in self.inputs]
         # a dict-input model, or a tf_keras SavedModel's model (signature inputs are sorted, the model's are not)
-        by_name = isinstance(_structure(keras_model, "input"), dict) or (self.kind == "savedmodel" and len(specs) > 1)
+        structure = _structure(keras_model, "input")
+        by_name = isinstance(structure, dict) or (self.kind == "savedmodel" and len(specs) > 1)
+        as_list = isinstance(structure, (list, tuple))  # a model built from a list of inputs is called with a list
 
         @tf.function(input_signature=specs)
         def serve_keras(*args: Any) -> Any:
-            feed = dict(zip(input_names, args)) if by_name else args[0] if len(args) == 1 else list(args)
+            feed = dict(zip(input_names, args)) if by_name else args[0] if len(args) == 1 and not as_list else list(args)
             out = keras_model(feed, training=False)
             if isinstance(out, dict):  # a model with named outputs: keep them by name
                 return {name: out[name] for name in names}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,21 @@ for _name in ("EDGESHIP_BOARD", "EDGESHIP_BOARDS", "SSH_AUTH_SOCK"):  # an ssh-a
     os.environ.pop(_name, None)
 ROOT = Path(__file__).resolve().parent.parent
 EDGESHIP = Path(sys.executable).parent / "edgeship"
+
+# The test tiers (docs/testing.md). These session fixtures train or convert a model with TensorFlow, so a
+# test that uses one, even through another fixture, is in the `convert` tier. A tier marks its tests `slow`
+# too: `pytest -m "not slow"` runs the fast tier, `make test` everything.
+CONVERT_FIXTURES = frozenset({"digits", "convert_digits", "zoo", "converted", "two_io_saved_model"})
+SLOW_TIERS = ("convert", "emulated", "install")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CONVERT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.convert)
+        if any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -196,3 +212,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     """The installed `edgeship` command, as a user runs it (`env`: variables added to this process's)."""
     return subprocess.run([str(EDGESHIP), *args], capture_output=True, text=True, cwd=cwd, timeout=600,
                           env={**os.environ, **env} if env else None)
+
+
+def invoke_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `edgeship` command run in this process by click's CliRunner; returns what run_cli returns, without
+    a process start and its imports (seconds each). For error paths where nothing about the process matters.
+
+    A user's view still: the exit code, and stdout and stderr kept apart, each with what native code and child
+    processes wrote to fd 1 and 2 (capture="fd"); the CLI's own logging set-up is applied, not pytest's. An
+    exception the CLI lets through is raised here. The root logger, the CLI's paramiko level and os.environ are
+    restored after. Tests of the process boundary (signals, import-time behaviour, startup speed, a missing
+    extra) keep run_cli.
+    """
+    from click.testing import CliRunner
+
+    from edgeship.sdk.cli import main
+
+    root, paramiko = logging.getLogger(), logging.getLogger("paramiko")
+    handlers, levels, environ = root.handlers[:], (root.level, paramiko.level), dict(os.environ)
+    root.handlers.clear()  # so the CLI's logging.basicConfig applies, writing to the captured stderr
+    try:
+        result = CliRunner(capture="fd").invoke(main, list(args), env=env, prog_name="edgeship", catch_exceptions=False)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        paramiko.setLevel(levels[1])
+        os.environ.clear()
+        os.environ.update(environ)
+    return subprocess.CompletedProcess(["edgeship", *args], result.exit_code, result.stdout, result.stderr)

@@ -88,6 +88,7 @@ def run_line(line: str, substitutions: dict[str, str]) -> Result:
     return cli(*words[1:])
 
 
+@pytest.mark.install
 def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a_second_setup_changes_nothing(
         bare_board: dict[str, Any], convert_digits: Any, digits: Path) -> None:
     url, board_dir = bare_board["url"], bare_board["dir"]
@@ -141,6 +142,7 @@ def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a
     assert text.exit_code == 0 and "nothing to change: everything is in place" in text.stdout
 
 
+@pytest.mark.emulated
 def test_the_usb_serial_walkthrough_prints_the_steps_then_runs_on_the_emulated_serial_board(
         convert_digits: Any, digits: Path) -> None:
     """The setup line prints the steps; ping and eval run with emu-serial (an agent behind a paced pty) as the line."""
@@ -158,6 +160,7 @@ def test_the_usb_serial_walkthrough_prints_the_steps_then_runs_on_the_emulated_s
     assert json.loads(ev.stdout)["result"]["status"] == "ok"
 
 
+@pytest.mark.install
 def test_a_board_without_index_access_gets_the_lines_to_install_by_hand(bare_board: dict[str, Any]) -> None:
     """The board's pip cannot reach the index (its venv's pip.conf points at a closed port): one error, the exact lines."""
     venv = bare_board["dir"] / "venv"
@@ -172,6 +175,7 @@ def test_a_board_without_index_access_gets_the_lines_to_install_by_hand(bare_boa
     assert not list(bare_board["dir"].glob("agent-*.pyz"))  # stopped before the agent: nothing half-done
 
 
+@pytest.mark.install
 def test_without_an_ai_edge_litert_wheel_setup_falls_back_to_tflite_runtime_with_numpy_below_2(
         bare_board: dict[str, Any], tmp_path: Path) -> None:
     """The board's pip sees only a wheelhouse (real wheels from the index) that has tflite-runtime and no ai-edge-litert."""

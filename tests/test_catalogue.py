@@ -11,7 +11,7 @@ import pytest
 
 from edgeship.sdk.catalogue import SHIPPED, load_catalogue, load_file, resolve
 from edgeship.sdk.errors import CatalogueError
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 GOOD_BOARD = "    description: a board\n    transport: ssh\n    ssh: {host: example.org, user: me}\n"
 
@@ -36,7 +36,7 @@ def test_malformed_boards_file_is_one_error_naming_file_board_and_key(tmp_path: 
     assert str(err.value).startswith(str(path))
     for needle in needles:
         assert needle in str(err.value)
-    proc = run_cli("--boards", str(path), "boards", "list")
+    proc = invoke_cli("--boards", str(path), "boards", "list")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"edgeship: error: {err.value}"]
 
 
@@ -102,6 +102,7 @@ def test_runtime_older_than_the_model_is_refused(tmp_path: Path, convert_digits:
     assert proc.returncode == 1 and "needs TFLite 1.14.0 or newer" in proc.stderr and "1.5.0" in proc.stderr
 
 
+@pytest.mark.emulated  # pings emu-pi: qemu
 def test_ping_all_reaches_the_non_example_boards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESHIP_LOCAL_STORE", str(tmp_path / "store"))
     proc = run_cli("boards", "ping", "--all", "--json")

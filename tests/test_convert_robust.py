@@ -278,6 +278,7 @@ def test_int16x8_digits_has_int16_activations_and_boards_say_what_runs_it(digits
     assert check(m, boards["local"]) == [] and "XNNPACK" in notes(m, boards["local"])[0]
 
 
+@pytest.mark.convert
 def test_a_converter_refusal_still_shows_its_mlir_error(tmp_path: Path) -> None:
     import tensorflow as tf
 

@@ -44,6 +44,7 @@ def _conv1d_model(path: Path) -> tuple[Path, Path]:
     return path / "c1d.keras", path / "train.npz"
 
 
+@pytest.mark.convert
 def test_qat_names_layers_it_cannot_wrap_and_can_leave_them_float(tmp_path: Path) -> None:
     model, train = _conv1d_model(tmp_path)
     with pytest.raises(UnsupportedLayerError, match=r"^leave_unsupported_float: QAT cannot wrap these layers: conv1d \(Conv1D\);") as err:

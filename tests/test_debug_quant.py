@@ -21,6 +21,8 @@ from edgeship.converters.manifest import Manifest
 from tests.conftest import ROOT, run_cli
 from tests.test_report import rendered_images
 
+pytestmark = pytest.mark.convert  # outlier trains a digits MLP; every test converts or debugs it
+
 BAD = "fc2"  # the layer built to quantize badly
 OUTLIER_WEIGHT = 1000.0
 

@@ -47,6 +47,7 @@ def bundle(convert_digits: Any) -> Any:
     return convert_digits("int8")
 
 
+@pytest.mark.emulated
 def test_provision_again_is_fast_and_says_so(board: pi.PiRoot) -> None:
     t0 = time.monotonic()
     again = pi.provision(CACHE)
@@ -56,6 +57,7 @@ def test_provision_again_is_fast_and_says_so(board: pi.PiRoot) -> None:
     assert (board.root / "usr/bin/python3.11").is_file() and board.launcher.is_file()
 
 
+@pytest.mark.emulated
 def test_hello_reports_an_aarch64_board_with_tflite_runtime(session: Session) -> None:
     info = session.info
     runtime = info["runtime"]
@@ -65,6 +67,7 @@ def test_hello_reports_an_aarch64_board_with_tflite_runtime(session: Session) ->
     assert info["python"].startswith("3.11.")
 
 
+@pytest.mark.emulated
 def test_int8_digits_eval_matches_the_host(session: Session, bundle: Any, digits: Path) -> None:
     host = run_cli("eval-host", str(bundle.bundle), "--data", str(digits / "test.npz"), "--json")
     assert host.returncode == 0, host.stderr
@@ -86,6 +89,7 @@ def test_int8_digits_eval_matches_the_host(session: Session, bundle: Any, digits
     assert result["agreement"]["argmax_agreement"] >= 0.99, result["agreement"]
 
 
+@pytest.mark.emulated
 def test_bench_runs(session: Session, bundle: Any) -> None:
     up = session.upload(bundle.model_path.read_bytes())
     result = session.run("bench", up.sha256, None, {"runs": 20, "warmup": 2, "min_seconds": 0.2})
@@ -94,6 +98,7 @@ def test_bench_runs(session: Session, bundle: Any) -> None:
     assert result["runtime"]["name"] == "tflite_runtime"
 
 
+@pytest.mark.emulated
 def test_launcher_applies_the_worker_memory_limit_to_qemu(board: pi.PiRoot) -> None:
     code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
             "try:\n    bytearray(3 << 29)\n    print('allocated')\nexcept MemoryError:\n    print('MemoryError')\n")

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.emulated  # emu-serial and emu-pi by name
+
 
 @pytest.fixture()
 def emu_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -19,6 +19,8 @@ import pytest
 from edgeship.converters.tflite_model import TFLiteModel
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.convert  # two_heads trains and converts a two-output Keras model
+
 SOURCE_INPUTS = ["zleft", "aright"]  # the source's order; TFLite sorts them
 SOURCE_OUTPUTS = ["digit", "parity"]
 

@@ -10,6 +10,8 @@ import pytest
 from tests import helpers_third_party
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.convert  # setup converts two Keras models (helpers_third_party)
+
 
 @pytest.fixture()
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -29,6 +29,8 @@ from edgeship.device_agent import __version__
 from edgeship.sdk.client import Session
 from edgeship.sdk.transport.local import LocalStream
 
+pytestmark = pytest.mark.install  # builds the wheel, installs into fresh venvs
+
 ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 300  # seconds for one pip run (a build fetches setuptools; the agent venv fetches LiteRT)
 HOST_ONLY = {"paramiko", "matplotlib", "rich", "pydantic", "click", "pyyaml", "pyserial", "tensorflow"}

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.convert  # each test trains and prunes a Dense model
+
 
 def _digits_flat(root: Path) -> tuple[Path, Path]:
     from sklearn.datasets import load_digits

@@ -19,7 +19,7 @@ from edgeship.converters.tflite_model import TFLiteModel
 from edgeship.sdk.errors import DatasetError, UnsupportedLayerError
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.convert  # every test trains (QAT) a Keras model
 FOLDED_BN_OPS = {"MUL", "ADD", "SUB"}  # what an unfolded BatchNormalization leaves in a TFLite graph
 
 

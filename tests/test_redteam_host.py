@@ -158,6 +158,8 @@ def run_measured(args: list[str], timeout: float = CLI_TIMEOUT, env: dict[str, s
     proc.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join(10)
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()  # type: ignore[union-attr]
     after = time.monotonic() - signalled_at if signalled_at is not None else 0.0
     return (proc.returncode, out.get("out", b"").decode("utf-8", "replace"), out.get("err", b"").decode("utf-8", "replace"),
             peak, after)

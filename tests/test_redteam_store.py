@@ -54,8 +54,16 @@ class AgentStream(LocalStream):
         self._out = self.proc.stdin
 
     def stderr_text(self) -> str:
+        if self.stderr.closed:
+            return self._stderr_seen
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
+
+    def close(self) -> None:
+        super().close()
+        if not self.stderr.closed:  # the agent has exited: keep what it wrote, close the file
+            self._stderr_seen = self.stderr_text()
+            self.stderr.close()
 
 
 @dataclass

@@ -18,6 +18,8 @@ from edgeship.sdk.emulate.relay import BOARD_TO_HOST, HOST_TO_BOARD, SerialRelay
 from edgeship.sdk.errors import LinkError
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.emulated  # an agent behind a pty relay paced at 115200 baud
+
 BAUD = 115200
 
 
@@ -32,6 +34,7 @@ def line(tmp_path: Path) -> Any:
         finally:
             agent.terminate()
             agent.wait(10)
+            agent.stderr.close()  # type: ignore[union-attr]
         assert agent.returncode in (0, -15), "the agent died on the line"
 
 

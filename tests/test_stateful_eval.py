@@ -18,8 +18,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def lstm_bundle(zoo: Callable[[str], Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import helpers_models, helpers_third_party
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli, run_cli
 
 
 @pytest.fixture()
@@ -85,6 +85,7 @@ def test_custom_op_model_bundles_with_the_op_named_and_no_board_runs_it_unregist
     assert "this bundle is a prebuilt .tflite: convert the model it was made from" in mcu.stderr
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates_on_local(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "digits_keras", helpers_third_party.keras_float())
     assert manifest["recipe"] == {"name": "prebuilt", "precision": "float32", "io": "float32",
@@ -122,6 +123,7 @@ def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates
     assert no_data.returncode == 2 and "--data" in no_data.stderr and len(no_data.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_int8_model_from_the_raw_converter_benches_on_local_and_emu_mcu(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "digits_int8", helpers_third_party.keras_int8())
     assert manifest["recipe"]["precision"] == "int8" and manifest["recipe"]["io"] == "int8"
@@ -141,6 +143,7 @@ def test_int8_model_from_the_raw_converter_benches_on_local_and_emu_mcu(boards: 
     assert doc["result"]["accuracy"] == doc["host"]["accuracy"] > 0.5
 
 
+@pytest.mark.convert  # helpers_third_party trains a Keras model
 def test_stateful_lstm_bundles_and_benches(boards: Path) -> None:
     bundle, manifest = _bundle(boards, "lstm", helpers_third_party.stateful_lstm())
     ops = {o["name"] for o in manifest["operators"]}
@@ -191,19 +194,19 @@ def test_corrupt_truncated_and_misdirected_files_are_one_clear_line(tmp_path: Pa
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
         out = tmp_path / f"{name}.bundle"
-        proc = run_cli("bundle", str(tmp_path / name), "--out", str(out), "--quiet")
+        proc = invoke_cli("bundle", str(tmp_path / name), "--out", str(out), "--quiet")
         assert proc.returncode != 0 and message in proc.stderr and str(tmp_path / name) in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
-    missing = run_cli("bundle", str(tmp_path / "nope.tflite"), "--out", str(tmp_path / "b"))
+    missing = invoke_cli("bundle", str(tmp_path / "nope.tflite"), "--out", str(tmp_path / "b"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
     (tmp_path / "ok.tflite").write_bytes(good)
-    convert = run_cli("convert", str(tmp_path / "ok.tflite"), "--recipe", "int8", "--out", str(tmp_path / "c"))
+    convert = invoke_cli("convert", str(tmp_path / "ok.tflite"), "--recipe", "int8", "--out", str(tmp_path / "c"))
     assert convert.returncode == 2 and f"edgeship bundle {tmp_path / 'ok.tflite'}`" in convert.stderr
-    assert run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b")).returncode == 0
-    again = run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"))
+    assert invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b")).returncode == 0
+    again = invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"))
     assert again.returncode != 0 and "--force" in again.stderr
-    assert run_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"), "--force").returncode == 0
+    assert invoke_cli("bundle", str(tmp_path / "ok.tflite"), "--out", str(tmp_path / "b"), "--force").returncode == 0
 
 
 def test_precision_is_what_the_tensors_show() -> None:
