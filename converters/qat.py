@@ -113,7 +113,8 @@ def to_tf_keras(model: Any, flavour: str | None, sample: np.ndarray | list[np.nd
     for layer in layers:
         built[id(layer)].set_weights(layer.get_weights())
 
-    ref = np.asarray(_first(model(sample, training=False)))
+    listed = isinstance(getattr(model, "input", None), (list, tuple)) and not isinstance(sample, list)  # one input, in a list
+    ref = np.asarray(_first(model([sample] if listed else sample, training=False)))
     got = np.asarray(_first(rebuilt(sample, training=False)))
     diff = float(np.max(np.abs(ref - got)))
     if not diff <= REBUILD_TOLERANCE:
