@@ -131,7 +131,9 @@ def run_eta(p: dict[str, Any]) -> float | None:
 
 def _number(value: Any) -> float | None:
     """A number from a board's message, or None (a board's progress is shown, never trusted to be well formed)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return None
     return float(value)
 
@@ -288,21 +290,23 @@ class Bars:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn
+            from rich.table import Column
             from rich.text import Text
 
             bars = self
 
             class _Lines(Progress):  # the phase line above the bars
                 def get_renderables(self) -> Any:
-                    if bars._phase is not None:
+                    if bars._phase is not None:  # its time first: a narrow terminal cuts the line's end
                         text, since = bars._phase
-                        yield Text(f"{text} · {duration_text(time.monotonic() - since)}", style="dim",
+                        yield Text(f"{duration_text(time.monotonic() - since)} {text}", style="dim",
                                    overflow="ellipsis", no_wrap=True)
                     if self.tasks:
                         yield self.make_tasks_table(self.tasks)
 
-            self._progress = _Lines(TextColumn("  {task.description}"), BarColumn(bar_width=30),
-                                    TextColumn("{task.fields[amount]}"), TextColumn("{task.fields[rate]}"),
+            self._progress = _Lines(TextColumn("  {task.description}"), BarColumn(bar_width=20),
+                                    TextColumn("{task.fields[amount]}", table_column=Column(min_width=22)),
+                                    TextColumn("{task.fields[rate]}", table_column=Column(min_width=11)),
                                     TextColumn("eta {task.fields[eta]}"),
                                     console=self.console or Console(stderr=True), transient=True)
             self._progress.__enter__()
@@ -313,8 +317,10 @@ class Bars:
             self._progress.__exit__(None, None, None)
 
     def phase(self, p: Phase) -> None:
-        """The board is in a new phase: the line above the bars says it."""
-        self._phase = (p.text, time.monotonic())
+        """The board is in a new phase: the line above the bars says it (escaped: it may quote what the board said)."""
+        from edgeship.sdk.report import safe_text
+
+        self._phase = (safe_text(p.text), time.monotonic())
         if self._progress is not None:
             self._progress.refresh()
 
@@ -325,7 +331,9 @@ class Bars:
         now = time.monotonic()
         share, amount = upload_amount(done, total)
         first = self._started.setdefault(what, (now, done))
-        rate = (done - first[1]) / (now - first[0]) if now > first[0] and done > first[1] else None
+        # The rate since the first report, once it spans a second: the first replies come in a burst
+        # (a window of chunks in flight), so an earlier rate says nothing about the line.
+        rate = (done - first[1]) / (now - first[0]) if now - first[0] >= 1.0 and done > first[1] else None
         eta = 0.0 if share >= 1 else (total - done) / rate if rate else None
         fields = {"amount": amount, "rate": f"{size_text(rate)}/s" if rate else "", "eta": duration_text(eta)}
         if what not in self._tasks:

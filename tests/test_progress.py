@@ -50,7 +50,7 @@ def in_order(names: list[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny int8 conv net (tests/helpers_models.py) as a bundle, and 64 samples of data for it."""
+    """A tiny int8 conv net (tests/helpers_models.py) as a bundle, and 192 samples of data for it (48 KiB)."""
     from edgeship.converters.bundle import bundle_tflite
     from tests import helpers_models
 
@@ -58,7 +58,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "tiny.tflite").write_bytes(helpers_models.int8_model())
     bundle_tflite(root / "tiny.tflite", root / "tiny-int8")
     rng = np.random.default_rng(0)
-    np.savez(root / "data.npz", x=rng.random((64, 8, 8, 1), dtype=np.float32))
+    np.savez(root / "data.npz", x=rng.random((192, 8, 8, 1), dtype=np.float32))
     return root / "tiny-int8"
 
 

@@ -228,8 +228,7 @@ class EmulatedTransport:
         state = running(self.emulator)
         service = None
         if state is None:
-            what = ("Debian arm64 under qemu, behind an sshd" if self.emulator == "emu-pi"
-                    else f"an agent behind a relay paced at {self.baud} baud")
+            what = "Debian arm64 under qemu" if self.emulator == "emu-pi" else f"a relay paced at {self.baud} baud"
             say(Phase("starting", self.name, f"starting emulated board {board_label(self.name)} ({what})"))
             service = make(self.emulator, Path(self.store).expanduser(), self.baud)
             state = service.start()
