@@ -458,7 +458,7 @@ def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: boo
     from edgeship.sdk.device import push as run
 
     with _Bars(not (quiet or as_json)) as bars:
-        doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload)
+        doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
     if as_json:
         _emit_json(doc)
         return
@@ -540,7 +540,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
         with _Bars(not (quiet or as_json)) as bars:
             (outcome,) = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates,
                                     accept_new_host=accept_new_host, results_dir=results_dir,
-                                    upload_progress=bars.upload, run_progress=bars.run)
+                                    upload_progress=bars.upload, run_progress=bars.run, phase=bars.phase)
         if outcome.result is not None:  # one board: a run that could not happen has raised
             if as_json:
                 _emit_json(outcome.result.to_json())
