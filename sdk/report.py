@@ -690,10 +690,11 @@ border:1px solid #9bb8d3}
 .flag{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px;margin:4px 0}
 figure{margin:1em 0;max-width:100%}figure img{display:block;max-width:100%;height:auto}
 figcaption{font-size:13px;color:#555}.gallery{display:flex;flex-wrap:wrap;gap:1em 2em}
-.gallery figure{margin:0;max-width:100%}details{margin-top:2em;font-size:13px}"""
+.gallery figure{margin:0;max-width:100%}details{margin-top:2em;font-size:13px}
+@media (max-width:640px){figure.wide{overflow-x:auto}figure.wide img{max-width:none;width:600px}}"""
 
-_WIDE = ("ops left on the CPU", "options from", "status")  # columns of prose: wrapped, given room
-_WRAP = ("runtime", "options", "delegate")  # may hold one long word (a runtime's version): broken anywhere
+_WIDE = ("ops left on the CPU", "options from")  # columns of prose: wrapped, given room
+_WRAP = ("runtime", "options", "delegate", "status")  # may hold one long word (a runtime's version): broken anywhere
 
 
 def _html_table(table: Table, groups: list[Group] | None = None) -> str:
@@ -716,8 +717,9 @@ def _html_table(table: Table, groups: list[Group] | None = None) -> str:
 
 
 def _figures(figs: list[tuple[str, str]], gallery: bool = False) -> str:
+    """Figures with captions; a wide one (not in a gallery) keeps a readable width on a phone and scrolls in its box."""
     esc = html.escape
-    items = [f"<figure><img alt='{esc(title)}' src='{uri}'><figcaption>{esc(title)}</figcaption></figure>"
+    items = [f"<figure{'' if gallery else ' class=wide'}><img alt='{esc(title)}' src='{uri}'><figcaption>{esc(title)}</figcaption></figure>"
              for title, uri in figs]
     return (f"<div class='gallery'>{''.join(items)}</div>" if gallery else "\n".join(items))
 

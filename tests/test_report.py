@@ -23,11 +23,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# Appended to a copy of the report: at load, what a person would see go wrong, sent to the page that framed it.
+# Appended to a copy of the report: at load, what a person would see go wrong, sent to the page that framed it. An
+# image must have decoded and lie, with its figure's box (a wide plot scrolls in it on a phone), within the page.
 PROBE = """<script>window.addEventListener('load',function(){
 var W=document.documentElement.clientWidth, imgs=[].slice.call(document.images);
-var bad=imgs.filter(function(i){var r=i.getBoundingClientRect();
-  return !(i.complete&&i.naturalWidth>0&&r.width>0&&r.height>0&&r.right<=W+0.5);}).map(function(i){return i.alt;});
+var bad=imgs.filter(function(i){var r=i.getBoundingClientRect(),box=(i.closest('figure')||i).getBoundingClientRect();
+  return !(i.complete&&i.naturalWidth>0&&r.width>0&&r.height>0&&box.right<=W+0.5);}).map(function(i){return i.alt;});
 var svgs=[].slice.call(document.querySelectorAll('svg')).filter(function(s){var r=s.getBoundingClientRect();
   return !(r.width>0&&r.height>0);}).length;
 var scrolling=[].slice.call(document.querySelectorAll('.scroll')).filter(function(d){return d.scrollWidth>d.clientWidth;})
