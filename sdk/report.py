@@ -431,6 +431,20 @@ def runtime_table(report: Report) -> Table:
                  "the runtime's own kernels.")
 
 
+def debug_table(report: Report) -> Table:
+    """One row per group of debug-quant results: the float source's accuracy against the fully int8 model's."""
+    rows = []
+    for g in report.groups:
+        if g.kind != DEBUG_KIND:
+            continue
+        r, run = g.result, g.latest.run
+        rows.append([g.board, g.model.recipe, g.kind, g.model.label, _runs_text(g), str(r.get("samples") or "–"),
+                     _fmt(r.get("float_accuracy"), ".2%"), _fmt(run.accuracy, ".2%"), _fmt(run.argmax_agreement, ".2%"),
+                     _when(run.created_utc)])
+    return Table("", ["board", "recipe", "kind", "model", "runs", "samples", "float accuracy", "int8 accuracy",
+                      "int8 agrees with float", "latest (UTC)"], rows)
+
+
 def tables(report: Report) -> list[Table]:
     out = [models_table(report), latency_table(report)]
     if _device_groups(report, "eval"):
@@ -668,7 +682,7 @@ def render_markdown(report: Report) -> str:
         lines += _md_table(table)
     debug = _debug_rows(report)
     if debug:
-        lines += ["## Quantization debugger", ""]
+        lines += ["## Quantization debugger", "", *_md_table(debug_table(report))[2:]]
     for row in debug:
         summary, headers, rows = debug_summary(row)
         lines += [summary, "", *_md_table(Table("", headers, rows))[2:]]
@@ -747,7 +761,7 @@ def render_html(report: Report) -> str:
         parts.append(_html_table(by_title["Runtime and delegate"]))
     debug = _debug_rows(report)
     if debug:
-        parts.append("<h2>Quantization debugger</h2>")
+        parts.append("<h2>Quantization debugger</h2>" + _html_table(debug_table(report)))
     for drow in debug:
         summary, headers, rows = debug_summary(drow)
         parts.append(f"<p>{esc(summary)}</p>" + _html_table(Table("", headers, rows)))

@@ -57,6 +57,12 @@ def probe(report: Path, width: int, tmp_path: Path) -> dict[str, Any]:
     return dict(json.loads(html_lib.unescape(found.group(1))))
 
 
+def rendered_images(report: Path, tmp_path: Path) -> tuple[int, int]:
+    """(images in the report, images headless Chromium decoded and laid out within a 1280 px page)."""
+    seen = probe(report, 1280, tmp_path)
+    return int(seen["images"]), int(seen["images"]) - len(seen["bad_images"])
+
+
 def screenshot(report: Path, width: int, out: Path, tmp_path: Path, height: int = 2600) -> Path:
     """A PNG of the report's top `height` px, laid out `width` px wide."""
     frame = tmp_path / f"shot-{width}.html"
