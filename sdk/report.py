@@ -19,6 +19,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -564,9 +565,10 @@ def _accuracy_plot(groups: list[Group]) -> tuple[str, str] | None:
     hosts = [(y, g.latest.run.host_accuracy) for y, g in zip(ys, shown) if g.latest.run.host_accuracy is not None]
     for y, host in hosts:
         ax.plot([host * 100] * 2, [y - 0.38, y + 0.38], color="#d62728", linewidth=2)
-    for y, acc in zip(ys, accs):
-        ax.text(acc - 1.5, y, f"{acc:.2f} %", ha="right", va="center", fontsize=8, color="#222",
-                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
+    for y, acc in zip(ys, accs):  # inside the bar's end; beside a short bar, where the text would reach the labels
+        inside = acc >= 25
+        ax.text(acc - 1.5 if inside else acc + 1.5, y, f"{acc:.2f} %", ha="right" if inside else "left", va="center",
+                fontsize=8, color="#222", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
     ax.set_yticks(ys, [f"{g.board}{' [emulated]' if g.nature == EMULATED else ''} · {g.model.name} ({g.model.recipe})"
                        for g in shown], fontsize=8)
     ax.invert_yaxis()
@@ -597,6 +599,7 @@ def _confusion_plots(groups: list[Group]) -> list[tuple[str, str]]:
         m = np.asarray(json.loads(text), dtype=float)
         model = members[0].model
         boards = ", ".join(dict.fromkeys(g.board for g in members))
+        wrapped = "\n".join(textwrap.wrap(boards, 44))  # a long list of boards in lines, not a title wider than the plot
         caption = f"Confusion matrix, {model.label} ({model.recipe}) on {boards}"
         if sha in first and first[sha][0].shape == m.shape:
             moved = int(np.abs(m - first[sha][0]).sum() // 2)
@@ -618,7 +621,7 @@ def _confusion_plots(groups: list[Group]) -> list[tuple[str, str]]:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         acc = np.trace(m) / m.sum() if m.sum() else 0.0
-        ax.set_title(f"{model.name} ({model.recipe}), {acc:.2%}\n{boards}", fontsize=9)
+        ax.set_title(f"{model.name} ({model.recipe}), {acc:.2%}\n{wrapped}", fontsize=9)
         out.append((caption, _svg(fig)))
     return out
 
