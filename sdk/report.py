@@ -523,7 +523,7 @@ def _latency_plot(groups: list[Group], kind: str) -> tuple[str, str] | None:
     if not shown:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(shown) + 1.3))
-    bp = ax.boxplot([s for _, s in shown], vert=False, showfliers=False, patch_artist=True, widths=0.6,
+    bp = ax.boxplot([s for _, s in shown], orientation="horizontal", showfliers=False, patch_artist=True, widths=0.6,
                     medianprops={"color": "#222"})
     for patch, (g, _) in zip(bp["boxes"], shown):
         patch.set_facecolor(_COLOURS[g.nature])
