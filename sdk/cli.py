@@ -546,7 +546,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
                                     upload_progress=bars.upload, run_progress=bars.run)
         if outcome.result is not None:  # one board: a run that could not happen has raised
             if as_json:
-                _emit_json([run_entry(outcome)])
+                _emit_json([run_entry(outcome, flag)])
             else:
                 _report_run(outcome.result.to_json())
         problem = failure([outcome], flag)
@@ -557,7 +557,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
         outcomes = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
                               jobs=jobs, results_dir=results_dir, on_update=live.update)
     if as_json:
-        _emit_json([run_entry(o) for o in outcomes])
+        _emit_json([run_entry(o, flag) for o in outcomes])
     else:
         _fleet_table(kind, outcomes, flag)
     problem = failure(outcomes, flag)

@@ -14,6 +14,7 @@ shape lives here once. No protocol field (a frame's ``op``) is part of any of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter
@@ -34,10 +35,16 @@ def board_entry(board: str, result: Any, *, error: str | None = None, ok: bool |
     return {"board": board, "ok": error is None if ok is None else ok, "error": error, **extra, "result": result}
 
 
-def run_entry(outcome: Any) -> dict[str, Any]:
-    """A bench or eval outcome (sdk.fleet.Outcome) as its --json entry: one board's run, its gate and results file."""
+def run_entry(outcome: Any, gate_names: Callable[[str], str | None] | None = None) -> dict[str, Any]:
+    """A bench or eval outcome (sdk.fleet.Outcome) as its --json entry: one board's run, its gate and results file.
+
+    `gate_names` words each missed gate (the CLI gives its flags, as its error line does).
+    """
+    from edgeship.sdk.results import gate_message
+
+    gate = gate_message(outcome.board, outcome.missed, gate_names) if outcome.missed else outcome.gate
     return board_entry(outcome.board, outcome.result.to_json() if outcome.result is not None else None,
-                       error=outcome.error, ok=outcome.ok, gate=outcome.gate,
+                       error=outcome.error, ok=outcome.ok, gate=gate,
                        results_file=str(outcome.results_file) if outcome.results_file else None,
                        results_error=outcome.results_error)
 

@@ -97,15 +97,23 @@ def test_boards_list_show_add(tmp_path: Path) -> None:
     assert added == {"board": "pi", "path": str(tmp_path / "edgeship" / "boards.yaml"), "comments_kept": True}
 
 
+def _here(tmp_path: Path) -> dict[str, str]:
+    """A boards file (EDGESHIP_BOARDS) with `here`: the local agent, its store in the test's directory."""
+    boards = tmp_path / "boards.yaml"
+    boards.write_text("schema_version: 1\nboards:\n  here:\n    description: the local agent, a store of its own\n"
+                      f"    transport: local\n    store: {{dir: {tmp_path / 'store'}}}\n")
+    return {"EDGESHIP_BOARDS": str(boards)}
+
+
 def test_ping_one_board_and_several(tmp_path: Path) -> None:
-    env = {"EDGESHIP_LOCAL_STORE": str(tmp_path / "store")}
-    one = _entries(_printed("boards-ping", invoke_cli("boards", "ping", "local", "--json", env=env)))
+    env = _here(tmp_path)
+    one = _entries(_printed("boards-ping", invoke_cli("boards", "ping", "here", "--json", env=env)))
     assert len(one) == 1 and one[0]["ok"] and one[0]["error"] is None
     assert one[0]["result"]["agent_version"] and one[0]["result"]["rtt_ms"] > 0
     assert "op" not in _keys(one)  # the hello frame's op is the protocol's
-    several = _entries(_printed("boards-ping", invoke_cli("boards", "ping", "local", "ssh://nobody@127.0.0.1:1",
+    several = _entries(_printed("boards-ping", invoke_cli("boards", "ping", "here", "ssh://nobody@127.0.0.1:1",
                                                           "--json", env=env), code=1))
-    assert [e["board"] for e in several] == ["local", "ssh://nobody@127.0.0.1:1"]
+    assert [e["board"] for e in several] == ["here", "ssh://nobody@127.0.0.1:1"]
     assert several[0]["ok"] and not several[1]["ok"] and several[1]["result"] is None and several[1]["error"]
     assert list(several[0]) == list(one[0])  # the same entry for one board and for several
 
@@ -148,41 +156,46 @@ def test_host_side_commands(bundle: Path, digits: Path, tmp_path: Path) -> None:
 
 
 def test_check_push_one_board(bundle: Path, tmp_path: Path) -> None:
-    env = {"EDGESHIP_LOCAL_STORE": str(tmp_path / "store")}
-    (ok,) = _entries(_printed("check", invoke_cli("check", str(bundle), "--board", "local", "--json")))
+    env = _here(tmp_path)
+    (ok,) = _entries(_printed("check", invoke_cli("check", str(bundle), "--board", "here", "--json", env=env)))
     assert ok["ok"] and ok["result"]["compatible"]
-    (no,) = _entries(_printed("check", invoke_cli("check", str(bundle), "--board", "local", "--delegate", "nope",
-                                                  "--json"), code=1))
-    assert not no["ok"] and "local cannot run this model" in no["error"]
+    (no,) = _entries(_printed("check", invoke_cli("check", str(bundle), "--board", "here", "--delegate", "nope",
+                                                  "--json", env=env), code=1))
+    assert not no["ok"] and "here cannot run this model" in no["error"]
     assert [p["code"] for p in no["result"]["problems"]] == ["delegate_unknown"]
-    (pushed,) = _entries(_printed("push", invoke_cli("push", str(bundle), "--board", "local", "--json", env=env)))
-    assert pushed["ok"] and pushed["result"]["upload"]["skipped"] is False
+    (pushed,) = _entries(_printed("push", invoke_cli("push", str(bundle), "--board", "here", "--json", env=env)))
+    assert pushed["ok"] and pushed["result"]["upload"]["skipped"] is False  # its own store: sent
     assert "op" not in _keys(pushed)
 
 
 def test_bench_eval_one_board_and_several_and_report(bundle: Path, digits: Path, tmp_path: Path) -> None:
-    env = {"EDGESHIP_LOCAL_STORE": str(tmp_path / "store")}
+    env = _here(tmp_path)
     results = tmp_path / "results"
     fast = ("--runs", "5", "--warmup", "1", "--min-seconds", "0", "--results-dir", str(results), "--json")
-    bench = _entries(_printed("bench", invoke_cli("bench", str(bundle), "--board", "local", *fast, env=env)),
+    bench = _entries(_printed("bench", invoke_cli("bench", str(bundle), "--board", "here", *fast, env=env)),
                      RUN_ENTRY_KEYS)
     assert len(bench) == 1 and bench[0]["ok"] and bench[0]["result"]["kind"] == "bench"
     assert Path(bench[0]["results_file"]).is_file()
-    one = _entries(_printed("eval", invoke_cli("eval", str(bundle), "--board", "local", "--data",
+    one = _entries(_printed("eval", invoke_cli("eval", str(bundle), "--board", "here", "--data",
                                                str(digits / "test.npz"), *fast, env=env)), RUN_ENTRY_KEYS)
-    several = _entries(_printed("eval", invoke_cli("eval", str(bundle), "--board", "local,emu-mcu", "--data",
+    several = _entries(_printed("eval", invoke_cli("eval", str(bundle), "--board", "here,emu-mcu", "--data",
                                                    str(digits / "test.npz"), *fast, env=env)), RUN_ENTRY_KEYS)
-    assert [e["board"] for e in several] == ["local", "emu-mcu"] and all(e["ok"] for e in several)
+    assert [e["board"] for e in several] == ["here", "emu-mcu"] and all(e["ok"] for e in several)
     assert list(one[0]["result"]) == list(several[0]["result"])  # one board's entry is a fleet's entry
     assert one[0]["result"]["result"]["accuracy"] == several[0]["result"]["result"]["accuracy"]
     assert "op" not in _keys([bench, one, several])  # the result frame's op stays in the protocol
     for entry in (*bench, *one, *several):  # what was printed is the document written
         assert json.loads(Path(entry["results_file"]).read_text()) == entry["result"]
         validate("result", entry["result"])
+    (missed,) = _entries(_printed("eval", invoke_cli("eval", str(bundle), "--board", "here", "--data",
+                                                     str(digits / "test.npz"), *fast[:-3], "--results-dir",
+                                                     str(tmp_path / "gated"), "--min-accuracy", "99.99", "--json",
+                                                     env=env), code=3))
+    assert not missed["ok"] and missed["error"] is None and "--min-accuracy 99.99" in missed["gate"]  # worded as the CLI's
     html = tmp_path / "report.html"
-    rep = _printed("report", invoke_cli("report", str(results), "--html", str(html), "--json"))
+    rep = _printed("report", invoke_cli("report", str(results), "--html", str(html), "--json", env=env))
     assert len(rep["results"]) == 4 and rep["html"] == str(html) and html.stat().st_size > 0
-    assert {r["board"] for r in rep["results"]} == {"local", "emu-mcu"}
+    assert {r["board"] for r in rep["results"]} == {"here", "emu-mcu"}
 
 
 def test_a_result_keeps_no_frame_op() -> None:
