@@ -416,7 +416,7 @@ def _adapter(name: str) -> TypeAdapter[Any]:
     from edgeship.sdk.errors import UsageError
 
     if name not in SCHEMAS:
-        raise UsageError(f"unknown schema {name!r}; the schemas are {', '.join(SCHEMAS)}", option="name")
+        raise UsageError(f"unknown schema {name!r}; the schemas are {', '.join(SCHEMAS)}")
     return TypeAdapter(SCHEMAS[name])
 
 
