@@ -64,6 +64,27 @@ def test_schema_lists_and_exports_every_document() -> None:
     assert list(entry["properties"]) == RUN_ENTRY_KEYS and entry["additionalProperties"] is False
 
 
+def test_every_command_with_a_result_has_json_and_a_schema() -> None:
+    import click
+
+    from edgeship.sdk.cli import main
+
+    def leaves(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
+        out = []
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                out += leaves(command, (*prefix, name))
+            else:
+                out.append(("-".join((*prefix, name)), command))
+        return out
+
+    no_result = {"agent-serve", "schema"}  # the agent itself; the schemas are JSON already
+    for name, command in leaves(main):
+        has_json = any("--json" in getattr(p, "opts", ()) for p in command.params)
+        assert has_json == (name not in no_result), name
+        assert has_json == (name in SCHEMAS), name
+
+
 def test_schema_names_documented_in_cli_md() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
     section = doc[doc.index("## JSON output"):]
