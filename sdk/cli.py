@@ -460,7 +460,9 @@ def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: boo
     with _Bars(not (quiet or as_json)) as bars:
         doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
     if as_json:
-        _emit_json(doc)
+        from edgeship.sdk.schemas import board_entry
+
+        _emit_json([board_entry(doc["board"], doc)])
         return
     doc = _printable(doc)
     up = doc["upload"]
@@ -529,6 +531,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
                  as_json: bool, opts: RunOptions, gates: dict[str, Any], all_boards: bool = False, jobs: int = 4,
                  results_dir: Path | None = None) -> None:
     from edgeship.sdk.fleet import failure, run_boards
+    from edgeship.sdk.schemas import run_entry
 
     command = click.get_current_context().command
 
@@ -543,7 +546,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
                                     upload_progress=bars.upload, run_progress=bars.run, phase=bars.phase)
         if outcome.result is not None:  # one board: a run that could not happen has raised
             if as_json:
-                _emit_json(outcome.result.to_json())
+                _emit_json([run_entry(outcome, flag)])
             else:
                 _report_run(outcome.result.to_json())
         problem = failure([outcome], flag)
@@ -554,10 +557,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
         outcomes = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates, accept_new_host=accept_new_host,
                               jobs=jobs, results_dir=results_dir, on_update=live.update)
     if as_json:
-        _emit_json([{"board": o.board, "ok": o.ok, "error": o.error, "gate": o.gate,
-                     "result": o.result.to_json() if o.result else None,
-                     "results_file": str(o.results_file) if o.results_file else None,
-                     "results_error": o.results_error} for o in outcomes])
+        _emit_json([run_entry(o, flag) for o in outcomes])
     else:
         _fleet_table(kind, outcomes, flag)
     problem = failure(outcomes, flag)
@@ -627,12 +627,17 @@ def agent() -> None:
 @agent.command("build")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build/edgeship-agent.pyz"), show_default=True,
               help="Where to write the zipapp.")
-def agent_build(out: Path) -> None:
+@json_option
+def agent_build(out: Path, as_json: bool) -> None:
     """Write the agent as one zipapp file (stdlib + numpy + a TFLite runtime on the board)."""
     from edgeship.sdk.agentbuild import write_zipapp
 
     path, sha = write_zipapp(out)
-    click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]}); run it with: python3 {path.name} --stdio")
+    command = f"python3 {path.name} --stdio"
+    if as_json:
+        _emit_json({"path": str(path), "size": path.stat().st_size, "sha256": sha, "command": command})
+        return
+    click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]}); run it with: {command}")
 
 
 @agent.command("serve", context_settings={"ignore_unknown_options": True})
@@ -670,33 +675,48 @@ def emulate_setup(as_json: bool) -> None:
 
 @emulate.command("up")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
-def emulate_up(names: tuple[str, ...]) -> None:
+@json_option
+def emulate_up(names: tuple[str, ...], as_json: bool) -> None:
     """Start emulated boards in the background."""
     from edgeship.sdk.catalogue import load_catalogue
     from edgeship.sdk.emulate import services
+    from edgeship.sdk.schemas import board_entry
 
     boards = load_catalogue()
+    entries = []
     for name in names:
         spec = boards.get(name)
         if spec is None or spec.transport != "emulated" or spec.emulator is None:
             raise UsageError(f"{name!r} is not an emulated board; emulated boards: "
                              f"{', '.join(n for n, s in boards.items() if s.transport == 'emulated')}")
         state = services.up(spec.emulator, Path(spec.store.dir).expanduser(), spec.serial.baud if spec.serial else 115200)
-        click.echo(f"{name}: up (pid {state['pid']}, {_where(state)})")
+        entries.append(board_entry(name, state))
+        if not as_json:
+            click.echo(f"{name}: up (pid {state['pid']}, {_where(state)})")
+    if as_json:
+        _emit_json(entries)
 
 
 @emulate.command("down")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
-def emulate_down(names: tuple[str, ...]) -> None:
+@json_option
+def emulate_down(names: tuple[str, ...], as_json: bool) -> None:
     """Stop emulated boards started with `emulate up`."""
     from edgeship.sdk.catalogue import load_catalogue
     from edgeship.sdk.emulate import services
+    from edgeship.sdk.schemas import board_entry
 
     boards = load_catalogue()
+    entries = []
     for name in names:
         spec = boards.get(name)
         emulator = spec.emulator if spec is not None and spec.emulator else name
-        click.echo(f"{name}: {'stopped' if services.down(emulator) else 'was not running'}")
+        stopped = services.down(emulator)
+        entries.append(board_entry(name, {"was_running": stopped}))
+        if not as_json:
+            click.echo(f"{name}: {'stopped' if stopped else 'was not running'}")
+    if as_json:
+        _emit_json(entries)
 
 
 @emulate.command("status")
@@ -775,11 +795,16 @@ def boards_show(board_spec: str | None, as_json: bool) -> None:
               help="The TFLite runtime the board runs (boards.yaml `runtime`).")
 @click.option("--description", help="Shown by `boards list` (default: the address).")
 @click.option("--force", is_flag=True, help="Replace a board of that name in your boards file.")
-def boards_add(name: str, address: str, runtime: str | None, description: str | None, force: bool) -> None:
+@json_option
+def boards_add(name: str, address: str, runtime: str | None, description: str | None, force: bool,
+               as_json: bool) -> None:
     """Add a board to your boards file (~/.config/edgeship/boards.yaml, XDG rules), keeping what it holds."""
     from edgeship.sdk.catalogue import add_board, entry_for
 
     path, kept = add_board(name, entry_for(address, description=description, runtime=runtime), force=force)
+    if as_json:
+        _emit_json({"board": name, "path": str(path), "comments_kept": kept})
+        return
     click.echo(f"{name}: written to {path}" + ("" if kept else " (rewritten from its data: its comments could "
                                                                "not be kept in place)"))
     click.echo(f"  next: edgeship boards ping {name}")
@@ -809,7 +834,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
     else:
         results = ping_boards(targets, accept_new_host=accept_new_host)
     if as_json:
-        _emit_json([r.to_json() for r in results] if len(names) > 1 else results[0].to_json())
+        _emit_json([r.entry() for r in results])
     else:
         _show_ping(results)
     problem = failure(results)
@@ -844,23 +869,29 @@ def boards_setup(board_spec: str, dry_run: bool, serial_device: str, accept_new_
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RESULTS...")
 @click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write an HTML report with plots here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown report here.")
-def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None) -> None:
+@json_option
+def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None, as_json: bool) -> None:
     """Compare result documents (files or directories) across boards and recipes."""
     from edgeship.sdk.report import load_results, render_html, render_markdown
 
     rep = load_results(list(results))
-    if html_out is None and md_out is None:
+    if html_out is None and md_out is None and not as_json:
         from edgeship.sdk.report import safe_text
 
         click.echo("\n".join(safe_text(line) for line in render_markdown(rep).splitlines()))  # boards wrote some of it
         return
+    for out, render in ((html_out, render_html), (md_out, render_markdown)):
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render(rep))
+    if as_json:
+        from edgeship.sdk.schemas import report_document
+
+        _emit_json(report_document(rep, html=html_out, markdown=md_out))
+        return
     if html_out is not None:
-        html_out.parent.mkdir(parents=True, exist_ok=True)
-        html_out.write_text(render_html(rep))
         click.echo(f"wrote {html_out} ({len(rep.rows)} results{', ' + str(len(rep.flags)) + ' flagged' if rep.flags else ''})")
     if md_out is not None:
-        md_out.parent.mkdir(parents=True, exist_ok=True)
-        md_out.write_text(render_markdown(rep))
         click.echo(f"wrote {md_out}")
 
 
@@ -890,14 +921,32 @@ def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], requi
         arena_size = board.spec.constraints.arena_bytes
         arena = {"needed": micro_arena_needed(model, arena_size), "size": arena_size}
     if as_json:
-        _emit_json({"board": board.name, "compatible": not problems, "custom_ops": customs, "arena": arena,
-                    "problems": [{"code": p.code, "message": p.message} for p in problems], "notes": remarks})
+        from edgeship.sdk.schemas import board_entry
+
+        doc = {"compatible": not problems, "custom_ops": customs, "arena": arena,
+               "problems": [{"code": p.code, "message": p.message} for p in problems], "notes": remarks}
+        _emit_json([board_entry(board.name, doc, error=str(IncompatibleError(board.name, problems)) if problems else None)])
         if problems:
             sys.exit(1)
         return
     if problems:
         raise IncompatibleError(board.name, problems)
     _show_compatible(board.name, manifest, customs, arena, remarks)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_names", is_flag=True, help="List the documents that have a schema.")
+def schema(name: str | None, list_names: bool) -> None:
+    """The JSON Schema of what a command prints with --json (NAME: the command, e.g. bench, boards-ping), or of `result`."""
+    from edgeship.sdk.schemas import SCHEMAS, json_schema
+
+    if list_names:
+        click.echo("\n".join(SCHEMAS))
+        return
+    if name is None:
+        raise UsageError(f"name a document ({', '.join(SCHEMAS)}), or give --list")
+    _emit_json(json_schema(name))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,18 +35,26 @@ class PingResult:
         return self.error is None and self.problem is None
 
     def to_json(self) -> dict[str, Any]:
-        """The document `boards ping --json` prints for this board (docs/cli.md)."""
+        """The board's name and the agent's hello facts in one flat mapping (what `boards ping` prints as text)."""
         if self.error is not None:
             return {"board": self.board, "error": str(self.error)}
         return {"board": self.board, **(self.info or {}), "ready": self.problem is None,
                 **({"problem": self.problem} if self.problem else {})}
+
+    def entry(self) -> dict[str, Any]:
+        """This board's entry of `boards ping --json` (sdk.schemas.PingEntry): ok when ready, else the error."""
+        from edgeship.sdk.schemas import board_entry
+
+        error = str(self.error) if self.error is not None else self.problem
+        return board_entry(self.board, dict(self.info) if self.info is not None else None, error=error)
 
 
 def ping_board(board: Board, *, accept_new_host: bool = False) -> PingResult:
     """Open a session to ``board``, say hello and close it; raises the EdgeshipError of a board that cannot be reached."""
     session = open_session(board, accept_new_host=accept_new_host)
     try:
-        return PingResult(board.name, info=dict(session.info), problem=cannot_run(session.info, board.name))
+        info = {k: v for k, v in session.info.items() if k != "op"}  # the hello frame's op is the protocol's, not a fact
+        return PingResult(board.name, info=info, problem=cannot_run(session.info, board.name))
     finally:
         session.close()
 

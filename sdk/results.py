@@ -59,6 +59,10 @@ class RunResult:
     created_utc: str = field(default_factory=utc_now)
     schema_version: int = RESULT_SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        # The agent's result arrives as a `result` frame; the frame's `op` is the protocol's, not the result's.
+        object.__setattr__(self, "result", agent_result(self.result))
+
     # -- the document -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The document as written (and as ``--json`` prints it): the fields its kind has, in docs/results.md's order."""
@@ -128,6 +132,20 @@ class RunResult:
         if self.ok:
             return None
         return RunError(self.status, f"the run failed on {self.board}: {self.status}: {self.result.get('message', '')}")
+
+
+def agent_result(reply: dict[str, Any]) -> dict[str, Any]:
+    """The agent's run result as a document holds it: without the reply frame's `op` (docs/protocol.md).
+
+    An agent from before `missing_op` named a model's missing op in `op`, which replaced the frame's
+    (sdk/replies.py); that name is kept, as `missing_op`.
+    """
+    if "op" not in reply:
+        return reply
+    out = {k: v for k, v in reply.items() if k != "op"}
+    if reply["op"] != "result" and "missing_op" not in out:
+        out["missing_op"] = reply["op"]
+    return out
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def test_check_reports_the_crash(tmp_path: Path, convert_digits: Any) -> None:
     bundle = convert_digits("int8").bundle
     proc = run_cli("--boards", str(_boards_file(tmp_path)), "check", str(bundle), "--board", "mcu-crash", "--json")
     assert proc.returncode == 1, proc.stderr
-    problems = json.loads(proc.stdout)["problems"]
+    problems = json.loads(proc.stdout)[0]["result"]["problems"]
     assert [p["code"] for p in problems] == ["micro_crashed"]
     assert f"while planning the arena at {DIGITS_CRASHING_ARENA} bytes" in problems[0]["message"]
     ok = run_cli("check", str(bundle), "--board", "emu-mcu")

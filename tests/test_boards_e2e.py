@@ -30,7 +30,8 @@ def host_eval(bundle: Path, digits: Path) -> dict[str, Any]:
 def _eval_on(board: str, bundle: Path, digits: Path, *extra: str) -> dict[str, Any]:
     proc = run_cli("eval", str(bundle), "--board", board, "--data", str(digits / "test.npz"), "--json", *extra)
     assert proc.returncode == 0, proc.stderr
-    return dict(json.loads(proc.stdout))
+    (entry,) = json.loads(proc.stdout)  # one board: a list of one entry
+    return dict(entry["result"])
 
 
 def test_local_board_matches_the_host(bundle: Path, digits: Path, host_eval: dict[str, Any], tmp_path: Path,
@@ -42,7 +43,7 @@ def test_local_board_matches_the_host(bundle: Path, digits: Path, host_eval: dic
     assert r["agreement"]["argmax_agreement"] == 1.0 and r["agreement"]["max_abs_error"] == 0.0
     assert doc["host"]["accuracy"] == host_eval["accuracy"]
     assert r["runtime"]["name"] == "ai_edge_litert" and r["model_sha256"] == doc["model_sha256"]
-    push = json.loads(run_cli("push", str(bundle), "--json").stdout)
+    push = json.loads(run_cli("push", str(bundle), "--json").stdout)[0]["result"]
     assert push["upload"]["skipped"] and push["upload"]["sent_bytes"] == 0
 
 
@@ -78,10 +79,10 @@ def test_ssh_board_matches_the_host(sshd: Sshd, bundle: Path, digits: Path, host
 
     first = run_cli("push", str(bundle), "--board", board, "--accept-new-host", "--json")
     assert first.returncode == 0, first.stderr
-    up = json.loads(first.stdout)["upload"]
+    up = json.loads(first.stdout)[0]["result"]["upload"]
     assert not up["skipped"] and up["sent_bytes"] > 0 and known.exists()
 
-    again = json.loads(run_cli("push", str(bundle), "--board", board, "--json").stdout)["upload"]
+    again = json.loads(run_cli("push", str(bundle), "--board", board, "--json").stdout)[0]["result"]["upload"]
     assert again["skipped"] and again["sent_bytes"] == 0  # unchanged model: no model bytes sent
 
     doc = _eval_on(board, bundle, digits, "--min-agreement", "100")
@@ -91,9 +92,9 @@ def test_ssh_board_matches_the_host(sshd: Sshd, bundle: Path, digits: Path, host
 
     bench = run_cli("bench", str(bundle), "--board", board, "--runs", "50", "--json")
     assert bench.returncode == 0, bench.stderr
-    assert json.loads(bench.stdout)["result"]["latency_ms"]["count"] >= 50
+    assert json.loads(bench.stdout)[0]["result"]["result"]["latency_ms"]["count"] >= 50
 
-    ping = json.loads(run_cli("boards", "ping", board, "--json").stdout)
+    ping = json.loads(run_cli("boards", "ping", board, "--json").stdout)[0]["result"]
     assert ping["agent_version"] and ping["rtt_ms"] > 0
 
 

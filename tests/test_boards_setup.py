@@ -28,6 +28,7 @@ from click.testing import CliRunner, Result
 
 from edgeship.sdk.cli import main
 from edgeship.sdk.emulate.sshd import Sshd
+from edgeship.sdk.schemas import validate
 from edgeship.sdk.setup import LITERT, PROBE, TFLITE_RUNTIME, probe_command, runtime_candidates
 from edgeship.sdk.transport import ssh as ssh_transport
 
@@ -100,6 +101,7 @@ def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a
     dry = cli("boards", "setup", url, "--dry-run", "--json", "--accept-new-host")
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)
+    validate("boards-setup", plan)
     assert [(s["action"], s["needed"]) for s in plan["steps"]] == [("venv", True), ("install", True), ("agent", True)]
     assert plan["probe"]["python"]["numpy"] is None and plan["probe"]["python"]["runtimes"] == {}
     assert plan["python"] == str(venv_python) and not board_dir.exists()
@@ -123,7 +125,7 @@ def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a
     assert ping.exit_code == 0 and "runtime ai_edge_litert" in ping.stdout, ping.output
     ev = run_line(eval_line + " --json", subs)
     assert ev.exit_code == 0, ev.output
-    doc = json.loads(ev.stdout)
+    doc = json.loads(ev.stdout)[0]["result"]
     assert doc["result"]["status"] == "ok" and doc["agent"]["runtime"]["name"] == "ai_edge_litert"
     new_url = line.group(1)
 
@@ -133,6 +135,7 @@ def test_the_raspberry_pi_walkthrough_takes_a_bare_board_to_a_passing_eval_and_a
         again = cli("boards", "setup", board, "--json")
         assert again.exit_code == 0, again.output
         doc = json.loads(again.stdout)
+        validate("boards-setup", doc)
         assert doc["changed"] is False and not any(s["needed"] for s in doc["steps"])
         assert doc["steps"][0]["action"] == ("venv" if board == url else "python")  # found in place, and said so
         assert "ai_edge_litert" in doc["steps"][0]["what"]
@@ -157,7 +160,7 @@ def test_the_usb_serial_walkthrough_prints_the_steps_then_runs_on_the_emulated_s
     assert ping.exit_code == 0 and "emu-serial: agent" in ping.stdout, ping.output
     ev = run_line(eval_line + " --json", subs)
     assert ev.exit_code == 0, ev.output
-    assert json.loads(ev.stdout)["result"]["status"] == "ok"
+    assert json.loads(ev.stdout)[0]["result"]["result"]["status"] == "ok"
 
 
 @pytest.mark.install

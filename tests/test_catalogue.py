@@ -90,7 +90,7 @@ def f32_size(bundle: Path) -> int:
 def test_check_json_lists_problems(tmp_path: Path, convert_digits: Any) -> None:
     proc = run_cli("check", str(convert_digits("float32").bundle), "--board", "coral-devboard", "--json")
     assert proc.returncode == 1
-    codes = {p["code"] for p in json.loads(proc.stdout)["problems"]}
+    codes = {p["code"] for p in json.loads(proc.stdout)[0]["result"]["problems"]}
     assert codes == {"not_int8", "delegate_input"}
 
 
@@ -107,8 +107,7 @@ def test_ping_all_reaches_the_non_example_boards(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("EDGESHIP_LOCAL_STORE", str(tmp_path / "store"))
     proc = run_cli("boards", "ping", "--all", "--json")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    rows = doc if isinstance(doc, list) else [doc]
+    rows = json.loads(proc.stdout)
     expected = [n for n, s in load_catalogue().items() if not s.example]  # local and the emulated boards
     assert [r["board"] for r in rows] == expected and {"local", "emu-pi", "emu-serial", "emu-mcu"} <= set(expected)
-    assert all(r.get("agent_version") for r in rows), rows
+    assert all(r["ok"] and r["result"]["agent_version"] for r in rows), rows

@@ -65,7 +65,7 @@ def test_push_sends_the_sparse_model_compressed(pruned: Path, tmp_path: Path, mo
     monkeypatch.setenv("EDGESHIP_LOCAL_STORE", str(tmp_path / "store"))
     r = run_cli("push", str(pruned), "--board", "local", "--json")
     assert r.returncode == 0, r.stderr
-    up = json.loads(r.stdout)["upload"]
+    up = json.loads(r.stdout)[0]["result"]["upload"]
     assert up["encoding"] == "zlib" and up["wire_size"] < 0.7 * up["size"], up
 
 

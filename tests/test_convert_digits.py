@@ -11,6 +11,7 @@ import pytest
 
 from edgeship.converters.manifest import Manifest
 from edgeship.converters.tflite_model import TFLiteModel
+from edgeship.sdk.schemas import validate
 from tests.conftest import run_cli
 
 DYNAMIC_SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK"}
@@ -100,6 +101,7 @@ def test_convert_command_end_to_end(digits: Path, tmp_path: Path) -> None:
                    "--eval", str(digits / "test.npz"), "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
+    validate("convert", doc)  # its documented shape (sdk/schemas.py, `edgeship schema convert`)
     assert doc["manifest"]["recipe"]["name"] == "int8"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.tflite", "ops"]
     again = run_cli("convert", str(digits / "digits.keras"), "--recipe", "float32", "--out", str(out))

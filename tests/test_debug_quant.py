@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edgeship.converters.manifest import Manifest
+from edgeship.sdk.schemas import validate
 from tests.conftest import ROOT, run_cli
 from tests.test_report import rendered_images
 
@@ -83,6 +84,7 @@ def debug_doc(outlier: Path) -> dict[str, Any]:
                    "--json")
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
+    validate("debug-quant", doc)  # the documented shape (sdk/schemas.py), the one `report` reads
     return doc
 
 
@@ -193,7 +195,7 @@ def test_int8_only_board_refuses_a_keep_float_bundle(outlier: Path, kept_auto: M
     proc = run_cli("check", str(outlier / "keep-auto"), "--board", "emu-mcu")
     assert proc.returncode == 1 and "int8-only" in proc.stderr and "without keep_float" in proc.stderr, proc.stderr
     ok = run_cli("check", str(outlier / "plain-int8"), "--board", "emu-mcu", "--json")
-    assert "not_int8" not in [p["code"] for p in json.loads(ok.stdout)["problems"]], ok.stdout
+    assert "not_int8" not in [p["code"] for p in json.loads(ok.stdout)[0]["result"]["problems"]], ok.stdout
 
 
 def test_report_renders_the_debug_result_with_its_per_layer_plot(debug_doc: dict[str, Any], outlier: Path,

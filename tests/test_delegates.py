@@ -242,7 +242,7 @@ boards:
                    "--delegate", "test:claim=RESHAPE", "--require-delegate", "--min-agreement", "100", "--json",
                    "--results-dir", str(tmp_path / "results"), env=env)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)["result"]
+    result = json.loads(done.stdout)[0]["result"]["result"]
     assert result["delegate"]["applied"] == ["test"] and result["delegate"]["taken_ops"] == {"RESHAPE": 1}
     assert result["delegate"]["external"][0]["options"] == {"claim": "RESHAPE"}
     by_path = run_cli("bench", str(bundle), "--board", "dlg", "--delegate", str(library), env=env)

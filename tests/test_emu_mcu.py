@@ -31,13 +31,13 @@ def test_digits_int8_runs_on_emu_mcu_and_reports_its_arena(isolated: Path, conve
     proc = run_cli("eval", str(bundle), "--board", "emu-mcu", "--data", str(digits / "test.npz"), "--json",
                    "--min-agreement", "99")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]["result"]
     r = doc["result"]
     assert r["runtime"]["name"] == "tflite_micro"
     assert r["accuracy"] == doc["host"]["accuracy"]
     assert r["arena"]["size"] == 65536 and 0 < r["arena"]["used"] <= 65536
     bench = run_cli("bench", str(bundle), "--board", "emu-mcu", "--runs", "20", "--json")
-    assert bench.returncode == 0 and json.loads(bench.stdout)["result"]["status"] == "ok"
+    assert bench.returncode == 0 and json.loads(bench.stdout)[0]["result"]["result"]["status"] == "ok"
 
 
 def test_models_that_do_not_fit_are_refused_before_upload_with_the_numbers(isolated: Path, convert_digits: Any) -> None:

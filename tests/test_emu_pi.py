@@ -21,6 +21,7 @@ from edgeship.sdk.client import Session
 from edgeship.sdk.device import host_reference
 from edgeship.sdk.emulate import pi
 from edgeship.sdk.errors import EdgeshipError
+from edgeship.sdk.schemas import validate
 from tests.conftest import run_cli
 
 CACHE = pi.DEFAULT_CACHE  # the cache the emu-pi board itself uses: one provisioning per machine
@@ -55,6 +56,11 @@ def test_provision_again_is_fast_and_says_so(board: pi.PiRoot) -> None:
     assert not again.provisioned and again.report[0].startswith("already provisioned")
     assert again.root == board.root and again.python == board.python
     assert (board.root / "usr/bin/python3.11").is_file() and board.launcher.is_file()
+    shown = run_cli("emulate", "setup", "--json")  # the same, as the command says it: its documented shape
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    validate("emulate-setup", doc)
+    assert doc["emu-pi"]["root"] == str(board.root) and doc["emu-pi"]["provisioned"] is False
 
 
 @pytest.mark.emulated

@@ -43,7 +43,7 @@ def test_emu_serial_on_demand_runs_and_stops(emu_env: Path, convert_digits: Any,
     proc = run_cli("eval", str(convert_digits("int8").bundle), "--board", "emu-serial", "--data", str(digits / "test.npz"),
                    "--json", "--min-agreement", "100")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]["result"]
     assert doc["result"]["accuracy"] == doc["host"]["accuracy"]
     assert _agents() == before  # its agent and relay were stopped with the command
 
@@ -55,8 +55,8 @@ def test_emulate_up_keeps_the_board_between_commands(emu_env: Path, convert_digi
     try:
         status = json.loads(run_cli("emulate", "status", "--json").stdout)
         assert status["emu-serial"]["pid"] > 0
-        first = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)["upload"]
-        second = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)["upload"]
+        first = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)[0]["result"]["upload"]
+        second = json.loads(run_cli("push", bundle, "--board", "emu-serial", "--json").stdout)[0]["result"]["upload"]
         assert not first["skipped"] and second["skipped"]  # the same agent and store served both commands
         pid = status["emu-serial"]["pid"]
         assert os.path.exists(f"/proc/{pid}")
@@ -77,7 +77,7 @@ def test_digits_int8_on_emu_pi_matches_the_host(emu_env: Path, convert_digits: A
     proc = run_cli("eval", str(bundle), "--board", "emu-pi", "--data", str(digits / "test.npz"), "--json",
                    "--min-agreement", "99")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]["result"]
     r = doc["result"]
     assert r["runtime"] == {"name": "tflite_runtime", "version": "2.14.0"}
     assert doc["agent"]["cpu"]["arch"] == "aarch64"
@@ -91,10 +91,10 @@ def test_emulate_up_keeps_emu_pi_and_its_sshd(emu_env: Path, convert_digits: Any
     up = run_cli("emulate", "up", "emu-pi")
     assert up.returncode == 0 and "sshd on 127.0.0.1:" in up.stdout, up.stderr
     try:
-        ping = json.loads(run_cli("boards", "ping", "emu-pi", "--json").stdout)
+        ping = json.loads(run_cli("boards", "ping", "emu-pi", "--json").stdout)[0]["result"]
         assert ping["cpu"]["arch"] == "aarch64" and ping["runtime"]["name"] == "tflite_runtime"
-        first = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)
-        again = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)
+        first = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)[0]["result"]
+        again = json.loads(run_cli("push", str(convert_digits("int8").bundle), "--board", "emu-pi", "--json").stdout)[0]["result"]
         assert not first["upload"]["skipped"] and again["upload"]["skipped"]
         assert (emu_env / "pi-store" / "blobs" / first["model_sha256"]).exists()  # the catalogue's store was used
     finally:

@@ -93,7 +93,7 @@ def test_convert_eval_host_and_local_board_score_the_same_output_by_name(two_hea
         assert acc["output"] == head
         flag = [] if head == "digit" else ["--output", head]  # digit: the source's first output, the default
         host = _json("eval-host", str(bundle), "--data", str(data), *flag)
-        board = _json("eval", str(bundle), "--board", "local", "--data", str(data), *flag)
+        board = _json("eval", str(bundle), "--board", "local", "--data", str(data), *flag)[0]["result"]
         assert host["output"] == board["result"]["output"] == board["options"]["output"] == head
         assert host["accuracy"] == board["result"]["accuracy"] == board["host"]["accuracy"] == acc["model"], head
         assert board["result"]["agreement"]["argmax_agreement"] == 1.0  # the board compared the same output

@@ -37,16 +37,16 @@ def test_check_bench_eval_and_report_show_the_arena_against_the_board(setup: Pat
     bundle, results = setup / "int8", setup / "results"
     as_json = run_cli("check", str(bundle), "--board", "emu-mcu", "--json")
     assert as_json.returncode == 0, as_json.stderr
-    arena = json.loads(as_json.stdout)["arena"]
+    arena = json.loads(as_json.stdout)[0]["result"]["arena"]
     assert arena["size"] == 65536 and 1024 < arena["needed"] < 65536
     text = run_cli("check", str(bundle), "--board", "emu-mcu")
     assert (f"TFLM tensor arena: the model allocates in {arena['needed']:,} bytes, "
             f"{arena['needed'] / 65536:.1%} of the board's 65,536") in text.stdout
-    assert json.loads(run_cli("check", str(bundle), "--board", "local", "--json").stdout)["arena"] is None
+    assert json.loads(run_cli("check", str(bundle), "--board", "local", "--json").stdout)[0]["result"]["arena"] is None
 
     for kind, extra in (("bench", ["--runs", "10", "--min-seconds", "0.05"]), ("eval", ["--data", str(setup / "test.npz")])):
         args = [kind, str(bundle), "--board", "emu-mcu", *extra, "--results-dir", str(results)]
-        doc = json.loads(run_cli(*args, "--json").stdout)
+        doc = json.loads(run_cli(*args, "--json").stdout)[0]["result"]
         used = doc["result"]["arena"]["used"]
         assert 0 < used <= 65536
         shown = run_cli(*args)

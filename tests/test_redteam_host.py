@@ -287,7 +287,7 @@ def test_sigint_mid_push_exits_130_and_the_next_push_resumes(bundle: Path, tmp_p
     code, out, err, _, _ = run_measured(["--boards", str(boards), "push", str(bundle), "--board", "slowline", "--json"],
                                         env=env)
     assert code == 0, err
-    up = json.loads(out)["upload"]
+    up = json.loads(out)[0]["result"]["upload"]
     assert not up["skipped"] and wire // 2 < up["resumed_from"] < wire == up["wire_size"], up
     assert up["sent_bytes"] == wire - up["resumed_from"], up
     print(f"push resumed at {up['resumed_from']} of {up['wire_size']} bytes")
@@ -341,7 +341,7 @@ def test_an_unwritable_results_dir_is_one_line_exit_1_and_the_result_is_still_pr
     code, out, err, _, _ = run_measured([*bench, "--board", "a", "--json"])
     line = _one_error_line(code, err)
     assert code == 1 and "--results-dir: cannot write the result to" in line and str(blocker) in line, err
-    assert json.loads(out)["result"]["status"] == "ok"  # the finished result is not lost
+    assert json.loads(out)[0]["result"]["result"]["status"] == "ok"  # the finished result is not lost
     code, out, err, _, _ = run_measured([*bench, "--board", "a,b"])
     line = _one_error_line(code, err)
     assert code == 1 and "2 of 2 results not saved" in line, err

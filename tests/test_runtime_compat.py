@@ -108,7 +108,7 @@ def test_local_runs_a_dynamic_range_model_needing_tflite_2_17(dynamic_bundle: Pa
     bench = run_cli("--boards", str(boards), "bench", str(dynamic_bundle), "--board", "here", "--runs", "5",
                     "--warmup", "1", "--min-seconds", "0", "--json")
     assert bench.returncode == 0, bench.stderr
-    result = json.loads(bench.stdout)["result"]
+    result = json.loads(bench.stdout)[0]["result"]["result"]
     assert result["status"] == "ok" and result["runtime"]["name"] == "ai_edge_litert"
 
 
@@ -117,7 +117,7 @@ def test_an_old_runtime_is_refused_before_upload_with_both_versions(dynamic_bund
                      + "    runtime: tflite_runtime\n    runtime_version: \"2.14.0\"\n")
     check = run_cli("--boards", str(boards), "check", str(dynamic_bundle), "--board", "pi14", "--json")
     assert check.returncode == 1
-    problems = json.loads(check.stdout)["problems"]
+    problems = json.loads(check.stdout)[0]["result"]["problems"]
     assert [p["code"] for p in problems] == ["runtime_too_old"]
     assert "needs TFLite 2.17.0" in problems[0]["message"] and "tflite_runtime 2.14.0" in problems[0]["message"]
     push = run_cli("--boards", str(boards), "push", str(dynamic_bundle), "--board", "pi14")
@@ -156,7 +156,7 @@ def test_an_undeclared_custom_op_is_refused_before_upload(erfinv_bundle: Path, t
                      + "    custom_ops: [Erfinv]\n")
     check = run_cli("--boards", str(boards), "check", str(erfinv_bundle), "--board", "here", "--json")
     assert check.returncode == 1
-    doc = json.loads(check.stdout)
+    doc = json.loads(check.stdout)[0]["result"]
     assert doc["custom_ops"] == ["Erfinv"]
     assert [p["code"] for p in doc["problems"]] == ["custom_op_missing"] and "Erfinv" in doc["problems"][0]["message"]
     bench = run_cli("--boards", str(boards), "bench", str(erfinv_bundle), "--board", "here", "--runs", "1")
@@ -165,7 +165,7 @@ def test_an_undeclared_custom_op_is_refused_before_upload(erfinv_bundle: Path, t
     declared = run_cli("--boards", str(boards), "check", str(erfinv_bundle), "--board", "mine")
     assert declared.returncode == 0 and "custom ops: Erfinv" in declared.stdout, declared.stderr
     micro = run_cli("check", str(erfinv_bundle), "--board", "emu-mcu", "--json")
-    codes = [p["code"] for p in json.loads(micro.stdout)["problems"]]
+    codes = [p["code"] for p in json.loads(micro.stdout)[0]["result"]["problems"]]
     assert micro.returncode == 1 and "custom_op_missing" in codes
 
 
@@ -180,7 +180,7 @@ def test_an_op_tflite_micro_lacks_is_named_by_check(dynamic_bundle: Path, tmp_pa
     boards = _boards(tmp_path, "  mcu-float:\n    description: TFLM without the int8 rule\n    transport: local\n"
                      f"    runtime: tflite_micro\n    store: {{dir: {tmp_path / 'mcu'}}}\n")
     check = run_cli("--boards", str(boards), "check", str(bundle), "--board", "mcu-float", "--json")
-    problems = json.loads(check.stdout)["problems"]
+    problems = json.loads(check.stdout)[0]["result"]["problems"]
     assert check.returncode == 1 and [p["code"] for p in problems] == ["op_unsupported"]
     assert "ATAN2" in problems[0]["message"] and "MUL" not in problems[0]["message"]
     ops = run_cli("ops", str(bundle), "--out", str(tmp_path / "ops"))

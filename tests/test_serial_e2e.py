@@ -52,12 +52,12 @@ def test_push_and_eval_over_serial_match_the_host(line: Any, convert_digits: Any
     board = f"serial://{relay.host_port}?baud={BAUD}"
     proc = run_cli("eval", str(bundle), "--board", board, "--data", str(digits / "test.npz"), "--json", "--min-agreement", "100")
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)[0]["result"]
     host = json.loads(run_cli("eval-host", str(bundle), "--data", str(digits / "test.npz"), "--json").stdout)
     assert doc["result"]["accuracy"] == host["accuracy"] and doc["result"]["agreement"]["argmax_agreement"] == 1.0
     model = (bundle / "model.tflite").read_bytes()
     assert hashlib.sha256(_blob(store, doc["model_sha256"])).hexdigest() == hashlib.sha256(model).hexdigest()
-    again = json.loads(run_cli("push", str(bundle), "--board", board, "--json").stdout)["upload"]
+    again = json.loads(run_cli("push", str(bundle), "--board", board, "--json").stdout)[0]["result"]["upload"]
     assert again["skipped"] and again["sent_bytes"] == 0  # a second push sends no model bytes
 
 

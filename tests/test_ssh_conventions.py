@@ -331,4 +331,4 @@ def test_cli_pings_a_serial_board_by_its_device_path(tmp_path: Path) -> None:
             agent.terminate()
             agent.wait(10)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["board"] == relay.host_port
+    assert json.loads(proc.stdout)[0]["board"] == relay.host_port

@@ -53,8 +53,7 @@ def test_local_board_resets_like_the_host(lstm_bundle: tuple[Path, Any], tmp_pat
     done = run_cli("eval", str(bundle), "--board", "local", "--data", str(z.test), "--json",
                    "--results-dir", str(tmp_path / "results"))
     assert done.returncode == 0, done.stderr[-1500:]
-    doc = json.loads(done.stdout)
-    result = doc["result"] if "result" in doc else doc[0]["result"]
+    result = json.loads(done.stdout)[0]["result"]["result"]
     assert result["state"] == "reset"
     assert result["accuracy"] == pytest.approx(host["accuracy"], abs=1e-9)
     assert result["agreement"]["argmax_agreement"] == pytest.approx(1.0)
@@ -94,8 +93,7 @@ def test_tflite_micro_board_resets_state_too(lstm_bundle: tuple[Path, Any], tmp_
         done = run_cli("--boards", str(boards), "eval", str(bundle), "--board", "mcu-float", "--data", str(z.test),
                        "--state", state, "--json", "--results-dir", str(tmp_path / "results"))
         assert done.returncode in (0, 3), done.stderr[-1500:]  # 3: agreement with the host is low for keep (no gate set)
-        doc = json.loads(done.stdout)
-        result = doc["result"] if "result" in doc else doc[0]["result"]
+        result = json.loads(done.stdout)[0]["result"]["result"]
         assert result["runtime"]["name"] == "tflite_micro"
         assert result["state"] == state
         if close_to_host:

@@ -55,7 +55,7 @@ def _bench(bundle: Path, board: str, results: Path) -> dict[str, Any]:
     proc = run_cli("bench", str(bundle), "--board", board, "--runs", "10", "--min-seconds", "0.05", "--json",
                    "--results-dir", str(results))
     assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout)["result"]
+    result: dict[str, Any] = json.loads(proc.stdout)[0]["result"]["result"]
     assert result["status"] == "ok" and result["latency_ms"]["count"] >= 10
     return result
 
@@ -72,7 +72,7 @@ def test_custom_op_model_bundles_with_the_op_named_and_no_board_runs_it_unregist
     # `check` on local refuses it before any connection, naming the op; bench refuses it before upload.
     checked = run_cli("check", str(bundle), "--board", "local", "--json")
     assert checked.returncode == 1
-    doc = json.loads(checked.stdout)
+    doc = json.loads(checked.stdout)[0]["result"]
     assert doc["custom_ops"] == ["Erfinv"]
     assert [p["code"] for p in doc["problems"]] == ["custom_op_missing"] and "Erfinv" in doc["problems"][0]["message"]
     store = boards / "local"
@@ -98,7 +98,7 @@ def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates
     check = run_cli("check", str(bundle), "--board", "local")
     assert check.returncode == 0 and "local: compatible" in check.stdout, check.stderr
     push = run_cli("push", str(bundle), "--board", "local", "--json")
-    assert push.returncode == 0 and json.loads(push.stdout)["model_sha256"] == manifest["sha256"], push.stderr
+    assert push.returncode == 0 and json.loads(push.stdout)[0]["result"]["model_sha256"] == manifest["sha256"], push.stderr
 
     result = _bench(bundle, "local", boards / "results")
     assert result["inputs"] == "random"
@@ -114,7 +114,7 @@ def test_keras_float_model_without_manifest_bundles_checks_benches_and_evaluates
     ev = run_cli("eval", str(bundle), "--board", "local", "--data", str(data), "--json", "--results-dir",
                  str(boards / "results"))
     assert ev.returncode == 0, ev.stderr
-    r = json.loads(ev.stdout)["result"]
+    r = json.loads(ev.stdout)[0]["result"]["result"]
     assert r["output"] == "digit" and r["samples"] == 300
     assert r["accuracy"] == json.loads(host.stdout)["accuracy"] > 0.5  # trained, scored on the right output
     assert r["agreement"]["argmax_agreement"] == 1.0
@@ -139,7 +139,7 @@ def test_int8_model_from_the_raw_converter_benches_on_local_and_emu_mcu(boards: 
     data = helpers_third_party.write_test_npz(boards / "test.npz")
     ev = run_cli("eval", str(bundle), "--board", "emu-mcu", "--data", str(data), "--json")
     assert ev.returncode == 0, ev.stderr
-    doc = json.loads(ev.stdout)
+    doc = json.loads(ev.stdout)[0]["result"]
     assert doc["result"]["accuracy"] == doc["host"]["accuracy"] > 0.5
 
 

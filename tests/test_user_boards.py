@@ -88,8 +88,9 @@ def test_add_writes_a_private_user_file_that_list_show_and_ping_read(env: dict[s
 
     pinged = run(env, "boards", "ping", "mine", "--json")
     assert pinged.returncode == 0, pinged.stderr
-    info = json.loads(pinged.stdout)
-    assert info["ready"] is True and info["runtime"]["name"] and info["numpy"]["version"]
+    (entry,) = json.loads(pinged.stdout)
+    info = entry["result"]
+    assert entry["ok"] is True and info["runtime"]["name"] and info["numpy"]["version"]
 
 
 def test_user_entries_override_built_in_ones_and_boards_file_overrides_both(env: dict[str, str],
@@ -139,7 +140,7 @@ def test_edgeship_board_is_the_default_board(env: dict[str, str]) -> None:
     with_default = {**env, "EDGESHIP_BOARD": "mine"}
     pinged = run(with_default, "boards", "ping", "--json")
     assert pinged.returncode == 0, pinged.stderr
-    assert json.loads(pinged.stdout)["board"] == "mine"
+    assert json.loads(pinged.stdout)[0]["board"] == "mine"
     assert run(with_default, "boards", "show").stdout.startswith("# mine: from ")
 
     wrong = {**env, "EDGESHIP_BOARD": "nope"}
@@ -171,9 +172,9 @@ def _ping_unready(env: dict[str, str], name: str) -> tuple[str, dict[str, object
     assert proc.stdout.startswith(f"{name}: agent ") and "runtime none" in proc.stdout  # the agent did answer
     as_json = run(env, "boards", "ping", name, "--json")
     assert as_json.returncode == 1
-    info = json.loads(as_json.stdout)
-    assert info["ready"] is False and info["problem"] in line
-    return line, info
+    (entry,) = json.loads(as_json.stdout)
+    assert entry["ok"] is False and entry["error"] in line
+    return line, entry["result"]
 
 
 def test_a_board_without_numpy_says_so_in_one_line_and_ping_exits_1(env: dict[str, str], bare_python: Path) -> None:

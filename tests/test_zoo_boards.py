@@ -87,9 +87,7 @@ def _fleet_eval(c: Converted, board_list: str) -> dict[str, dict[str, Any]]:
     proc = run_cli("eval", str(c.bundle), "--board", board_list, "--data", str(c.zoo.test), "--json", "-q",
                    "--results-dir", str(c.bundle.parent / "results"))
     assert "Traceback" not in proc.stderr, proc.stderr
-    rows = json.loads(proc.stdout)
-    if isinstance(rows, dict):  # one board: the document itself
-        rows = [{"board": rows["board"], "ok": True, "error": None, "result": rows}]
+    rows = json.loads(proc.stdout)  # one board or several: a list of entries
     return {row["board"]: row for row in rows}
 
 
@@ -136,7 +134,7 @@ def test_local_and_the_mcus_run_what_they_can_and_refuse_the_rest(boards: Path, 
         problem = check.stderr.strip()
         assert problem.startswith(f"edgeship: error: {board} cannot run this model") and "\n" not in problem
         if c.model.fully_integer:  # TFLM crashes planning 64 KiB for it; the message names what it does need
-            big = json.loads(run_cli("check", str(c.bundle), "--board", "mcu-256k", "--json").stdout)
+            big = json.loads(run_cli("check", str(c.bundle), "--board", "mcu-256k", "--json").stdout)[0]["result"]
             assert "crashed (SIGSEGV) while planning the arena at 65536 bytes" in problem
             assert f"the model needs a {big['arena']['needed']:,}-byte arena" in problem
         else:
