@@ -343,6 +343,15 @@ def test_inspect_a_bundle(float_bundle: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "does not match the sha256" in _one_line(bad.stderr)
 
 
+def test_inspect_a_bundle_does_not_import_tensorflow(float_bundle: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps([["inspect", str(float_bundle)]])], capture_output=True,
+                          text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["runs"][0]["exit_code"] == 0 and "edgeship.converters.inspect" in report["modules"]
+    assert [m for m in report["modules"] if m.split(".")[0] in HEAVY] == []
+
+
 class _ShellStream:
     """The agent started by a shell command line, as a person would type it, as a byte stream (read/write/close)."""
 
