@@ -183,33 +183,51 @@ def test_the_bounds_are_the_librarys(tmp_path: Path) -> None:
 
 # --- 3. a package this install lacks ---------------------------------------------------------------
 
-BLOCKED = textwrap.dedent("""
-    import sys
+# A sitecustomize on PYTHONPATH: every Python started with it (the CLI, and the converter's child process) finds
+# none of these packages, as on an install without them; an import of one fails where the real code imports it.
+BLOCKER = textwrap.dedent("""
+    import os, sys
 
-    class Blocker:  # as if these packages were not installed: every import of them fails as pip's absence would
+    BLOCK = set(os.environ["EDGESHIP_TEST_BLOCK"].split(","))
+
+    class Blocker:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCK:
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
 
-    BLOCK = set(sys.argv[1].split(","))
     sys.meta_path.insert(0, Blocker())
-    for name in [m for m in sys.modules if m.split(".")[0] in BLOCK]:
-        del sys.modules[name]
-    from edgeship.sdk.cli import main
-    main(sys.argv[2:], prog_name="edgeship")
 """)
 
 
-def _without(modules: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", BLOCKED, modules, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=_env(), timeout=300)
+def _without(modules: str, *args: str, script: bool = True) -> subprocess.CompletedProcess[str]:
+    """The installed `edgeship ARGS` on a Python where `modules` (comma-separated) are not installed.
+
+    `script=False` runs the CLI module itself (python -m edgeship.sdk.cli), past the console script's own
+    check for the host packages.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeship-blocked-") as tmp:
+        (Path(tmp) / "sitecustomize.py").write_text(BLOCKER)
+        env = _env(EDGESHIP_TEST_BLOCK=modules)
+        env["PYTHONPATH"] = os.pathsep.join([tmp, env["PYTHONPATH"]])
+        probe = subprocess.run([sys.executable, "-c", f"import {modules.split(',')[0]}"], env=env, capture_output=True)
+        assert probe.returncode != 0, f"the blocker did not hide {modules}"
+        command = [str(EDGESHIP)] if script else [sys.executable, "-m", "edgeship.sdk.cli"]
+        return subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
 def test_missing_tensorflow_names_the_convert_extra(tmp_path: Path) -> None:
     model = tmp_path / "m.keras"
     model.write_bytes(b"PK")  # the file exists, so convert goes on to load it with Keras
-    for args in (["convert", str(model), "-r", "float32", "-o", str(tmp_path / "out"), "-q"], ["inspect", str(model)]):
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.zeros((64, 4), np.float32), y=np.zeros(64, np.int64))
+    out = str(tmp_path / "out")
+    for args in (["convert", str(model), "-r", "float32", "-o", out, "-q"],  # the converter's child starts first
+                 ["convert", str(model), "-r", "qat", "--train", str(calib), "-o", out, "-q"],  # a strategy first
+                 ["debug-quant", str(model), "--calib", str(calib), "--eval", str(calib), "-q"],
+                 ["inspect", str(model)]):
         proc = _without("tensorflow,keras,tf_keras,tensorflow_model_optimization", *args)
         line = _one_line(proc.stderr)
         assert proc.returncode == 1, (args, line)
@@ -225,7 +243,7 @@ def test_missing_runtime_names_the_agent_extra(tmp_path: Path, float_bundle: Pat
 
 
 def test_a_missing_module_no_extra_installs_stays_an_internal_error() -> None:
-    proc = _without("rich", "boards", "list")
+    proc = _without("rich", "boards", "list", script=False)  # rich is the CLI's own dependency, not an extra's
     line = _one_line(proc.stderr)
     assert proc.returncode == 70 and "internal error: ModuleNotFoundError" in line and "--debug" in line, line
 
@@ -274,7 +292,7 @@ def test_exit_code_table_matches_real_commands(tmp_path: Path, float_bundle: Pat
         2: [run_cli("convert", str(model), "-o", str(tmp_path / "o"), "-r", "int8", "--calib", str(model),
                     "--calib-samples", "10")],
         3: [run_cli(*bench("a"), "--runs", "1", "--min-seconds", "0", "--max-p90-ms", "0.000001")],
-        70: [_without("rich", "boards", "list")],
+        70: [_without("rich", "boards", "list", script=False)],
         130: [_signalled([*bench("c"), "--min-seconds", "30"], signal.SIGINT, tmp_path / "c", sha)],  # a fresh store each:
         143: [_signalled([*bench("d"), "--min-seconds", "30"], signal.SIGTERM, tmp_path / "d", sha)],  # the run has begun
     }
