@@ -15,10 +15,10 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tensorflow_model_optimization": ("convert", "fine-tuning (qat, sparsity, clusters)"),
     "ai_edge_litert": ("agent", "running a model on this host"),
     "tflite_runtime": ("agent", "running a model on this host"),
-    "tflite_micro": ("micro", "the emulated microcontroller board"),
-    "paramiko": ("host", "SSH boards"),
-    "serial": ("host", "serial boards"),
-    "matplotlib": ("host", "the HTML report's plots"),
+    "tflite_micro": ("micro", "running the emulated microcontroller board"),
+    "paramiko": ("host", "reaching an SSH board"),
+    "serial": ("host", "reaching a serial board"),
+    "matplotlib": ("host", "drawing the HTML report's plots"),
 }
 
 #: The extra that gives the host a TFLite runtime.

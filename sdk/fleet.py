@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from edgeship.device_agent.options import RunOptions
 from edgeship.sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError, TransportError, UsageError
+from edgeship.sdk.extras import missing_extra
 from edgeship.sdk.results import GateMiss, RunResult, gate_message, gate_misses
 
 Update = Callable[[str, dict[str, Any]], None]
@@ -251,6 +252,8 @@ def push_boards(bundle: Path, boards: list[Any], *, accept_new_host: bool = Fals
             outcome.error = "cancelled"
         except EdgeshipError as exc:
             outcome.error = str(exc)
+        except ModuleNotFoundError as exc:  # paramiko for an SSH board, pyserial for a serial one: name the extra
+            outcome.error = missing_extra(exc.name) or f"internal error: {type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug on one board must not stop the others; it is that board's error
             outcome.error = f"internal error: {type(exc).__name__}: {exc}"
         say(board.name, {"phase": "done" if outcome.ok else "failed"})

@@ -242,6 +242,17 @@ def test_missing_runtime_names_the_agent_extra(tmp_path: Path, float_bundle: Pat
     assert proc.returncode == 1 and "no TFLite runtime found" in line and "pip install 'edgeship[agent]'" in line, line
 
 
+def test_missing_paramiko_names_the_host_extra_for_one_board_and_in_a_fleet(float_bundle: Path, boards: Path) -> None:
+    ssh = "ssh://nobody@127.0.0.1:9"
+    one = _without("paramiko", "push", str(float_bundle), "--board", ssh)
+    assert one.returncode == 1 and "paramiko is not installed" in _one_line(one.stderr)
+    assert "pip install 'edgeship[host]'" in one.stderr
+    fleet = _without("paramiko", "--boards", str(boards), "push", str(float_bundle), "--board", f"a,{ssh}", "--json")
+    assert fleet.returncode == 1, fleet.stderr
+    entries = {e["board"]: e for e in json.loads(fleet.stdout)}
+    assert entries["a"]["ok"] and "pip install 'edgeship[host]'" in entries[ssh]["error"], entries
+
+
 def test_a_missing_module_no_extra_installs_stays_an_internal_error() -> None:
     proc = _without("rich", "boards", "list", script=False)  # rich is the CLI's own dependency, not an extra's
     line = _one_line(proc.stderr)
