@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from edgeship.sdk.errors import DatasetError
+from edgeship.sdk.progress import Counted
 
 Progress = Callable[[str], None]
+_REPORTS_PER_EPOCH = 10  # counted messages (sdk.progress.Counted) within an epoch: about this many
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,27 @@ def fit(model: Any, data: TrainData, *, stage: str, epochs: int, learning_rate: 
         model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
 
     class _Report(tf_keras.callbacks.Callback):  # type: ignore[misc]
+        """Says how far each epoch is (every few batches, as a Counted message) and how it ended."""
+
+        epoch = 0
+        _supports_tf_logs = True  # batch logs stay tensors: read (a device sync) only on the batches reported
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            steps = self.params.get("steps") if isinstance(self.params, dict) else None
+            if not isinstance(steps, int) or steps < 1:
+                return  # an epoch of unknown length: its end is still said
+            done = batch + 1
+            if done % max(1, steps // _REPORTS_PER_EPOCH) and done != steps:
+                return
+            loss = (logs or {}).get("loss")
+            say(Counted(f"{stage} epoch {self.epoch + 1}/{epochs}", done, steps, "batch",
+                        "" if loss is None else f"loss {float(loss):.4f}"))
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            logs = logs or {}
+            logs = {k: float(v) for k, v in (logs or {}).items()}
             say(f"{stage} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}"
                    + (f", val_loss {logs['val_loss']:.4f}" if "val_loss" in logs else ""))
 

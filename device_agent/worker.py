@@ -377,7 +377,8 @@ def _run(req: Dict[str, Any]) -> Dict[str, Any]:
         now = time.perf_counter()
         if now - last_report > 0.5:
             last_report = now
-            _emit({"progress": {"done": len(samples), "runs": runs, "elapsed_s": now - start}})
+            _emit({"progress": {"done": len(samples), "runs": runs, "min_seconds": min_seconds,
+                                "elapsed_s": now - start}})
         if len(samples) >= 10_000_000:
             break
     return {**base, "status": "ok", "kind": "bench", "first_inference_ms": first_ns / 1e6,

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgeship.sdk.client import LinkProfile, Session
 from edgeship.sdk.errors import UsageError
+from edgeship.sdk.progress import OnPhase, Phase, board_label
 from edgeship.sdk.transport.base import Transport
 
 if TYPE_CHECKING:
@@ -168,8 +169,12 @@ def _check_store(board: str, store: str) -> None:
         raise UsageError(f"board {board!r}: store={store!r} contains a control character; give a plain directory path")
 
 
-def transport_for(board: Board, *, accept_new_host: bool = False) -> Transport:
-    """The transport that reaches ``board``: the one place a board's kind picks how it is opened."""
+def transport_for(board: Board, *, accept_new_host: bool = False, phase: OnPhase | None = None) -> Transport:
+    """The transport that reaches ``board``: the one place a board's kind picks how it is opened.
+
+    ``phase`` goes to the transports that have phases of their own to report (an SSH board
+    connects and places the agent; an emulated one may be started first).
+    """
     if board.transport == "local":
         from edgeship.sdk.transport.local import DEFAULT_STORE, LocalTransport
 
@@ -180,31 +185,38 @@ def transport_for(board: Board, *, accept_new_host: bool = False) -> Transport:
 
         return SerialTransport(board.url, board.baud, name=board.name)
     if board.transport == "ssh":
-        return ssh_transport(board, accept_new_host=accept_new_host)
+        return ssh_transport(board, accept_new_host=accept_new_host, phase=phase)
     if board.transport == "emulated":
         from edgeship.sdk.emulate.services import EmulatedTransport
 
-        return EmulatedTransport.for_spec(board.name, board.spec)
+        return EmulatedTransport.for_spec(board.name, board.spec, phase=phase)
     raise UsageError(f"board {board.name!r}: unknown transport {board.transport!r}; expected local, ssh, serial "
                      f"or emulated")
 
 
-def ssh_transport(board: Board, *, accept_new_host: bool = False) -> SSHTransport:
+def ssh_transport(board: Board, *, accept_new_host: bool = False, phase: OnPhase | None = None) -> SSHTransport:
     """An SSH board's transport; besides opening the agent's stream it connects and places the agent (`boards setup`)."""
     from edgeship.sdk.transport.ssh import SSHTransport
 
     if board.transport != "ssh":
         raise UsageError(f"board {board.name!r} is reached over {board.transport}, not SSH")
     return SSHTransport(board.host, port=board.port, user=board.user, key=board.key, known_hosts=board.known_hosts,
-                        python=board.python, store=board.store, accept_new_host=accept_new_host, name=board.name)
+                        python=board.python, store=board.store, accept_new_host=accept_new_host, name=board.name,
+                        phase=phase)
 
 
-def open_session(target: Board | Transport, *, accept_new_host: bool = False) -> Session:
+def open_session(target: Board | Transport, *, accept_new_host: bool = False, phase: OnPhase | None = None) -> Session:
     """Open a stream to the agent of a board (or any Transport) and say hello.
 
     ``accept_new_host`` applies to an SSH Board; a Transport given directly carries its own setting.
+    ``phase`` hears "connecting" (and, from an SSH or emulated board's transport, "starting" and
+    "placing agent"); a transport that was given a phase callback of its own says its own phases.
     """
-    transport = transport_for(target, accept_new_host=accept_new_host) if isinstance(target, Board) else target
+    transport = (transport_for(target, accept_new_host=accept_new_host, phase=phase) if isinstance(target, Board)
+                 else target)
+    if phase is not None and getattr(transport, "phase", None) is None:
+        phase(Phase("connecting", transport.name, f"connecting to {board_label(transport.name)} "
+                                                  f"({_reached_by(transport)})"))
     stream = transport.open()
     try:
         session = Session(stream, LinkProfile.for_rate(transport.bytes_per_second))
@@ -213,3 +225,15 @@ def open_session(target: Board | Transport, *, accept_new_host: bool = False) ->
         stream.close()
         raise
     return session
+
+
+def _reached_by(transport: Transport) -> str:
+    """How a transport reaches its board, in a few words, for the "connecting" line."""
+    kind = type(transport).__name__
+    if kind == "LocalTransport":
+        return "the agent in a subprocess of this machine"
+    if kind == "SerialTransport":
+        return f"serial line {getattr(transport, 'url', '')} at {getattr(transport, 'baud', '?')} baud"
+    if kind == "MemoryTransport":
+        return "the agent in a thread of this process"
+    return kind

@@ -514,6 +514,7 @@ all_option = click.option("--all", "all_boards", is_flag=True, help="Every catal
 jobs_option = click.option("--jobs", "-j", type=int, default=4, show_default=True, help="Boards at once (several boards).")
 
 
+
 def _board_entries(outcomes: list[Any]) -> list[dict[str, Any]]:
     """--json of a command on several boards: one entry per board (the shape bench and eval print for a fleet)."""
     return [{"board": o.board, "ok": o.ok, "error": o.error, "result": o.doc} for o in outcomes]
@@ -559,7 +560,7 @@ def push(bundle: Path, board_spec: str | None, all_boards: bool, jobs: int, acce
             raise problem
         return
     with _Bars(not (quiet or as_json)) as bars:
-        doc = run(bundle, boards[0], accept_new_host=accept_new_host, progress=bars.upload)
+        doc = run(bundle, boards[0], accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
     if as_json:
         _emit_json(doc)
         return
@@ -636,7 +637,7 @@ def _run_command(kind: str, bundle: Path, board_spec: str | None, data: Path | N
         with _Bars(not (quiet or as_json)) as bars:
             (outcome,) = run_boards(kind, bundle, boards, data=data, options=opts, gates=gates,
                                     accept_new_host=accept_new_host, results_dir=results_dir,
-                                    upload_progress=bars.upload, run_progress=bars.run)
+                                    upload_progress=bars.upload, run_progress=bars.run, phase=bars.phase)
         if outcome.result is not None:  # one board: a run that could not happen has raised
             if as_json:
                 _emit_json(outcome.result.to_json())

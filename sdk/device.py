@@ -26,6 +26,7 @@ from edgeship.sdk.client import Session, UploadResult, cannot_run
 from edgeship.sdk.compat import ensure_compatible
 from edgeship.sdk.errors import BoardNotReadyError, BundleError, DatasetError, GateError, UsageError
 from edgeship.sdk.hosteval import scored_output
+from edgeship.sdk.progress import OnPhase, Phase, board_label
 from edgeship.sdk.results import RESULT_SCHEMA_VERSION, RunResult, gate_message, gate_misses
 
 if TYPE_CHECKING:
@@ -56,16 +57,28 @@ def _upload(session: Session, what: str, data: bytes, progress: UploadProgress |
     return session.upload(data, (lambda done, total: progress(what, done, total)) if progress else None)
 
 
+def _uploading(phase: OnPhase | None, board: str, blobs: dict[str, bytes | None]) -> None:
+    """The "uploading" phase: what goes to the board (the bars count its bytes; a blob the board holds is skipped)."""
+    if phase is not None:
+        phase(Phase("uploading", board, f"uploading the {' and '.join(n for n, b in blobs.items() if b is not None)} "
+                                        f"to {board_label(board)}"))
+
+
 def push(bundle: Path, target: Target, *, accept_new_host: bool = False,
-         progress: UploadProgress | None = None) -> dict[str, Any]:
-    """Place a bundle's model on a board (resumable; a no-op when it is already there)."""
+         progress: UploadProgress | None = None, phase: OnPhase | None = None) -> dict[str, Any]:
+    """Place a bundle's model on a board (resumable; a no-op when it is already there).
+
+    ``phase`` hears each phase a person waits through (sdk.progress): connecting, placing the
+    agent (SSH), uploading; ``progress`` the upload's bytes.
+    """
     manifest, model = load_bundle(bundle)
     board = target if isinstance(target, Board) else None
     if board is not None:
         ensure_compatible(manifest, board, model=model)
-    session = open_session(target, accept_new_host=accept_new_host)
+    session = open_session(target, accept_new_host=accept_new_host, phase=phase)
     try:
         ensure_compatible(manifest, board, _runtime(session))
+        _uploading(phase, target.name, {"model": model})
         up = _upload(session, "model", model, progress)
         return {"schema_version": RESULT_SCHEMA_VERSION, "board": target.name, "agent": _agent(session),
                 "model_sha256": manifest.sha256, "upload": asdict(up)}
@@ -134,33 +147,44 @@ def parse_delegates(delegate: Iterable[str], *, required: bool = False) -> tuple
 
 def bench(bundle: Path, target: Target, *, options: RunOptions | None = None, data: Path | None = None,
           accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
-          run_progress: RunProgress | None = None) -> RunResult:
-    """Latency of a bundle's model on a board: push it (and `data`, else generated inputs), then bench it."""
-    return _run("bench", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+          run_progress: RunProgress | None = None, phase: OnPhase | None = None) -> RunResult:
+    """Latency of a bundle's model on a board: push it (and `data`, else generated inputs), then bench it.
+
+    ``phase`` hears each phase a person waits through (sdk.progress: starting an emulated board,
+    connecting, placing the agent, uploading, running); ``upload_progress`` the bytes of each
+    upload, ``run_progress`` the agent's progress messages (runs done of at least `runs`, for at
+    least `min_seconds`).
+    """
+    return _run("bench", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress,
+                phase)
 
 
 def evaluate(bundle: Path, target: Target, data: Path, *, options: RunOptions | None = None,
              accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
-             run_progress: RunProgress | None = None) -> RunResult:
+             run_progress: RunProgress | None = None, phase: OnPhase | None = None) -> RunResult:
     """Accuracy of a bundle's model on a board over `data` (x, y), and agreement with the host's outputs on it.
 
     ``options.output`` names the output that y scores (default: the source model's first, from
-    the manifest); the board is told the name, so it scores the same output.
+    the manifest); the board is told the name, so it scores the same output. The callbacks are
+    bench's.
     """
-    return _run("eval", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+    return _run("eval", bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress,
+                phase)
 
 
 def run(kind: str, bundle: Path, target: Target, *, data: Path | None = None, options: RunOptions | None = None,
         accept_new_host: bool = False, upload_progress: UploadProgress | None = None,
-        run_progress: RunProgress | None = None) -> RunResult:
+        run_progress: RunProgress | None = None, phase: OnPhase | None = None) -> RunResult:
     """`bench` or `evaluate` by name (what a fleet run calls for each board)."""
     if kind not in ("bench", "eval"):
         raise UsageError(f"a run is bench or eval, not {kind!r}", option="kind")
-    return _run(kind, bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress)
+    return _run(kind, bundle, target, data, options or RunOptions(), accept_new_host, upload_progress, run_progress,
+                phase)
 
 
 def _run(kind: str, bundle: Path, target: Target, data: Path | None, options: RunOptions, accept_new_host: bool,
-         upload_progress: UploadProgress | None, run_progress: RunProgress | None) -> RunResult:
+         upload_progress: UploadProgress | None, run_progress: RunProgress | None,
+         phase: OnPhase | None = None) -> RunResult:
     """Push the bundle (and data), then bench or eval it on the board; one result."""
     manifest, model = load_bundle(bundle)
     dataset_bytes = None
@@ -186,15 +210,21 @@ def _run(kind: str, bundle: Path, target: Target, data: Path | None, options: Ru
     board = target if isinstance(target, Board) else None
     if board is not None:
         ensure_compatible(manifest, board, model=model, delegates=delegates)
-    session = open_session(target, accept_new_host=accept_new_host)
+    session = open_session(target, accept_new_host=accept_new_host, phase=phase)
     try:
         problem = cannot_run(session.info, target.name)
         if problem:  # before any upload: one line that names what is missing and `boards setup`
             raise BoardNotReadyError(problem)
         ensure_compatible(manifest, board, _runtime(session), delegates=delegates,
                           board_delegates=session.info.get("external_delegates"))
+        _uploading(phase, target.name, {"model": model, "data": dataset_bytes})
         up_model = _upload(session, "model", model, upload_progress)
         up_data = _upload(session, "data", dataset_bytes, upload_progress) if dataset_bytes is not None else None
+        if phase is not None:
+            rt = _runtime(session) or {}
+            on = " ".join(str(v) for v in (rt.get("name"), rt.get("version")) if v)
+            phase(Phase("running", target.name, f"{kind} of {Path(bundle).resolve().name} ({manifest.sha256[:12]}) on "
+                                                f"{board_label(target.name)}" + (f" with {on}" if on else "")))
         result = session.run(kind, manifest.sha256, up_data.sha256 if up_data else None, wire, progress=run_progress)
         return RunResult(
             kind=kind, board=target.name, agent=_agent(session), bundle=str(bundle), model_sha256=manifest.sha256,

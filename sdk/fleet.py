@@ -26,8 +26,13 @@ from typing import Any, TypeVar
 from edgeship.device_agent.options import RunOptions
 from edgeship.sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError, TransportError, UsageError
 from edgeship.sdk.extras import missing_extra
+from edgeship.sdk.progress import OnPhase, Phase
 from edgeship.sdk.results import GateMiss, RunResult, gate_message, gate_misses
 
+#: A fleet board's status, as it changes: ``{"phase": ..., "text": ...}`` for a phase (sdk.progress),
+#: with ``done``/``total``/``unit`` ("bytes" of ``what`` while uploading; "runs", with the run's
+#: ``min_seconds`` and ``elapsed_s``, while a bench runs), and at the end the phase "done", "failed"
+#: or "missed gate".
 Update = Callable[[str, dict[str, Any]], None]
 GateNames = Callable[[str], "str | None"]
 
@@ -103,11 +108,14 @@ def run_boards(kind: str, bundle: Path, targets: list[Any], *, data: Path | None
                options: RunOptions | None = None, gates: Mapping[str, Any] | None = None, accept_new_host: bool = False,
                jobs: int = 4, results_dir: Path | None = None, on_update: Update | None = None,
                upload_progress: Callable[[str, int, int], None] | None = None,
-               run_progress: Callable[[dict[str, Any]], None] | None = None) -> list[Outcome]:
+               run_progress: Callable[[dict[str, Any]], None] | None = None,
+               phase: OnPhase | None = None) -> list[Outcome]:
     """Run `kind` on every target: one in this thread, where a failed run raises; several as a fleet (run_fleet).
 
     Each outcome has its result written to `results_dir` (or says why it was not) and its
-    gates checked; ``failure(outcomes)`` is the error they end with, if any.
+    gates checked; ``failure(outcomes)`` is the error they end with, if any. One board reports
+    through ``phase``, ``upload_progress`` and ``run_progress`` (sdk.device.bench); a fleet
+    through ``on_update``, per board.
     """
     from edgeship.sdk.device import run
 
@@ -118,7 +126,7 @@ def run_boards(kind: str, bundle: Path, targets: list[Any], *, data: Path | None
                          jobs=jobs, results_dir=results_dir, on_update=on_update)
     target = targets[0]
     result = run(kind, bundle, target, data=data, options=options, accept_new_host=accept_new_host,
-                 upload_progress=upload_progress, run_progress=run_progress)
+                 upload_progress=upload_progress, run_progress=run_progress, phase=phase)
     return [_settle(Outcome(target.name), result, gates or {}, results_dir)]
 
 
@@ -173,14 +181,21 @@ def run_fleet(kind: str, bundle: Path, boards: list[Any], *, data: Path | None, 
         if stop.is_set():
             outcome.error = "cancelled"
             return outcome
-        say(name, {"phase": "connecting"})
+
+        def phase(p: Phase) -> None:
+            say(name, {"phase": p.name, "text": p.text})
+
+        def uploaded(what: str, done: int, total: int) -> None:
+            say(name, {"phase": "uploading", "what": what, "done": done, "total": total, "unit": "bytes"})
+
+        def ran(p: dict[str, Any]) -> None:
+            say(name, {"phase": "running", "what": kind, "done": p.get("done"), "total": p.get("runs"), "unit": "runs",
+                       "min_seconds": p.get("min_seconds"), "elapsed_s": p.get("elapsed_s")})
+
         try:
             with cancel_scope(stop):
-                result = run(
-                    kind, bundle, board, data=data, options=options, accept_new_host=accept_new_host,
-                    upload_progress=lambda what, done, total: say(name, {"phase": f"upload {what}", "done": done,
-                                                                         "total": total}),
-                    run_progress=lambda p: say(name, {"phase": kind, "done": p.get("done", 0), "total": p.get("runs")}))
+                result = run(kind, bundle, board, data=data, options=options, accept_new_host=accept_new_host,
+                             upload_progress=uploaded, run_progress=ran, phase=phase)
             _settle(outcome, result, gates or {}, results_dir)
         except Cancelled:
             outcome.error = "cancelled"
@@ -242,12 +257,17 @@ def push_boards(bundle: Path, boards: list[Any], *, accept_new_host: bool = Fals
         if stop.is_set():
             outcome.error = "cancelled"
             return outcome
-        say(board.name, {"phase": "connecting"})
+        name = board.name
+
+        def phase(p: Phase) -> None:
+            say(name, {"phase": p.name, "text": p.text})
+
+        def uploaded(what: str, done: int, total: int) -> None:
+            say(name, {"phase": "uploading", "what": what, "done": done, "total": total, "unit": "bytes"})
+
         try:
             with cancel_scope(stop):
-                outcome.doc = push(bundle, board, accept_new_host=accept_new_host,
-                                   progress=lambda what, done, total: say(board.name, {"phase": f"upload {what}",
-                                                                                       "done": done, "total": total}))
+                outcome.doc = push(bundle, board, accept_new_host=accept_new_host, progress=uploaded, phase=phase)
         except Cancelled:
             outcome.error = "cancelled"
         except EdgeshipError as exc:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from edgeship.sdk.progress import Phase
 
 import click
 
@@ -35,15 +39,103 @@ def printable(value: Any) -> Any:
     return value
 
 
-def progress_printer(enabled: bool) -> Callable[[str], None] | None:
-    """A library progress callback that prints each message on stderr, or None (--quiet, --json)."""
+def progress_printer(enabled: bool, *, file: TextIO | None = None,
+                     terminal: bool | None = None) -> Callable[[str], None] | None:
+    """A library progress callback that prints each message on stderr (or ``file``), or None (--quiet, --json).
+
+    A counted message (sdk.progress.Counted: the batches of a fine-tuning epoch) is drawn as a bar
+    on one line that the next message replaces, on a terminal only; elsewhere it is left out, so a
+    log gets the messages it always got. ``terminal`` overrides what ``file.isatty()`` says.
+    """
     if not enabled:
         return None
+    from edgeship.sdk.progress import Counted
+
+    out = file if file is not None else sys.stderr
+    on_terminal = out.isatty() if terminal is None else terminal
+    drawn = False  # a counted line is on the screen, without its newline
 
     def say(message: str) -> None:
-        click.echo(f"  {message}", err=True)
+        nonlocal drawn
+        if isinstance(message, Counted):
+            if on_terminal:
+                fraction = message.done / message.total if message.total else 0.0
+                out.write(f"\r  {message.what} {text_bar(fraction)} {message[len(message.what) + 2:]}\x1b[K")
+                out.flush()
+                drawn = True
+            return
+        out.write(("\r\x1b[K" if drawn else "") + f"  {message}\n")
+        out.flush()
+        drawn = False
 
     return say
+
+
+def text_bar(fraction: float, width: int = 24) -> str:
+    """A bar of `width` characters, `fraction` of it full (what a counted line and the fleet table draw)."""
+    full = max(0.0, min(1.0, fraction)) * width
+    whole = int(full)
+    half = "╸" if full - whole >= 0.5 else ""
+    return "━" * whole + half + "─" * (width - whole - len(half))
+
+
+def size_text(n: float, total: float | None = None) -> str:
+    """A byte count in binary units: KiB below 1 MiB (what the summaries print, as `kib`), else MiB.
+
+    ``total`` picks the unit for both numbers of a "done/total" pair.
+    """
+    scale = total if total is not None else n
+    return f"{n / (1 << 20):.1f} MiB" if scale >= 1 << 20 else f"{n / 1024:.1f} KiB"
+
+
+def duration_text(seconds: float | None) -> str:
+    """A time left as m:ss (h:mm:ss past an hour); -:-- when it is not known yet."""
+    if seconds is None or seconds != seconds or seconds < 0 or seconds > 360_000:
+        return "-:--"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def upload_amount(done: int, total: int) -> tuple[float, str]:
+    """An upload's share done and its text: "12.3/45.6 KiB" (the bytes on the wire, as push's summary counts them)."""
+    done = max(0, min(done, total))
+    return (done / total if total else 1.0), f"{size_text(done, total).split()[0]}/{size_text(total)}"
+
+
+def run_amount(p: dict[str, Any]) -> tuple[float | None, str]:
+    """A bench's share done and its text from the agent's progress message: "37/50 runs · 0.4/1.0 s".
+
+    A bench lasts at least `runs` runs and at least `min_seconds`, so the share is the smaller of
+    the two and the count stops at its total (the report gives how many runs there were).
+    """
+    done, runs = _number(p.get("done")), _number(p.get("runs"))
+    min_s, elapsed = _number(p.get("min_seconds")), _number(p.get("elapsed_s"))
+    if not runs:
+        return None, f"{int(done or 0):,} runs"
+    shares = [min(1.0, (done or 0) / runs)]
+    text = f"{int(min(done or 0, runs)):,}/{int(runs):,} runs"
+    if min_s:
+        shares.append(min(1.0, (elapsed or 0) / min_s))
+        text += f" · {min(elapsed or 0, min_s):.1f}/{min_s:.1f} s"
+    return min(shares), text
+
+
+def run_eta(p: dict[str, Any]) -> float | None:
+    """Seconds a bench has left: until both its runs and its minimum time are reached, at the rate so far."""
+    done, runs = _number(p.get("done")), _number(p.get("runs"))
+    min_s, elapsed = _number(p.get("min_seconds")) or 0.0, _number(p.get("elapsed_s"))
+    if not done or not elapsed or runs is None:
+        return None
+    return max(0.0, (runs - done) * elapsed / done, min_s - elapsed)
+
+
+def _number(value: Any) -> float | None:
+    """A number from a board's message, or None (a board's progress is shown, never trusted to be well formed)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -226,20 +318,46 @@ def pct(value: float | None) -> str:
 
 
 class Bars:
-    """Rich progress bars on stderr for uploads and runs; silent with --json or --quiet."""
+    """One board's progress on stderr, on a terminal (silent with --json or --quiet), gone when it ends.
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+    A line says the phase the board is in (sdk.progress.Phase: starting an emulated board,
+    connecting, placing the agent, uploading, running the model) and how long it has lasted;
+    under it a bar per upload counts bytes in KiB/MiB with the rate and the time left, and a
+    bench's bar counts runs ("37/50 runs · 0.4/1.0 s"). ``console`` draws them elsewhere (a test's
+    recording console); without one they go to stderr when it is a terminal.
+    """
+
+    def __init__(self, enabled: bool, console: Any = None) -> None:
+        self.enabled = enabled and (console is not None or sys.stderr.isatty())
+        self.console = console
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._started: dict[str, tuple[float, int]] = {}  # an upload's first report: when, at which byte
+        self._phase: tuple[str, float] | None = None
 
     def __enter__(self) -> Bars:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.table import Column
+            from rich.text import Text
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+            bars = self
+
+            class _Lines(Progress):  # the phase line above the bars
+                def get_renderables(self) -> Any:
+                    if bars._phase is not None:  # its time first: a narrow terminal cuts the line's end
+                        text, since = bars._phase
+                        yield Text(f"{duration_text(time.monotonic() - since)} {text}", style="dim",
+                                   overflow="ellipsis", no_wrap=True)
+                    if self.tasks:
+                        yield self.make_tasks_table(self.tasks)
+
+            self._progress = _Lines(TextColumn("  {task.description}"), BarColumn(bar_width=20),
+                                    TextColumn("{task.fields[amount]}", table_column=Column(min_width=22)),
+                                    TextColumn("{task.fields[rate]}", table_column=Column(min_width=11)),
+                                    TextColumn("eta {task.fields[eta]}"),
+                                    console=self.console or Console(stderr=True), transient=True)
             self._progress.__enter__()
         return self
 
@@ -247,19 +365,39 @@ class Bars:
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
 
+    def phase(self, p: Phase) -> None:
+        """The board is in a new phase: the line above the bars says it (escaped: it may quote what the board said)."""
+        from edgeship.sdk.report import safe_text
+
+        self._phase = (safe_text(p.text), time.monotonic())
+        if self._progress is not None:
+            self._progress.refresh()
+
     def upload(self, what: str, done: int, total: int) -> None:
+        """`done` of `total` bytes of `what` (model, data) are on the board."""
         if self._progress is None:
             return
+        now = time.monotonic()
+        share, amount = upload_amount(done, total)
+        first = self._started.setdefault(what, (now, done))
+        # The rate since the first report, once it spans a second: the first replies come in a burst
+        # (a window of chunks in flight), so an earlier rate says nothing about the line.
+        rate = (done - first[1]) / (now - first[0]) if now - first[0] >= 1.0 and done > first[1] else None
+        eta = 0.0 if share >= 1 else (total - done) / rate if rate else None
+        fields = {"amount": amount, "rate": f"{size_text(rate)}/s" if rate else "", "eta": duration_text(eta)}
         if what not in self._tasks:
-            self._tasks[what] = self._progress.add_task(f"upload {what}", total=total)
-        self._progress.update(self._tasks[what], completed=done)
+            self._tasks[what] = self._progress.add_task(f"upload {what}", total=1000, **fields)
+        self._progress.update(self._tasks[what], completed=share * 1000, **fields)
 
     def run(self, p: dict[str, Any]) -> None:
+        """A bench's progress message from the agent (done, runs, min_seconds, elapsed_s)."""
         if self._progress is None:
             return
+        share, amount = run_amount(p)
+        fields = {"amount": amount, "rate": "", "eta": duration_text(run_eta(p))}
         if "run" not in self._tasks:
-            self._tasks["run"] = self._progress.add_task("run", total=p.get("runs") or None)
-        self._progress.update(self._tasks["run"], completed=p.get("done", 0))
+            self._tasks["run"] = self._progress.add_task("run", total=None if share is None else 1000, **fields)
+        self._progress.update(self._tasks["run"], completed=(share or 0) * 1000, **fields)
 
 
 def report_run(doc: dict[str, Any]) -> None:
@@ -312,26 +450,50 @@ def report_run(doc: dict[str, Any]) -> None:
 
 
 class LiveTable:
-    """A live table of every board's progress on stderr (a terminal only)."""
+    """A live table of every board's progress on stderr (a terminal only): its phase, a bar, and how far it is.
 
-    def __init__(self, boards: list[str], enabled: bool) -> None:
+    ``update`` takes sdk.fleet's status of a board; a board's progress reads "model 40% of 12.3 KiB"
+    while it uploads and "12/50 runs · 0.4/1.0 s" while a bench runs. ``console``: as for Bars.
+    """
+
+    def __init__(self, boards: list[str], enabled: bool, console: Any = None) -> None:
         import threading
 
         self.state: dict[str, dict[str, Any]] = {b: {"phase": "waiting"} for b in boards}
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and (console is not None or sys.stderr.isatty())
+        self.console = console
         self._lock = threading.Lock()
         self._live: Any = None
 
-    def _render(self) -> Any:
+    @staticmethod
+    def progress(s: dict[str, Any]) -> tuple[float | None, str]:
+        """A board's share done (None: not counted) and the words for it, from its status."""
+        if s.get("unit") == "bytes" and isinstance(s.get("total"), int) and isinstance(s.get("done"), int):
+            done, _ = upload_amount(s["done"], s["total"])
+            return done, f"{s.get('what', '')} {done:.0%} of {size_text(s['total'])}".strip()
+        if s.get("unit") == "runs":
+            counts = {"done": s.get("done"), "runs": s.get("total"), "min_seconds": s.get("min_seconds"),
+                      "elapsed_s": s.get("elapsed_s")}
+            share, text = run_amount(counts)
+            eta = run_eta(counts)
+            return share, text + (f", eta {duration_text(eta)}" if eta is not None else "")
+        return None, str(s.get("text") or "")
+
+    def render(self) -> Any:
+        """The table as it stands (a rich renderable)."""
+        from rich.markup import escape
         from rich.table import Table
 
+        from edgeship.sdk.report import safe_text
+
         table = Table(show_edge=False)
-        for col in ("board", "phase", "progress"):
-            table.add_column(col)
+        widths = {"board": min(24, max(map(len, self.state), default=5)), "phase": len("placing agent"), "": 16}
+        for col in ("board", "phase", "", "progress"):  # the first three keep their width; a long line is cut short
+            table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col))
         for board, s in self.state.items():
-            total = s.get("total")
-            progress = f"{s.get('done', 0)}/{total}" if total else ""
-            table.add_row(board, s.get("phase", ""), progress)
+            share, words = self.progress(s)
+            table.add_row(escape(safe_text(board)), str(s.get("phase", "")), "" if share is None else text_bar(share, 16),
+                          escape(safe_text(words)))
         return table
 
     def __enter__(self) -> LiveTable:
@@ -339,7 +501,8 @@ class LiveTable:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(self._render(), console=Console(stderr=True), refresh_per_second=8, transient=True)
+            self._live = Live(self.render(), console=self.console or Console(stderr=True), refresh_per_second=8,
+                              transient=True)
             self._live.__enter__()
         return self
 
@@ -348,10 +511,13 @@ class LiveTable:
             self._live.__exit__(None, None, None)
 
     def update(self, board: str, status: dict[str, Any]) -> None:
+        """A board's new status; a count keeps the line its phase began with until the phase changes."""
         with self._lock:
-            self.state[board] = status
-            if self._live is not None:
-                self._live.update(self._render())
+            before = self.state.get(board, {})
+            same = before.get("phase") == status.get("phase")
+            self.state[board] = {**({"text": before["text"]} if same and "text" in before else {}), **status}
+            if self._live is not None:  # a new phase is drawn at once, a count at the next refresh
+                self._live.update(self.render(), refresh=not same)
 
 
 def delegate_names(delegates: Any) -> list[str]:

@@ -179,7 +179,8 @@ HAS = obj({"installed": boolean, "offset": integer()}, required=("installed", "o
 PUT_BEGIN = HAS
 PUT = obj({"offset": integer()}, required=("offset",))
 PUT_END = obj({"size": optional(integer())})
-PROGRESS = obj({"done": optional(integer()), "runs": optional(integer()), "elapsed_s": optional(number(0.0))})
+PROGRESS = obj({"done": optional(integer()), "runs": optional(integer()), "min_seconds": optional(number(0.0)),
+                "elapsed_s": optional(number(0.0))})
 _LATENCY_KEYS = ("count", "mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 _LATENCY = obj({k: (integer() if k == "count" else _ms) for k in _LATENCY_KEYS}, required=_LATENCY_KEYS)
 _AGREEMENT_KEYS = ("argmax_agreement", "rmse", "max_abs_error", "cosine_mean")

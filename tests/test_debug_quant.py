@@ -188,10 +188,10 @@ def test_int8_only_board_refuses_a_keep_float_bundle(outlier: Path, kept_auto: M
     problems = check(kept_auto, spec)
     assert [p.code for p in problems].count("not_int8") == 1
     message = next(p.message for p in problems if p.code == "not_int8")
-    assert "--keep-float" in message and BAD in message and "keeps 1 layer" in message
+    assert "keep_float auto:1" in message and BAD in message and "keeps 1 layer" in message
     assert "not_int8" not in [p.code for p in check(plain_int8, spec)]  # the fully int8 model is fine
     proc = run_cli("check", str(outlier / "keep-auto"), "--board", "emu-mcu")
-    assert proc.returncode == 1 and "int8-only" in proc.stderr and "without --keep-float" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "int8-only" in proc.stderr and "without keep_float" in proc.stderr, proc.stderr
     ok = run_cli("check", str(outlier / "plain-int8"), "--board", "emu-mcu", "--json")
     assert "not_int8" not in [p["code"] for p in json.loads(ok.stdout)["problems"]], ok.stdout
 

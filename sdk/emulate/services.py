@@ -21,6 +21,7 @@ from typing import Any
 
 from edgeship import import_root
 from edgeship.sdk.errors import EdgeshipError, UsageError
+from edgeship.sdk.progress import OnPhase, Phase, board_label
 from edgeship.sdk.transport.base import Stream, Transport
 
 STATE_DIR = Path(os.environ.get("EDGESHIP_EMULATE_DIR", "~/.edgeship/emulate")).expanduser()
@@ -208,22 +209,27 @@ class EmulatedTransport:
     the same SSH transport (agent placement included) a real Pi uses.
     """
 
-    def __init__(self, name: str, emulator: str, store: str, baud: int = 115200) -> None:
+    def __init__(self, name: str, emulator: str, store: str, baud: int = 115200, phase: OnPhase | None = None) -> None:
         self.name = name
+        self.phase = phase  # hears "starting" (when the services are not up), then the inner transport's phases
         self.emulator = emulator
         self.store = store  # as the catalogue gives it: expanded here for emu-serial, by the board's shell for emu-pi
         self.baud = baud
         self.bytes_per_second: float | None = baud / 10 if emulator == "emu-serial" else None
 
     @classmethod
-    def for_spec(cls, name: str, spec: Any) -> EmulatedTransport:
+    def for_spec(cls, name: str, spec: Any, phase: OnPhase | None = None) -> EmulatedTransport:
         """The transport of a catalogue entry (sdk.catalogue.BoardSpec) with ``transport: emulated``."""
-        return cls(name, spec.emulator, str(spec.store.dir), spec.serial.baud if spec.serial is not None else 115200)
+        return cls(name, spec.emulator, str(spec.store.dir), spec.serial.baud if spec.serial is not None else 115200,
+                   phase=phase)
 
     def open(self) -> Stream:
+        say = self.phase or (lambda _phase: None)
         state = running(self.emulator)
         service = None
         if state is None:
+            what = "Debian arm64 under qemu" if self.emulator == "emu-pi" else f"a relay paced at {self.baud} baud"
+            say(Phase("starting", self.name, f"starting emulated board {board_label(self.name)} ({what})"))
             service = make(self.emulator, Path(self.store).expanduser(), self.baud)
             state = service.start()
         try:
@@ -233,12 +239,14 @@ class EmulatedTransport:
 
                 inner = SSHTransport(state["host"], port=int(state["port"]), user=state["user"], key=Path(state["key"]),
                                      known_hosts=Path(state["known_hosts"]), python=state["python"],
-                                     store=Path(self.store), name=self.name)
+                                     store=Path(self.store), name=self.name, phase=self.phase)
             else:
                 from edgeship.sdk.transport.serial import SerialTransport
 
                 inner = SerialTransport(state["url"], int(state["baud"]), name=self.name)
                 self.bytes_per_second = inner.bytes_per_second  # the running relay's rate, which `up` chose
+                say(Phase("connecting", self.name, f"connecting to {board_label(self.name)} (serial line {inner.url} at "
+                                                   f"{inner.baud} baud)"))
             return _OwnedStream(inner.open(), service)
         except BaseException:
             if service is not None:

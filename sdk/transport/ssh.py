@@ -66,6 +66,7 @@ from paramiko.hostkeys import InvalidHostKey
 from paramiko.pkey import UnknownKeyType
 
 from edgeship.sdk.errors import AuthError, HostKeyError, LinkError, TransportError
+from edgeship.sdk.progress import OnPhase, Phase, board_label
 
 __all__ = [
     "AGENT_DIR",
@@ -1268,11 +1269,13 @@ _VERIFY_AND_RUN = (
 )
 
 
-def place_agent(client: paramiko.SSHClient, *, check_only: bool = False) -> tuple[str, str, bool]:
+def place_agent(client: paramiko.SSHClient, *, check_only: bool = False,
+                placing: Optional[Callable[[int], None]] = None) -> tuple[str, str, bool]:
     """Make sure the board holds this host's agent zipapp: (its path on the board, its sha256, whether it was missing).
 
     Placed (0600, in a private AGENT_DIR) when missing, different, or writable by others;
     ``check_only`` only says whether it would be. The board re-checks the hash before it runs it.
+    ``placing`` hears the zipapp's size just before it is sent.
     """
     import tempfile
 
@@ -1286,6 +1289,8 @@ def place_agent(client: paramiko.SSHClient, *, check_only: bool = False) -> tupl
     on_board = remote_file(client, remote)  # None when missing (AGENT_DIR too)
     missing = on_board is None or on_board.sha256 != sha or bool(on_board.mode & 0o022)
     if missing and not check_only:
+        if placing is not None:
+            placing(len(agent))
         with tempfile.NamedTemporaryFile(suffix=".pyz") as f:
             f.write(agent)
             f.flush()
@@ -1309,14 +1314,17 @@ class SSHTransport:
     the remote command line. ``python`` is the board's interpreter (checked by the caller: an
     absolute path or a plain command name), ``store`` the agent's store on the board (default
     AGENT_DIR/store). ``accept_new_host``: an unknown host key is recorded instead of refused.
+    ``phase`` hears "connecting" and "placing agent" (sdk.progress) as ``open()`` goes through them.
     """
 
     bytes_per_second: Optional[float] = None  # SSH: no line rate to pace
 
     def __init__(self, host: str, *, port: Optional[int] = None, user: Optional[str] = None,
                  key: Optional[Path] = None, known_hosts: Optional[Path] = None, python: str = "python3",
-                 store: Optional[Path] = None, accept_new_host: bool = False, name: Optional[str] = None) -> None:
+                 store: Optional[Path] = None, accept_new_host: bool = False, name: Optional[str] = None,
+                 phase: Optional[OnPhase] = None) -> None:
         self.name = name or host
+        self.phase = phase
         self.host = host
         self.port = port
         self.user = user
@@ -1337,9 +1345,15 @@ class SSHTransport:
 
     def open(self) -> SSHStream:
         """Connect, place the agent if the board's copy differs, and run it (hash re-checked on the board)."""
+        say = self.phase or (lambda _phase: None)
+        where = f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+        label = board_label(self.name)
+        say(Phase("connecting", self.name, f"connecting to {label}" + ("" if label == where else f" (ssh {where})")))
         client = self.connect()
         try:
-            remote, sha, _ = place_agent(client)
+            say(Phase("placing agent", self.name, f"checking the agent on {label}"))
+            remote, sha, _ = place_agent(client, placing=lambda size: say(Phase(
+                "placing agent", self.name, f"placing the agent on {label} ({size / 1024:.1f} KiB over SFTP)")))
             store = _remote_path(self.store)
             python = shlex.quote(self.python)
             command = " ".join([python, "-c", shlex.quote(_VERIFY_AND_RUN), shlex.quote(remote), sha,
