@@ -154,8 +154,7 @@ def convert(
     `custom_objects`: the user's modules (FILE.py or package.module) defining custom Keras layers.
     """
     say = progress or (lambda _msg: None)
-    if batch < 1:
-        raise UsageError(f"must be at least 1 (got {batch})", option="batch")
+    _check_values(recipe, batch, eval_data, output)
     staging = _prepare_output(Path(out), force)
     try:
         with _early_converter(recipe) as child:
@@ -166,6 +165,20 @@ def convert(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ConversionResult(Path(out), result)
+
+
+def _check_values(recipe: Recipe, batch: int, eval_data: Path | None, output: str | None) -> None:
+    """What can be checked from the arguments alone, before TensorFlow is imported (the Recipe checked its own)."""
+    if batch < 1:
+        raise UsageError(f"must be at least 1 (got {batch})", option="batch")
+    if output is not None and eval_data is None:
+        raise UsageError("picks the output that the eval data's labels score; give eval data too", option="output")
+    if recipe.calibration is not None:
+        datasets.require_data(recipe.calibration, "calibration", folder=True)
+    if recipe.train is not None:
+        datasets.require_data(recipe.train, "train")
+    if eval_data is not None:
+        datasets.require_data(eval_data, "eval_data")
 
 
 def _early_converter(recipe: Recipe) -> contextlib.AbstractContextManager[Any]:
@@ -297,8 +310,6 @@ def _scored_output(source: SourceModel, output: str | None, eval_data: Path | No
     """The source output the eval data's labels score: `output` when given (it must exist), else the first."""
     from edgeship.device_agent.evaluate import EvalInputError, pick_output
 
-    if output is not None and eval_data is None:
-        raise UsageError("picks the output that the eval data's labels score; give eval_data too", option="output")
     try:
         return pick_output(source.outputs, output)
     except EvalInputError as exc:

@@ -31,17 +31,26 @@ class InputSpec:
     dtype: str
 
 
+def require_data(path: Path, option: str | None = None, folder: bool = False) -> Path:
+    """`path` as a Path when a dataset can be read from it: an .npz file (or, with `folder`, an image folder).
+
+    Checked before any TensorFlow work, so a mistyped path costs nothing; DatasetError names the path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file" + (" or directory" if folder else ""), option=option)
+    if path.is_dir() and not folder:
+        raise DatasetError(f"{path}: is a directory, not an .npz file", option=option)
+    return path
+
+
 def load_npz(path: Path, limit: int = npzfile.HOST_LIMIT) -> dict[str, np.ndarray]:
     """All arrays of an .npz, loaded eagerly and safely (device_agent.npzfile: bounded, no pickle).
 
     DatasetError, naming the file, when it is missing, unreadable, or refused (a member over
     `limit` bytes declared in total, a zip bomb, object arrays, an odd member name).
     """
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    if path.is_dir():
-        raise DatasetError(f"{path}: is a directory, not an .npz file")
+    path = require_data(path)
     try:
         return npzfile.load(path, limit)
     except npzfile.NpzError as exc:

@@ -1,4 +1,4 @@
-"""`edgeship inspect`: what a SavedModel, a Keras file or a .tflite holds, as plain JSON-able dicts.
+"""`edgeship inspect`: what a SavedModel, a Keras file, a .tflite or a bundle holds, as plain JSON-able dicts.
 
 A .tflite is read with converters.tflite_model only, so inspecting one never imports
 TensorFlow. SavedModels are read the way ``saved_model_cli show --all`` reads them (the
@@ -10,14 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk.errors import CorruptModelError, ModelNotFoundError
+from edgeship.sdk.errors import BundleError, CorruptModelError, ModelNotFoundError
 
 
 def inspect_path(path: Path) -> dict[str, Any]:
-    """Describe the model at `path`; the 'kind' key says which of the three shapes the dict has."""
+    """Describe the model at `path`; the 'kind' key says which of the four shapes the dict has."""
+    from edgeship.converters.manifest import MANIFEST_FILE
+
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / MANIFEST_FILE).exists():
+        return inspect_bundle(path)
     if path.is_dir():
         return inspect_saved_model(path)
     if path.suffix.lower() == ".tflite":
@@ -65,6 +69,20 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         "resource_variables": list(model.resource_variables),
         "signatures": [s.key for s in model.signatures],
     }
+
+
+def inspect_bundle(path: Path) -> dict[str, Any]:
+    """A bundle (`convert`, `bundle`): its validated manifest and the inspection of its model, checked against each other."""
+    from edgeship.converters.manifest import MODEL_FILE, Manifest
+
+    manifest = Manifest.load(path)
+    model_path = Path(path) / MODEL_FILE  # the fixed name, as every reader of a bundle uses (not a path from the manifest)
+    if not model_path.is_file():
+        raise BundleError(f"{path}: no {MODEL_FILE}")
+    model = inspect_tflite(model_path)
+    if model["sha256"] != manifest.sha256:
+        raise BundleError(f"{path}: {MODEL_FILE} does not match the sha256 in the manifest (edited or corrupt)")
+    return {"kind": "bundle", "path": str(path), "manifest": manifest.model_dump(mode="json"), "model": model}
 
 
 def _dir_size(path: Path) -> int:

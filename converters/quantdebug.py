@@ -395,6 +395,9 @@ def debug_quantization(model_path: Path, calib: Path, eval_data: Path | None, si
     if trials < 0:
         raise UsageError(f"must be 0 or more (got {trials})", option="trials")
     recipe = Recipe.int8(Path(calib), io=io, samples=samples, image_range=image_range)
+    datasets.require_data(Path(calib), "calib", folder=True)  # before TensorFlow: a mistyped path costs nothing
+    if eval_data is not None:
+        datasets.require_data(Path(eval_data), "eval_data")
     say(f"loading {model_path}")
     source = load_source(Path(model_path), signature)
     source.static_specs(batch)

@@ -1,17 +1,19 @@
 """Conversion recipes: frozen value objects with named constructors.
 
 A Recipe says what the converter must produce (float32, float16, dynamic-range,
-full-integer int8, int16 activations with int8 weights, quantization-aware-trained int8)
+fully integer int8, int16 activations with int8 weights, quantization-aware-trained int8)
 and with which data; it is applied to TFLiteConverter in exactly one place
 (converters.tflite_converter.configure).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeship.converters.data import MIN_CALIBRATION_SAMPLES
 from edgeship.sdk.errors import UsageError
 
 RECIPES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat")
@@ -21,6 +23,8 @@ CALIBRATED_RECIPES = frozenset({"int8", "int16x8"})  # calibrated on calibration
 # The I/O types each integer recipe can give; the first is the default.
 RECIPE_IO = {"int8": ("int8", "uint8", "float32"), "qat": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32")}
 STRATEGIES = ("default", "mirrored", "multiworker")
+CLUSTERS_RANGE = (2, 256)  # centroids per weight tensor: one value is no model, more than 256 is no compression
+DEFAULT_CALIB_SAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Recipe:
     name: str
     io: str = "float32"
     calibration: Path | None = None
-    calib_samples: int = 200
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
     calib_samples_explicit: bool = False
     image_range: tuple[float, float] = (0.0, 1.0)
     qat: QATOptions | None = field(default=None)
@@ -102,10 +106,17 @@ class Recipe:
                              option="int8_strict")
         if self.int8_strict and self.keeps_float:
             raise UsageError("refuses float ops, and keep_float asks for some; choose one", option="int8_strict")
+        if self.calibrates and self.calib_samples_explicit and self.calib_samples < MIN_CALIBRATION_SAMPLES:
+            raise UsageError(f"must be at least {MIN_CALIBRATION_SAMPLES} (got {self.calib_samples}): fewer samples "
+                             f"make int8 activation ranges guesswork", option="calib_samples")
+        if self.calibrates:
+            lo, hi = self.image_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise UsageError(f"needs LO < HI, both finite (got {lo:g},{hi:g})", option="image_range")
         if self.name == "qat" and self.qat is None:
             raise UsageError("recipe qat needs training data: DATA.npz with x and y", option="train")
-        if self.qat is not None and self.qat.epochs < 1:
-            raise UsageError("must be at least 1", option="epochs")
+        if self.qat is not None:
+            _check_training(self.qat.epochs, self.qat.learning_rate, self.qat.batch_size, self.qat.validation_split)
         c = self.compression
         if c is not None:
             if c.sparsity is None and c.clusters is None:
@@ -113,12 +124,12 @@ class Recipe:
             if c.sparsity is not None and not 0.0 < c.sparsity < 1.0:
                 raise UsageError(f"must be between 0 and 1 (a fraction of zero weights), not {c.sparsity}",
                                  option="sparsity")
-            if c.clusters is not None and not 2 <= c.clusters <= 256:
-                raise UsageError(f"must be between 2 and 256, not {c.clusters}", option="clusters")
+            low, high = CLUSTERS_RANGE
+            if c.clusters is not None and not low <= c.clusters <= high:
+                raise UsageError(f"must be between {low} and {high}, not {c.clusters}", option="clusters")
             if c.block is not None and c.block < 1:
                 raise UsageError(f"must be at least 1, not {c.block}", option="prune_block")
-            if c.epochs is not None and c.epochs < 1:
-                raise UsageError("must be at least 1", option="epochs")
+            _check_training(c.epochs, c.learning_rate, c.batch_size, c.validation_split)
         d = self.distribution
         if d.strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {d.strategy!r}; choose one of {', '.join(STRATEGIES)}", option="strategy")
@@ -150,14 +161,16 @@ class Recipe:
     @classmethod
     def int8(cls, calibration: Path, io: str = "int8", samples: int | None = None,
              image_range: tuple[float, float] = (0.0, 1.0)) -> Recipe:
-        return cls("int8", io=io, calibration=Path(calibration), calib_samples=samples or 200,
+        return cls("int8", io=io, calibration=Path(calibration),
+                   calib_samples=DEFAULT_CALIB_SAMPLES if samples is None else samples,
                    calib_samples_explicit=samples is not None, image_range=image_range)
 
     @classmethod
     def int16x8(cls, calibration: Path, io: str = "int16", samples: int | None = None,
                 image_range: tuple[float, float] = (0.0, 1.0)) -> Recipe:
         """int16 activations and int8 weights (TFLite's 16x8 scheme), calibrated like int8."""
-        return cls("int16x8", io=io, calibration=Path(calibration), calib_samples=samples or 200,
+        return cls("int16x8", io=io, calibration=Path(calibration),
+                   calib_samples=DEFAULT_CALIB_SAMPLES if samples is None else samples,
                    calib_samples_explicit=samples is not None, image_range=image_range)
 
     @classmethod
@@ -261,6 +274,18 @@ class Recipe:
         if self.keeps_float:
             out["keep_float"] = list(self.keep_float) or self.keep_float_text
         return out
+
+
+def _check_training(epochs: int | None, learning_rate: float | None, batch_size: int, validation_split: float) -> None:
+    """A fine-tuning stage's numbers, checked from the values alone (before TensorFlow is imported)."""
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"must be at least 1 (got {epochs})", option="epochs")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise UsageError(f"must be a positive number (got {learning_rate:g})", option="learning_rate")
+    if batch_size < 1:
+        raise UsageError(f"must be at least 1 (got {batch_size})", option="batch_size")
+    if not 0.0 <= validation_split < 1.0:
+        raise UsageError(f"must be at least 0 and below 1 (got {validation_split:g})", option="validation_split")
 
 
 def parse_keep_float(text: str) -> dict[str, Any]:

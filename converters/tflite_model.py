@@ -480,7 +480,7 @@ class TFLiteModel:
 
         QUANTIZE and DEQUANTIZE are not listed: they only convert between float and integer,
         at float inputs/outputs or around the float ops that are. An empty list means the
-        model's arithmetic is integer-only (it may still have float I/O: see io_is_float).
+        model's arithmetic is fully integer (it may still have float I/O: see io_is_float).
         """
         return [node for node, _ in self._float_nodes()]
 

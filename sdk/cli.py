@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -26,6 +26,7 @@ from edgeship.device_agent import __version__
 from edgeship.device_agent.options import STATES, RunOptions
 from edgeship.device_agent.runtime import RUNTIMES
 from edgeship.sdk.errors import EdgeshipError, UsageError
+from edgeship.sdk.extras import missing_extra
 from edgeship.sdk.render import Bars as _Bars
 from edgeship.sdk.render import LiveTable as _LiveTable
 from edgeship.sdk.render import emit_json as _emit_json
@@ -36,6 +37,8 @@ from edgeship.sdk.render import printable as _printable
 from edgeship.sdk.render import progress_printer as _progress
 from edgeship.sdk.render import report_run as _report_run
 from edgeship.sdk.render import show_bundle as _show_bundle
+from edgeship.sdk.render import show_bundle_info as _show_bundle_info
+from edgeship.sdk.render import show_checks as _show_checks
 from edgeship.sdk.render import show_compatible as _show_compatible
 from edgeship.sdk.render import show_debug_quant as _show_debug_quant
 from edgeship.sdk.render import show_host_accuracy as _show_host_accuracy
@@ -63,8 +66,29 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _usage_line(exc: click.UsageError, command_path: str | None = None) -> str:
+    """A command line click rejects, as one line: the problem and the --help to read.
+
+    A group given no command says which commands it has, instead of printing its whole help.
+    """
+    ctx = exc.ctx
+    path = ctx.command_path if ctx is not None else command_path
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and ctx is not None and isinstance(ctx.command, click.Group):
+        names = sorted(ctx.command.list_commands(ctx))
+        return f"{path} needs a command: {', '.join(names[:-1])} or {names[-1]} (see '{path} --help')"
+    return exc.format_message() + (f" (see '{path} --help')" if path else "")
+
+
 class _Group(click.Group):
     """Runs a command and turns failures into one line and an exit code."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """The group's own options parsed (`edgeship --bogus`, a bare `edgeship`): a mistake is one line, exit 2."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            _fail(_usage_line(exc, info_name), 2, None)
 
     def invoke(self, ctx: click.Context) -> Any:
         import threading
@@ -81,11 +105,16 @@ class _Group(click.Group):
             if isinstance(exc, Terminated):
                 _fail(f"terminated (SIGTERM){note}", EXIT_TERMINATED, None)
             _fail(f"interrupted{note}", EXIT_INTERRUPTED, None)
-        except click.UsageError as exc:  # unknown option, missing argument: one line too
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            _fail(exc.format_message() + hint, 2, None)
+        except click.UsageError as exc:  # unknown option, missing argument, a group without its command: one line too
+            _fail(_usage_line(exc), 2, None)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except ModuleNotFoundError as exc:  # an optional dependency this install lacks: name the extra that has it
+            hint = missing_extra(exc.name)
+            if hint is not None:
+                _fail(hint, 1, exc)
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                  EXIT_INTERNAL, exc)
         except Exception as exc:  # a bug: still one line, with the way to get the traceback
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                   EXIT_INTERNAL, exc)
@@ -127,7 +156,7 @@ def _debug() -> bool:
     return bool(os.environ.get("EDGESHIP_DEBUG"))
 
 
-def _fail(message: str, code: int, exc: BaseException | None) -> None:
+def _fail(message: str, code: int, exc: BaseException | None) -> NoReturn:
     if exc is not None and _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     from edgeship.sdk.report import safe_text
@@ -139,6 +168,39 @@ def _fail(message: str, code: int, exc: BaseException | None) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+
+
+# --- shell completion (docs/cli.md, "Shell completion") ------------------------------------
+
+def _complete_boards(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Board names for the shell: the catalogue with the user's boards file (and --boards, when given first).
+
+    After a comma (``--board a,b``) the name after the last comma is completed. A boards file that
+    does not load completes nothing rather than printing an error into the shell.
+    """
+    from click.shell_completion import CompletionItem
+
+    from edgeship.sdk.catalogue import load_catalogue
+
+    given = ctx.find_root().params.get("boards_file")
+    try:
+        boards = load_catalogue(Path(given) if given else None)
+    except EdgeshipError:
+        return []
+    head, comma, last = incomplete.rpartition(",")
+    if param.name == "names":  # emulate up/down: only emulated boards
+        boards = {n: s for n, s in boards.items() if s.transport == "emulated" and s.emulator}
+    names = ["local", *(n for n in boards if n != "local")] if param.name != "names" else list(boards)
+    return [CompletionItem(head + comma + n, help=boards[n].description if n in boards else None)
+            for n in names if n.startswith(last)]
+
+
+def _complete_recipes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    from edgeship.converters.recipe import RECIPES
+
+    return [CompletionItem(r) for r in RECIPES if r.startswith(incomplete)]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -165,13 +227,13 @@ def _parse_range(value: str | None) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError as exc:
-        raise UsageError(f"--image-range {value!r}: expected LO,HI such as 0,1 or -1,1") from exc
+        raise UsageError(f"expected LO,HI such as 0,1 or -1,1 (got {value!r})", option="image_range") from exc
     return lo, hi
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--recipe", "-r", required=True, metavar="RECIPE",
+@click.option("--recipe", "-r", required=True, metavar="RECIPE", shell_complete=_complete_recipes,
               help="float32 | float16 | dynamic | int8 | int16x8 | qat")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--signature", default="serving_default", show_default=True, help="SavedModel signature to convert.")
@@ -288,14 +350,15 @@ def bundle(model: Path, out: Path, force: bool, quiet: bool, as_json: bool) -> N
 @click.argument("path", type=click.Path(path_type=Path))
 @json_option
 def inspect(path: Path, as_json: bool) -> None:
-    """Describe a .tflite file, a .keras/.h5 model or a SavedModel directory."""
+    """Describe a .tflite file, a bundle directory, a .keras/.h5 model or a SavedModel directory."""
     from edgeship.converters.inspect import inspect_path
 
     info = inspect_path(path)
     if as_json:
         _emit_json(info)
         return
-    {"tflite": _show_tflite, "savedmodel": _show_saved_model, "keras": _show_keras}[info["kind"]](info)
+    {"tflite": _show_tflite, "savedmodel": _show_saved_model, "keras": _show_keras,
+     "bundle": _show_bundle_info}[info["kind"]](info)
 
 
 # --- ops -------------------------------------------------------------------------------
@@ -393,7 +456,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
     from edgeship.converters.quantdebug import debug_quantization
 
     if top < 0:
-        raise UsageError("--top must be 0 (all layers) or more")
+        raise UsageError(f"must be 0 (all layers) or more (got {top})", option="top")
     report = debug_quantization(model, calib, eval_data, signature=signature, batch=batch, samples=calib_samples,
                                 image_range=_parse_range(image_range) or (0.0, 1.0), trials=trials,
                                 progress=_progress(not quiet and not as_json))
@@ -417,7 +480,7 @@ def debug_quant(model: Path, calib: Path, eval_data: Path, signature: str, batch
 
 # --- boards: push / bench / eval / ping ------------------------------------------------------
 
-board_option = click.option("--board", "-b", "board_spec", default=None, metavar="BOARD",
+board_option = click.option("--board", "-b", "board_spec", default=None, metavar="BOARD", shell_complete=_complete_boards,
                             help="A name from boards.yaml (several: a,b,c), or local | ssh://user@host:port?python=...&key=... | "
                                  "serial://<device or URL>?baud=N  [default: $EDGESHIP_BOARD, else local]")
 accept_option = click.option("--accept-new-host", is_flag=True,
@@ -447,29 +510,63 @@ def _board(spec: str | None) -> Any:
     return resolve(_board_spec(spec))
 
 
-@main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@board_option
-@accept_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@json_option
-def push(bundle: Path, board_spec: str | None, accept_new_host: bool, quiet: bool, as_json: bool) -> None:
-    """Place a bundle's model on a board (resumes an interrupted push; skips an unchanged model)."""
-    from edgeship.sdk.device import push as run
+all_option = click.option("--all", "all_boards", is_flag=True, help="Every catalogue board that is not an example profile.")
+jobs_option = click.option("--jobs", "-j", type=int, default=4, show_default=True, help="Boards at once (several boards).")
 
-    with _Bars(not (quiet or as_json)) as bars:
-        doc = run(bundle, _board(board_spec), accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
-    if as_json:
-        from edgeship.sdk.schemas import board_entry
 
-        _emit_json([board_entry(doc["board"], doc)])
-        return
+
+def _board_entries(outcomes: list[Any]) -> list[dict[str, Any]]:
+    """--json of a command on several boards: one entry per board (sdk.schemas.board_entry)."""
+    from edgeship.sdk.schemas import board_entry
+
+    return [board_entry(o.board, o.doc, error=o.error) for o in outcomes]
+
+
+def _push_line(doc: dict[str, Any]) -> None:
     doc = _printable(doc)
     up = doc["upload"]
     how = ("already on the board, nothing sent" if up["skipped"] else
            f"sent {_kib(up['sent_bytes'])} ({up['encoding']}"
            + (f", resumed at {_kib(up['resumed_from'])}" if up["resumed_from"] else "") + f") in {up['seconds']:.2f} s")
     click.echo(f"{doc['board']}: model {doc['model_sha256'][:12]} ({_kib(up['size'])}): {how}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@all_option
+@jobs_option
+@accept_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@json_option
+def push(bundle: Path, board_spec: str | None, all_boards: bool, jobs: int, accept_new_host: bool, quiet: bool,
+         as_json: bool) -> None:
+    """Place a bundle's model on boards (resumes an interrupted push; skips an unchanged model)."""
+    from edgeship.sdk.device import push as run
+
+    boards = _fleet_boards(board_spec, all_boards)
+    if len(boards) > 1:
+        from edgeship.sdk.fleet import push_boards, push_failure
+
+        with _LiveTable([b.name for b in boards], not (quiet or as_json)) as live:
+            outcomes = push_boards(bundle, boards, accept_new_host=accept_new_host, jobs=jobs, on_update=live.update)
+        if as_json:
+            _emit_json(_board_entries(outcomes))
+        for o in outcomes if not as_json else []:
+            if o.doc is not None:
+                _push_line(o.doc)
+            else:
+                click.echo(f"{o.board}: FAILED: {_printable(o.error)}")
+        problem = push_failure(outcomes)
+        if problem is not None:
+            raise problem
+        return
+    with _Bars(not (quiet or as_json)) as bars:
+        doc = run(bundle, boards[0], accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
+    if as_json:
+        _emit_json(doc)
+        return
+    _push_line(doc)
 
 
 def named_delegates(specs: tuple[str, ...], required: bool) -> list[dict[str, Any]]:
@@ -633,11 +730,17 @@ def agent_build(out: Path, as_json: bool) -> None:
     from edgeship.sdk.agentbuild import write_zipapp
 
     path, sha = write_zipapp(out)
-    command = f"python3 {path.name} --stdio"
+    serial = f"python3 {path.name} --serial /dev/ttyS0 --baud 115200 --store ~/.edgeship/store"
+    stdio = f"python3 {path.name} --stdio --store ~/.edgeship/store"
     if as_json:
-        _emit_json({"path": str(path), "size": path.stat().st_size, "sha256": sha, "command": command})
+        _emit_json({"path": str(path), "size": path.stat().st_size, "sha256": sha, "command": stdio})
         return
-    click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]}); run it with: {command}")
+    click.echo(f"wrote {path} ({_kib(path.stat().st_size)}, sha256 {sha[:12]})")
+    click.echo("copy it to the board (which needs Python 3 with numpy and a TFLite runtime: pip install 'edgeship[agent]'), "
+               "then run there:")
+    for command, what in ((serial, "a serial board: serve forever on its UART"),
+                          (stdio, "serve one host on stdin/stdout")):
+        click.echo(f"  {command}    # {what}")
 
 
 @agent.command("serve", context_settings={"ignore_unknown_options": True})
@@ -674,7 +777,7 @@ def emulate_setup(as_json: bool) -> None:
 
 
 @emulate.command("up")
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...", shell_complete=_complete_boards)
 @json_option
 def emulate_up(names: tuple[str, ...], as_json: bool) -> None:
     """Start emulated boards in the background."""
@@ -698,7 +801,7 @@ def emulate_up(names: tuple[str, ...], as_json: bool) -> None:
 
 
 @emulate.command("down")
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...", shell_complete=_complete_boards)
 @json_option
 def emulate_down(names: tuple[str, ...], as_json: bool) -> None:
     """Stop emulated boards started with `emulate up`."""
@@ -766,7 +869,7 @@ def _named(given: str | None, what: str) -> str:
 
 
 @boards.command("show")
-@click.argument("board_spec", metavar="BOARD", required=False)
+@click.argument("board_spec", metavar="BOARD", required=False, shell_complete=_complete_boards)
 @json_option
 def boards_show(board_spec: str | None, as_json: bool) -> None:
     """Everything the catalogue says about one board (default: $EDGESHIP_BOARD), and which file says it."""
@@ -811,7 +914,7 @@ def boards_add(name: str, address: str, runtime: str | None, description: str | 
 
 
 @boards.command("ping")
-@click.argument("board_specs", metavar="BOARD", nargs=-1)
+@click.argument("board_specs", metavar="BOARD", nargs=-1, shell_complete=_complete_boards)
 @click.option("--all", "all_boards", is_flag=True, help="Every board in the catalogue except example profiles.")
 @accept_option
 @json_option
@@ -843,7 +946,7 @@ def boards_ping(board_specs: tuple[str, ...], all_boards: bool, accept_new_host:
 
 
 @boards.command("setup")
-@click.argument("board_spec", metavar="BOARD")
+@click.argument("board_spec", metavar="BOARD", shell_complete=_complete_boards)
 @click.option("--dry-run", is_flag=True, help="Probe the board and print the plan; change nothing.")
 @click.option("--device", "serial_device", default="ttyS0", show_default=True,
               help="Serial boards: the board's own tty that the agent serves on (in the printed steps).")
@@ -895,43 +998,71 @@ def report(results: tuple[Path, ...], html_out: Path | None, md_out: Path | None
         click.echo(f"wrote {md_out}")
 
 
-@main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@board_option
-@click.option("--delegate", multiple=True, metavar="NAME[:k=v,...]",
-              help="Check that the board offers this delegate (boards.yaml `delegates`); repeatable.")
-@click.option("--require-delegate", is_flag=True, help="The run would require the --delegate(s).")
-@json_option
-def check(bundle: Path, board_spec: str | None, delegate: tuple[str, ...], require_delegate: bool, as_json: bool) -> None:
-    """Will this bundle run on that board? Checked from boards.yaml, without connecting."""
-    from edgeship.sdk.compat import IncompatibleError, custom_ops
+def _check_doc(board: Any, manifest: Any, model: bytes, delegates: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `check` finds for one board: compatible or the problems, custom ops, the TFLM arena, notes."""
     from edgeship.sdk.compat import check as run_check
+    from edgeship.sdk.compat import custom_ops
     from edgeship.sdk.compat import notes as check_notes
-    from edgeship.sdk.device import load_bundle
 
-    manifest, model = load_bundle(bundle)
-    board = _board(board_spec)
-    problems = run_check(manifest, board.spec, model=model, delegates=named_delegates(delegate, require_delegate))
-    customs = custom_ops(manifest)
-    remarks = check_notes(manifest, board.spec)
+    problems = run_check(manifest, board.spec, model=model, delegates=delegates)
     arena = None
     if board.spec is not None and board.spec.runtime == "tflite_micro" and not problems:
         from edgeship.sdk.compat import micro_arena_needed
 
         arena_size = board.spec.constraints.arena_bytes
         arena = {"needed": micro_arena_needed(model, arena_size), "size": arena_size}
-    if as_json:
-        from edgeship.sdk.schemas import board_entry
+    return {"board": board.name, "compatible": not problems, "custom_ops": custom_ops(manifest), "arena": arena,
+            "problems": [{"code": p.code, "message": p.message} for p in problems],
+            "notes": check_notes(manifest, board.spec)}
 
-        doc = {"compatible": not problems, "custom_ops": customs, "arena": arena,
-               "problems": [{"code": p.code, "message": p.message} for p in problems], "notes": remarks}
-        _emit_json([board_entry(board.name, doc, error=str(IncompatibleError(board.name, problems)) if problems else None)])
-        if problems:
+
+def _check_entry(doc: dict[str, Any]) -> Any:
+    """One board's check as a --json entry: the board's findings, and the one incompatibility line as its error."""
+    from edgeship.sdk.compat import IncompatibleError, Problem
+    from edgeship.sdk.fleet import BoardOutcome
+
+    found = {k: v for k, v in doc.items() if k != "board"}
+    error = None if doc["compatible"] else str(IncompatibleError(doc["board"], [Problem(**p) for p in doc["problems"]]))
+    return BoardOutcome(doc["board"], found, error)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@board_option
+@all_option
+@click.option("--delegate", multiple=True, metavar="NAME[:k=v,...]",
+              help="Check that the board offers this delegate (boards.yaml `delegates`); repeatable.")
+@click.option("--require-delegate", is_flag=True, help="The run would require the --delegate(s).")
+@json_option
+def check(bundle: Path, board_spec: str | None, all_boards: bool, delegate: tuple[str, ...], require_delegate: bool,
+          as_json: bool) -> None:
+    """Will this bundle run on those boards? Checked from boards.yaml, without connecting."""
+    from edgeship.sdk.compat import IncompatibleError, Problem
+    from edgeship.sdk.device import load_bundle
+
+    manifest, model = load_bundle(bundle)
+    boards = _fleet_boards(board_spec, all_boards)
+    delegates = named_delegates(delegate, require_delegate)
+    docs = [_check_doc(board, manifest, model, delegates) for board in boards]
+    incompatible = [d for d in docs if not d["compatible"]]
+    if len(docs) > 1:
+        if as_json:
+            _emit_json(_board_entries([_check_entry(d) for d in docs]))
+        else:
+            _show_checks(manifest, docs)
+        if incompatible:
+            raise EdgeshipError(f"{len(incompatible)} of {len(docs)} boards cannot run this model: "
+                                f"{', '.join(d['board'] for d in incompatible)}")
+        return
+    (doc,) = docs
+    if as_json:
+        _emit_json(_board_entries([_check_entry(doc)]))
+        if incompatible:
             sys.exit(1)
         return
-    if problems:
-        raise IncompatibleError(board.name, problems)
-    _show_compatible(board.name, manifest, customs, arena, remarks)
+    if incompatible:
+        raise IncompatibleError(doc["board"], [Problem(**p) for p in doc["problems"]])
+    _show_compatible(doc["board"], manifest, doc["custom_ops"], doc["arena"], doc["notes"])
 
 
 @main.command()

@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgeship.device_agent.options import RunOptions
 from edgeship.sdk.errors import Cancelled, EdgeshipError, GateError, ResultsError, TransportError, UsageError
+from edgeship.sdk.extras import missing_extra
 from edgeship.sdk.progress import OnPhase, Phase
 from edgeship.sdk.results import GateMiss, RunResult, gate_message, gate_misses
 
@@ -205,6 +206,19 @@ def run_fleet(kind: str, bundle: Path, boards: list[Any], *, data: Path | None, 
         say(name, {"phase": "done" if outcome.ok else ("missed gate" if outcome.gate else "failed")})
         return outcome
 
+    return in_parallel(one, boards, jobs, stop)
+
+
+T = TypeVar("T")
+
+
+def in_parallel(one: Callable[[Any], T], boards: list[Any], jobs: int, stop: threading.Event) -> list[T]:
+    """`one(board)` for every board, at most `jobs` at a time, in the boards' order.
+
+    `one` runs its sessions inside ``cancel_scope(stop)``: an exception in the calling thread
+    (Ctrl-C, SIGTERM) sets `stop`, so every board's session ends at its next wait and boards
+    not started are skipped; the exception goes on.
+    """
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = [pool.submit(one, board) for board in boards]
@@ -214,3 +228,63 @@ def run_fleet(kind: str, bundle: Path, boards: list[Any], *, data: Path | None, 
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class BoardOutcome:
+    """One board's part of a command on several boards (push, check): its document, or why there is none."""
+
+    board: str
+    doc: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def push_boards(bundle: Path, boards: list[Any], *, accept_new_host: bool = False, jobs: int = 4,
+                on_update: Update | None = None) -> list[BoardOutcome]:
+    """Push `bundle` to every board, at most `jobs` at a time; a board that fails is reported, the others finish."""
+    from edgeship.sdk.client import cancel_scope
+    from edgeship.sdk.device import push
+
+    say = on_update or (lambda _b, _s: None)
+    stop = threading.Event()
+
+    def one(board: Any) -> BoardOutcome:
+        outcome = BoardOutcome(board.name)
+        if stop.is_set():
+            outcome.error = "cancelled"
+            return outcome
+        name = board.name
+
+        def phase(p: Phase) -> None:
+            say(name, {"phase": p.name, "text": p.text})
+
+        def uploaded(what: str, done: int, total: int) -> None:
+            say(name, {"phase": "uploading", "what": what, "done": done, "total": total, "unit": "bytes"})
+
+        try:
+            with cancel_scope(stop):
+                outcome.doc = push(bundle, board, accept_new_host=accept_new_host, progress=uploaded, phase=phase)
+        except Cancelled:
+            outcome.error = "cancelled"
+        except EdgeshipError as exc:
+            outcome.error = str(exc)
+        except ModuleNotFoundError as exc:  # paramiko for an SSH board, pyserial for a serial one: name the extra
+            outcome.error = missing_extra(exc.name) or f"internal error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug on one board must not stop the others; it is that board's error
+            outcome.error = f"internal error: {type(exc).__name__}: {exc}"
+        say(board.name, {"phase": "done" if outcome.ok else "failed"})
+        return outcome
+
+    return in_parallel(one, boards, jobs, stop)
+
+
+def push_failure(outcomes: list[BoardOutcome]) -> EdgeshipError | None:
+    """The one error a fleet push ends with (None: every board has the model)."""
+    failed = [o.board for o in outcomes if o.error]
+    if failed:
+        return TransportError(f"{len(failed)} of {len(outcomes)} boards failed: {', '.join(failed)}")
+    return None

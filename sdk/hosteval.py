@@ -48,7 +48,9 @@ def host_runtime(prefer: str | None = None) -> Runtime:
     try:
         return load_runtime(prefer)
     except RuntimeNotFound as exc:
-        raise EdgeshipError(str(exc)) from exc
+        from edgeship.sdk.extras import RUNTIME_EXTRA
+
+        raise EdgeshipError(f"{exc}; on this host: pip install 'edgeship[{RUNTIME_EXTRA}]'") from exc
 
 
 def evaluate_on_host(model: bytes, features: Mapping[str, np.ndarray], labels: np.ndarray | None = None, *,

@@ -200,10 +200,37 @@ def state_text(variables: list[str], resources: list[str]) -> str:
     return "; ".join(parts) + "; a run depends on the runs before it"
 
 
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """A manifest's recipe in a few words: its name and the options that change the model (io, sparsity, ...)."""
+    parts = [recipe["precision"]] if recipe.get("precision") else []
+    if recipe.get("io") and recipe["io"] != "float32":
+        parts.append(f"io {recipe['io']}")
+    if recipe.get("calib_samples"):
+        parts.append(f"{recipe['calib_samples']} calibration samples")
+    c = recipe.get("compression") or {}
+    if c.get("sparsity") is not None:
+        parts.append(f"sparsity {c['sparsity']:g}")
+    if c.get("clusters") is not None:
+        parts.append(f"{c['clusters']} clusters")
+    if recipe.get("keep_float"):
+        keep = recipe["keep_float"]
+        parts.append(f"keep-float {keep if isinstance(keep, str) else ','.join(keep)}")
+    if recipe.get("int8_strict"):
+        parts.append("int8-strict")
+    return recipe["name"] + (f" ({', '.join(parts)})" if parts else "")
+
+
+def compression_text(facts: Any) -> str:
+    """How a model compresses (manifest `compression`): the zlib size, what pruning and clustering buy on the wire."""
+    return (f"zlib {kib(facts.zlib_size)} ({facts.zlib_ratio:.0%} of the size), weights {facts.sparsity:.1%} zero")
+
+
 def show_bundle(path: Path, m: Any) -> None:
     """What convert and bundle print about the bundle they wrote."""
     recipe = m.recipe["name"] + (f", {m.recipe['precision']}" if m.recipe.get("precision") else "")
     click.echo(f"wrote {path}/ ({recipe}, {kib(m.size)}, sha256 {m.sha256[:12]})")
+    if m.recipe.get("compression") and m.compression is not None:  # what --sparsity / --clusters were asked for
+        click.echo(f"compressed: {compression_text(m.compression)}")
     table("inputs / outputs", ["", "name", "shape", "dtype", "quantization"],
            [[kind, t.name, "x".join(map(str, t.shape)), t.dtype,
              quant(t.quantization.model_dump() if t.quantization else None)]
@@ -238,6 +265,28 @@ def show_tflite(info: dict[str, Any]) -> None:
     click.echo(integer_verdict(info))
     if info["stateful"]:
         click.echo(f"stateful: yes ({state_text(info['variable_tensors'], info['resource_variables'])})")
+
+
+def show_bundle_info(info: dict[str, Any]) -> None:
+    """What `inspect` prints about a bundle: the manifest's recipe, source and host accuracy, then its model."""
+    from edgeship.converters.manifest import Manifest
+
+    m = Manifest.model_validate(info["manifest"])
+    click.echo(f"{info['path']}: bundle, recipe {recipe_text(m.recipe)}, batch {m.batch}, model sha256 {m.sha256[:12]}")
+    src = m.source
+    click.echo(f"  source: {src.path} ({src.kind}" + (f", sha256 {src.sha256[:12]}" if src.sha256 else "")
+               + (f", signature {src.signature}" if src.signature and src.kind == "savedmodel" else "") + ")")
+    if m.tools:
+        click.echo("  made with " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
+    if m.compression is not None and m.recipe.get("compression"):
+        click.echo(f"  compressed: {compression_text(m.compression)}")
+    if m.float_fallback is not None:
+        ff = m.float_fallback
+        click.echo(f"  kept in float: {', '.join(ff.layers)} ({ff.size_cost:+,} bytes over the int8 model)")
+    if m.accuracy is not None:
+        click.echo("  ", nl=False)
+        show_host_accuracy(m.accuracy)
+    show_tflite(info["model"])
 
 
 def show_saved_model(info: dict[str, Any]) -> None:
@@ -632,6 +681,25 @@ def show_debug_quant(report: Any, top: int) -> None:
     for t in report.trials:
         click.echo(f"--keep-float auto:{t.kept}: accuracy {pct(t.accuracy)}, {kib(t.size)} "
                    f"({t.size - report.int8_size:+,} bytes over int8)")
+
+
+def show_checks(manifest: Any, docs: Sequence[dict[str, Any]]) -> None:
+    """What `check` prints for several boards: one row per board, compatible or its problems, then the notes."""
+    rows = []
+    for d in docs:
+        arena = d["arena"]
+        detail = "; ".join(p["message"] for p in d["problems"]) if d["problems"] else (
+            f"TFLM arena {arena['needed']:,} bytes" + (f" of {arena['size']:,}" if arena["size"] else "")
+            if arena is not None else "")
+        rows.append([d["board"], "compatible" if d["compatible"] else "INCOMPATIBLE", detail])
+    table(f"check of {manifest.sha256[:12]} ({manifest.size:,} bytes, {len(manifest.operators)} op kinds) "
+          f"on {len(docs)} boards", ["board", "status", "problems / arena"], rows)
+    customs = docs[0]["custom_ops"] if docs else []
+    if customs:
+        click.echo(f"custom ops: {', '.join(customs)}")
+    for d in docs:
+        for remark in d["notes"]:
+            click.echo(f"note ({d['board']}): {remark}")
 
 
 def show_compatible(board: str, manifest: Any, customs: list[str], arena: dict[str, Any] | None, remarks: list[str]) -> None:

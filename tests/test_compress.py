@@ -59,6 +59,9 @@ def test_manifest_and_inspect_report_per_layer_sparsity(pruned: Path, convert_di
     assert info["weights"] == weights and info["zlib_size"] == _zlib(pruned)
     text = run_cli("inspect", str(pruned / "model.tflite")).stdout
     assert "sparsity" in text and "fc1" in text
+    summary = run_cli("inspect", str(pruned)).stdout.splitlines()  # the bundle: its recipe's options and the zlib size
+    assert "recipe int8 (io int8, 200 calibration samples, sparsity 0.5)" in summary[0], summary[0]
+    assert f"  compressed: zlib {_zlib(pruned) / 1024:.1f} KiB" in "\n".join(summary), summary
 
 
 def test_push_sends_the_sparse_model_compressed(pruned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +73,13 @@ def test_push_sends_the_sparse_model_compressed(pruned: Path, tmp_path: Path, mo
 
 
 def test_clustering_leaves_at_most_k_values_per_tensor(digits: Path, tmp_path: Path) -> None:
-    m = _convert(digits, tmp_path / "c8", "-r", "float32", "--clusters", "8")
+    r = run_cli("convert", str(digits / "digits.keras"), "--train", str(digits / "train.npz"),
+                "--eval", str(digits / "test.npz"), "-o", str(tmp_path / "c8"), "-q", "-r", "float32", "--clusters", "8")
+    assert r.returncode == 0, r.stderr
+    m = _manifest(tmp_path / "c8")
+    # the summary says what clustering buys once compressed: the zlib size the manifest records
+    assert f"compressed: zlib {m['compression']['zlib_size'] / 1024:.1f} KiB ({m['compression']['zlib_ratio']:.0%} of the size)" \
+        in r.stdout.splitlines()[1], r.stdout
     weights = m["compression"]["weights"]
     assert weights and all(w["distinct_values"] <= 8 for w in weights), weights
     assert m["accuracy"]["float_model"] - m["accuracy"]["model"] <= 0.03
