@@ -564,7 +564,9 @@ def push(bundle: Path, board_spec: str | None, all_boards: bool, jobs: int, acce
     with _Bars(not (quiet or as_json)) as bars:
         doc = run(bundle, boards[0], accept_new_host=accept_new_host, progress=bars.upload, phase=bars.phase)
     if as_json:
-        _emit_json(doc)
+        from edgeship.sdk.schemas import board_entry
+
+        _emit_json([board_entry(doc["board"], doc)])
         return
     _push_line(doc)
 
