@@ -80,7 +80,7 @@ def text_bar(fraction: float, width: int = 24) -> str:
 
 
 def size_text(n: float, total: float | None = None) -> str:
-    """A byte count in binary units: KiB below 1 MiB (what the summaries print, as `kib`), else MiB.
+    """A byte count in binary units, one decimal: KiB below 1 MiB, else MiB (summaries and bars alike).
 
     ``total`` picks the unit for both numbers of a "done/total" pair.
     """
@@ -155,8 +155,8 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def kib(n: int) -> str:
-    """A byte count in KiB, one decimal."""
-    return f"{n / 1024:.1f} KiB"
+    """A byte count as the summaries print it: the transfer bars' units (size_text)."""
+    return size_text(n)
 
 
 def quant(q: dict[str, Any] | None) -> str:
