@@ -274,10 +274,19 @@ class InspectKeras(_Inspected):
     kind: Literal["keras"]
 
 
-class Inspect(RootModel[Union[InspectTflite, InspectSavedModel, InspectKeras]]):
-    """`inspect`: what the file holds; `kind` says which shape (tflite, savedmodel, keras)."""
+class InspectBundle(_Doc):
+    """`inspect BUNDLE_DIR`: the bundle's manifest, and its model as `inspect` of the .tflite shows it."""
 
-    root: Union[InspectTflite, InspectSavedModel, InspectKeras] = Field(discriminator="kind")
+    kind: Literal["bundle"]
+    path: str
+    manifest: Manifest
+    model: InspectTflite
+
+
+class Inspect(RootModel[Union[InspectTflite, InspectSavedModel, InspectKeras, InspectBundle]]):
+    """`inspect`: what the file holds; `kind` says which shape (tflite, savedmodel, keras, bundle)."""
+
+    root: Union[InspectTflite, InspectSavedModel, InspectKeras, InspectBundle] = Field(discriminator="kind")
 
 
 class OpRange(_Doc):

@@ -171,6 +171,8 @@ def test_host_side_commands(bundle: Path, digits: Path, tmp_path: Path) -> None:
     made = _printed("bundle", invoke_cli("bundle", str(bundle / "model.tflite"), "-o", str(tmp_path / "b"), "--json"))
     assert made["manifest"]["sha256"] == json.loads((bundle / "manifest.json").read_text())["sha256"]
     assert _printed("inspect", invoke_cli("inspect", str(bundle / "model.tflite"), "--json"))["kind"] == "tflite"
+    whole = _printed("inspect", invoke_cli("inspect", str(bundle), "--json"))  # a bundle directory
+    assert whole["kind"] == "bundle" and whole["model"]["sha256"] == whole["manifest"]["sha256"]
     assert _printed("ops", invoke_cli("ops", str(bundle), "--json"))["builtin"]
     host = _printed("eval-host", invoke_cli("eval-host", str(bundle), "--data", str(digits / "test.npz"), "--json"))
     assert host["samples"] == 360
