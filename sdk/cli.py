@@ -1018,14 +1018,14 @@ def _check_doc(board: Any, manifest: Any, model: bytes, delegates: list[dict[str
             "notes": check_notes(manifest, board.spec)}
 
 
-def _check_entry(doc: dict[str, Any]) -> Any:
+def _check_entry(doc: dict[str, Any]) -> dict[str, Any]:
     """One board's check as a --json entry: the board's findings, and the one incompatibility line as its error."""
     from edgeship.sdk.compat import IncompatibleError, Problem
-    from edgeship.sdk.fleet import BoardOutcome
+    from edgeship.sdk.schemas import board_entry
 
     found = {k: v for k, v in doc.items() if k != "board"}
     error = None if doc["compatible"] else str(IncompatibleError(doc["board"], [Problem(**p) for p in doc["problems"]]))
-    return BoardOutcome(doc["board"], found, error)
+    return board_entry(doc["board"], found, error=error)
 
 
 @main.command()
@@ -1049,7 +1049,7 @@ def check(bundle: Path, board_spec: str | None, all_boards: bool, delegate: tupl
     incompatible = [d for d in docs if not d["compatible"]]
     if len(docs) > 1:
         if as_json:
-            _emit_json(_board_entries([_check_entry(d) for d in docs]))
+            _emit_json([_check_entry(d) for d in docs])
         else:
             _show_checks(manifest, docs)
         if incompatible:
@@ -1058,7 +1058,7 @@ def check(bundle: Path, board_spec: str | None, all_boards: bool, delegate: tupl
         return
     (doc,) = docs
     if as_json:
-        _emit_json(_board_entries([_check_entry(doc)]))
+        _emit_json([_check_entry(doc)])
         if incompatible:
             sys.exit(1)
         return
